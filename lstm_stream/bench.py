@@ -1,0 +1,111 @@
+"""``lstm-stream bench engine``: samples per second of Engine.process, stateful vs window mode.
+
+Both modes run through the same ``Engine.process`` on the same synthetic streams in the same run, so
+the ratio is meaningful on a noisy shared machine; memory is the exact size of the per-stream arrays
+(history buffers reported separately) plus the process's resident-set growth.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import time
+
+import numpy as np
+import torch
+
+from .config import EngineConfig, ModelConfig
+from .engine import Engine
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _batches(n_streams: int, rng: np.random.Generator):
+    names = [f"plant/line{i // 100}/sensor{i}" for i in range(n_streams)]
+    phase = rng.uniform(0, 2 * np.pi, n_streams)
+    t = 0
+
+    def next_batch() -> tuple[list[str], np.ndarray, np.ndarray]:
+        nonlocal t
+        t += 1
+        values = np.sin(0.1 * t + phase) + 0.05 * rng.standard_normal(n_streams)
+        return names, np.full(n_streams, float(t)), values
+
+    return next_batch
+
+
+def measure(cfg: EngineConfig, n_streams: int, seconds: float, max_batches: int | None = None) -> dict:
+    """Steady-state samples/s of ``Engine.process`` with one sample per stream per batch."""
+    gc.collect()
+    rss0 = _rss_mb()
+    engine = Engine(cfg)
+    make = _batches(n_streams, np.random.default_rng(0))
+    engine.process(*make())  # creates every stream
+    engine.process(*make())
+    rss1 = _rss_mb()
+    samples, batches, start = 0, 0, time.perf_counter()
+    while True:
+        engine.process(*make())
+        samples += n_streams
+        batches += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds or (max_batches and batches >= max_batches):
+            break
+    mem = engine.memory()
+    per_stream = mem["state_bytes"] / mem["capacity"]
+    return {
+        "samples_per_s": samples / elapsed,
+        "batches": batches,
+        "state_mb_per_10k_streams": per_stream * 10_000 / 2**20,
+        "history_mb_per_10k_streams": mem["history_bytes"] / mem["capacity"] * 10_000 / 2**20,
+        "rss_growth_mb": rss1 - rss0,
+    }
+
+
+def run(seconds: float = 3.0, streams: tuple[int, ...] = (1000, 10_000), look_back: int = 32) -> dict:
+    """The benchmark: stateful vs window mode at each stream count (hidden 64, 2 layers, 1 thread).
+
+    ``window_samples_per_s`` is the seed's way through ``Engine.process``: every sample re-runs its
+    stream's whole window from zero state, one sample per call as it arrives. The same window mode
+    batched across streams (a better window mode than the seed's) is reported beside it.
+    """
+    torch.set_num_threads(1)
+    model = ModelConfig(hidden=64, layers=2)
+    base = EngineConfig(model=model, look_back=look_back, max_streams=max(streams), torch_threads=1)
+    window = base.model_copy(update={"mode": "window"})
+    out: dict = {"hidden": 64, "layers": 2, "look_back": look_back, "torch_threads": 1, "by_streams": {}}
+    for n in streams:
+        st = measure(base, n, seconds)
+        seed = seed_window_rate(window, n, seconds=min(seconds, 2.0))
+        batched = measure(window, n, seconds, max_batches=3)
+        out["by_streams"][str(n)] = {
+            "stateful_samples_per_s": round(st["samples_per_s"]),
+            "window_samples_per_s": round(seed),
+            "ratio": round(st["samples_per_s"] / seed, 1),
+            "batched_window_samples_per_s": round(batched["samples_per_s"]),
+            "ratio_vs_batched_window": round(st["samples_per_s"] / batched["samples_per_s"], 1),
+            "state_mb_per_10k_streams": round(st["state_mb_per_10k_streams"], 2),
+            "history_mb_per_10k_streams": round(st["history_mb_per_10k_streams"], 2),
+            "rss_growth_mb": round(st["rss_growth_mb"], 1),
+        }
+    top = out["by_streams"][str(max(streams))]
+    out.update(top)
+    return out
+
+
+def seed_window_rate(cfg: EngineConfig, n_streams: int, seconds: float = 2.0) -> float:
+    """The seed's way: each sample, as it arrives, re-runs its stream's window from zero state."""
+    engine = Engine(cfg.model_copy(update={"max_streams": n_streams}))
+    make = _batches(n_streams, np.random.default_rng(1))
+    names, ts, values = make()
+    engine.process(names, ts, values)  # create the streams and fill their first window slot
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        names, ts, values = make()
+        for i in range(0, n_streams, max(1, n_streams // 200)):
+            engine.process(names[i : i + 1], ts[i : i + 1], values[i : i + 1])
+            n += 1
+    return n / (time.perf_counter() - start)

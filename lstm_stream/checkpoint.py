@@ -1,0 +1,246 @@
+"""Checkpoints: versioned, checksummed, atomically written snapshots of a model or a whole engine.
+
+One safetensors file holds the model weights (``model.*``) and, for an engine, every per-stream array
+(``state.*``); its string metadata holds the format version, the configuration and stream names as
+JSON, and a SHA-256 over all of it. Nothing is pickled. Files are written to a temporary name,
+fsynced and renamed, so a crash leaves either the old file or the new one. A truncated, corrupt or
+unknown-version file raises :class:`CheckpointError`; :class:`CheckpointStore` then falls back to
+the previous good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from .config import EngineConfig, ModelConfig
+from .engine import Engine
+from .models import Forecaster, build_model
+
+FORMAT = "lstm-stream-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+def _digest(meta_json: str, tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(meta_json.encode())
+    for key in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[key])
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def encode(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
+    """Serialise arrays and JSON metadata into checksummed safetensors bytes."""
+    meta_json = json.dumps(meta, sort_keys=True)
+    header = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "meta": meta_json,
+        "sha256": _digest(meta_json, tensors),
+    }
+    return st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=header)
+
+
+def decode(data: bytes, source: str = "<bytes>") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Parse and verify checkpoint bytes; raises CheckpointError naming ``source`` and the problem."""
+    try:
+        tensors = st_load(data)
+        header = _read_header(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{source}: not a readable checkpoint (truncated or corrupt): {exc}") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{source}: not an lstm-stream checkpoint (format {header.get('format')!r})")
+    if header.get("version") != str(VERSION):
+        raise CheckpointError(
+            f"{source}: checkpoint format version {header.get('version')!r} is not supported "
+            f"(this build reads {VERSION})"
+        )
+    meta_json = header.get("meta", "")
+    if _digest(meta_json, tensors) != header.get("sha256"):
+        raise CheckpointError(f"{source}: checksum mismatch (the file is corrupt)")
+    return tensors, json.loads(meta_json)
+
+
+def _read_header(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise ValueError("header length out of range")
+    return json.loads(data[8 : 8 + n].decode()).get("__metadata__", {}) or {}
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename (then fsync the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+# ------------------------------------------------------------------ models
+def model_tensors(model: Forecaster) -> dict[str, np.ndarray]:
+    """The model's weights as numpy arrays under ``model.`` keys."""
+    return {f"model.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def model_from(tensors: dict[str, np.ndarray], mcfg: ModelConfig) -> Forecaster:
+    """Rebuild a model of configuration ``mcfg`` from ``model.`` tensors."""
+    model = build_model(mcfg, seed=None)
+    state = {
+        k[len("model.") :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("model.")
+    }
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def save_model(
+    path: str | os.PathLike, model: Forecaster, config: EngineConfig, info: dict | None = None
+) -> None:
+    """Write a model-only checkpoint (what ``train`` produces and what ships as the default)."""
+    meta = {
+        "kind": "model",
+        "engine_config": config.model_dump(mode="json"),
+        "info": info or {},
+        "created": time.time(),
+    }
+    write_atomic(path, encode(model_tensors(model), meta))
+
+
+@dataclass
+class LoadedModel:
+    """A model read from any checkpoint, with the engine configuration it was trained under."""
+
+    model: Forecaster
+    config: EngineConfig
+    version: int = 0
+    info: dict = field(default_factory=dict)
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Read the model (and its configuration) from a model or engine checkpoint."""
+    tensors, meta = decode(_read(path), str(path))
+    cfg = EngineConfig.model_validate(meta["engine_config"])
+    return LoadedModel(
+        model_from(tensors, cfg.model), cfg, int(meta.get("model_version", 0)), meta.get("info", {})
+    )
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+# ------------------------------------------------------------------ engines
+def snapshot(engine: Engine, info: dict | None = None) -> bytes:
+    """The whole engine (model, every stream's state, counters) as checkpoint bytes."""
+    table = engine.table
+    used = len(table.names)
+    tensors = model_tensors(engine.model)
+    for name, arr in table.arrays.data.items():
+        tensors[f"state.{name}"] = arr[:used]
+    meta = {
+        "kind": "engine",
+        "engine_config": engine.config.model_dump(mode="json"),
+        "model_version": engine.model_version,
+        "names": table.names,
+        "free": table.free,
+        "seq": table.seq,
+        "counters": engine.counters,
+        "info": info or {},
+        "created": time.time(),
+    }
+    return encode(tensors, meta)
+
+
+def restore(data: bytes, source: str = "<bytes>") -> Engine:
+    """An engine that continues exactly where the snapshot was taken."""
+    tensors, meta = decode(data, source)
+    if meta.get("kind") != "engine":
+        raise CheckpointError(f"{source}: a model-only checkpoint has no stream state to restore")
+    cfg = EngineConfig.model_validate(meta["engine_config"])
+    engine = Engine(cfg, model_from(tensors, cfg.model), int(meta["model_version"]))
+    table = engine.table
+    names: list[str | None] = meta["names"]
+    table.arrays.grow(max(1, len(names)))
+    for key, arr in tensors.items():
+        if key.startswith("state."):
+            col = key[len("state.") :]
+            if col not in table.arrays.data:
+                raise CheckpointError(f"{source}: unexpected state column {col!r}")
+            table.arrays.data[col][: len(arr)] = arr
+    table.names = list(names)
+    table.ids = {n: i for i, n in enumerate(names) if n is not None}
+    table.free = list(meta["free"])
+    table.seq = int(meta["seq"])
+    engine.counters.update(meta.get("counters", {}))
+    return engine
+
+
+class CheckpointStore:
+    """A folder of numbered engine checkpoints; keeps the newest ``keep``, loads the newest good one."""
+
+    PATTERN = re.compile(r"^checkpoint-(\d{8})\.safetensors$")
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep = max(1, keep)
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, newest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if self.PATTERN.match(p.name)]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    def save(self, engine: Engine, info: dict | None = None) -> Path:
+        """Write a new checkpoint atomically and prune old ones; returns its path."""
+        existing = self.paths()
+        number = int(self.PATTERN.match(existing[0].name).group(1)) + 1 if existing else 1
+        path = self.directory / f"checkpoint-{number:08d}.safetensors"
+        write_atomic(path, snapshot(engine, info))
+        for old in self.paths()[self.keep :]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self) -> tuple[Engine | None, Path | None, list[str]]:
+        """The newest checkpoint that reads cleanly, its path, and why newer ones were refused."""
+        errors: list[str] = []
+        for path in self.paths():
+            try:
+                return restore(_read(path), str(path)), path, errors
+            except CheckpointError as exc:
+                errors.append(str(exc))
+        return None, None, errors

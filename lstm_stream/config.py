@@ -1,0 +1,117 @@
+"""Engine configuration: every tunable of the forecaster, per-stream state, scaling and scoring.
+
+Plain pydantic models (no environment, no files): the daemon nests :class:`EngineConfig` inside its
+settings, so a bad value is reported with the full dotted key (``engine.scoring.threshold``).
+Defaults are the product's defaults, tuned on the NAB development subset (see ``docs/tuning.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors, so a typo in a config file never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Architecture of the forecaster network."""
+
+    arch: Literal["lstm", "bilstm", "attention"] = "lstm"
+    hidden: int = Field(64, ge=8, le=512, description="LSTM units per layer (32-256 advised)")
+    layers: int = Field(2, ge=1, le=4)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout between LSTM layers")
+    residual: bool | None = Field(
+        None, description="residual connections between layers; None = only when layers > 3"
+    )
+    head: Literal["gaussian", "mse"] = Field(
+        "gaussian", description="gaussian: mean and spread (NLL); mse: point forecast"
+    )
+    predict_delta: bool = Field(
+        True, description="forecast = last input + predicted change (never worse than lag)"
+    )
+
+    @property
+    def use_residual(self) -> bool:
+        """Whether layers are joined by residual connections."""
+        return self.layers > 3 if self.residual is None else self.residual
+
+
+class ScalerConfig(_Strict):
+    """Online robust per-stream scaling (winsorised exponentially weighted location and spread)."""
+
+    memory: int = Field(2000, ge=10, description="samples of memory once warm (EW weight 1/memory)")
+    winsor: float = Field(4.0, gt=0, description="updates use values clipped to center +- winsor * scale")
+    min_scale: float = Field(1e-6, gt=0, description="floor on the scale, relative to |center|+1")
+    clip: float = Field(8.0, gt=0, description="scaled inputs to the network are clipped to +-clip")
+
+
+class ScoringConfig(_Strict):
+    """Residual -> likelihood score in [0, 1] -> flag; plus range and flat-line rules."""
+
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="one global flag threshold")
+    short_window: int = Field(5, ge=1, description="samples averaged into the recent error (EW span)")
+    long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
+    warmup: int = Field(300, ge=0, description="no flags during a stream's first samples")
+    suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
+    range_margin: float | None = Field(
+        0.05, ge=0.0, description="flag values beyond the seen range by this fraction of it"
+    )
+    flatline_window: int = Field(
+        24, ge=3, description="recent samples whose spread is compared for the flat-line rule"
+    )
+    flatline_ratio: float | None = Field(
+        0.01, ge=0.0, description="flag when recent spread < ratio * long-run spread"
+    )
+    regime_after: int | None = Field(
+        None, ge=1, description="a condition lasting this many samples resets the statistics"
+    )
+
+
+class TrainConfig(_Strict):
+    """Fitting and fine-tuning."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seq_len: int = Field(64, ge=2, description="training sequence length (truncated BPTT)")
+    burn_in: int = Field(8, ge=0, description="first steps of each sequence not in the loss")
+    stride: int = Field(16, ge=1, description="step between training sequences")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="most recent part held out")
+    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    lr_patience: int = Field(2, ge=1, description="ReduceLROnPlateau patience")
+    clip_grad: float = Field(1.0, gt=0)
+    seed: int = 0
+    min_improvement: float = Field(
+        0.0, ge=0, description="fine-tune: candidate must beat live loss by this fraction"
+    )
+
+
+class EngineConfig(_Strict):
+    """Everything the engine needs; the daemon nests this under ``[engine]``."""
+
+    model: ModelConfig = ModelConfig()
+    look_back: int = Field(32, ge=2, le=4096, description="rolling window per stream")
+    mode: Literal["stateful", "window"] = Field(
+        "stateful", description="stateful: one step per sample; window: re-run the look-back"
+    )
+    max_streams: int = Field(10000, ge=1)
+    idle_expiry_s: float | None = Field(
+        86400.0, gt=0, description="streams unseen this long are dropped; None = never"
+    )
+    history_len: int = Field(512, ge=0, description="per-stream buffer for fine-tuning")
+    scaling: ScalerConfig = ScalerConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    train: TrainConfig = TrainConfig()
+    torch_threads: int = Field(1, ge=1, description="torch threads in the serving path")
+
+    @model_validator(mode="after")
+    def _window_only_archs(self) -> EngineConfig:
+        if self.model.arch != "lstm" and self.mode == "stateful":
+            raise ValueError(f"model.arch={self.model.arch!r} runs over a window: set mode='window'")
+        return self

@@ -1,0 +1,423 @@
+"""The engine: samples ``(stream, ts, value)`` in, forecasts, residuals, scores and flags out.
+
+``Engine.process`` takes a micro-batch as columns, validates it, gives new streams a slot, and runs
+one batched LSTM step for every stream present (a stream with several samples in the batch is
+stepped once per sample, in order). Nothing here knows about MQTT, files or clocks: the caller
+passes the time, and ``snapshot``/``restore`` turn the whole state into arrays and back.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from numbers import Real
+
+import numpy as np
+import torch
+
+from . import scaling, scoring
+from .config import EngineConfig
+from .models import Forecaster, build_model
+from .state import Column, StreamTable
+
+REJECTS = ("", "not_finite", "not_a_number", "out_of_order", "duplicate", "over_capacity", "bad_timestamp")
+OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP = range(len(REJECTS))
+SCORE_AFTER = 8  # errors of a stream's first samples (scaler not yet settled) are not scored
+TS_RING = 8  # recent timestamps kept per stream, to tell a redelivered duplicate from a late sample
+
+
+@dataclass
+class Results:
+    """Per-sample outputs of one ``process`` call, as columns aligned with the input order.
+
+    ``forecast``/``spread`` are what the model predicted for this value one step earlier (NaN for a
+    stream's first sample); ``next_forecast``/``next_spread`` are its prediction of the next value.
+    Rejected samples (``reject != 0``) have NaN outputs and changed nothing.
+    """
+
+    stream: Sequence[str]
+    ts: np.ndarray
+    value: np.ndarray
+    forecast: np.ndarray
+    spread: np.ndarray
+    residual: np.ndarray
+    score: np.ndarray
+    is_anomaly: np.ndarray
+    reason: np.ndarray
+    next_forecast: np.ndarray
+    next_spread: np.ndarray
+    reject: np.ndarray
+    evicted: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def accepted(self) -> np.ndarray:
+        """Mask of samples that were applied."""
+        return self.reject == OK
+
+    def reason_of(self, i: int) -> str:
+        """Reason name of sample ``i``'s flag ('' when not flagged)."""
+        return scoring.REASONS[int(self.reason[i])]
+
+    def reject_of(self, i: int) -> str:
+        """Reject reason name of sample ``i`` ('' when accepted)."""
+        return REJECTS[int(self.reject[i])]
+
+
+@dataclass
+class StreamView:
+    """Latest per-stream outputs, one row per tracked stream (copies: safe to read in another thread)."""
+
+    names: list[str]
+    value: np.ndarray  # last accepted value
+    forecast: np.ndarray  # what was forecast for that value (NaN before the second sample)
+    next_forecast: np.ndarray  # forecast of the next value
+    score: np.ndarray  # last anomaly score in [0, 1]
+    in_anomaly: np.ndarray  # bool: the stream is inside an anomalous condition now
+    anomalies: np.ndarray  # flags raised since the stream was created
+    last_seen: np.ndarray  # time of the last sample (the ``now`` passed to process)
+    samples: np.ndarray  # samples applied
+
+
+def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 plus reject codes (``not_a_number``, ``not_finite``); never raises."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        x = values.astype(np.float64, copy=False)
+        reject = np.zeros(len(x), dtype=np.uint8)
+    else:
+        n = len(values)
+        x = np.zeros(n, dtype=np.float64)
+        reject = np.zeros(n, dtype=np.uint8)
+        for i, v in enumerate(values):
+            if isinstance(v, Real | np.number):
+                try:
+                    x[i] = float(v)
+                    continue
+                except (OverflowError, ValueError, TypeError):
+                    pass
+            reject[i] = NOT_A_NUMBER
+    with np.errstate(invalid="ignore"):
+        bad = (reject == OK) & ~np.isfinite(x)
+    reject[bad] = NOT_FINITE
+    x[reject != OK] = 0.0
+    return x, reject
+
+
+def occurrence_rank(slots: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same slot (0 for the first)."""
+    order = np.argsort(slots, kind="stable")
+    ordered = slots[order]
+    pos = np.arange(len(slots))
+    starts = np.r_[True, ordered[1:] != ordered[:-1]] if len(slots) else np.zeros(0, bool)
+    first = np.maximum.accumulate(np.where(starts, pos, 0))
+    rank = np.empty_like(pos)
+    rank[order] = pos - first
+    return rank
+
+
+class Engine:
+    """Forecasts and scores many streams with one shared model and per-stream state."""
+
+    def __init__(
+        self, config: EngineConfig | None = None, model: Forecaster | None = None, model_version: int = 0
+    ) -> None:
+        self.config = config or EngineConfig()
+        cfg = self.config
+        torch.set_num_threads(cfg.torch_threads)
+        self.model = model if model is not None else build_model(cfg.model)
+        self.model.eval()
+        self.model_version = model_version
+        self.stateful = cfg.mode == "stateful" and getattr(self.model, "stateful", False)
+        self.table = StreamTable(self._columns(), cfg.max_streams)
+        self.counters = {"processed": 0, "rejected": 0, "evicted": 0, "expired": 0, "flagged": 0}
+
+    # ----------------------------------------------------------------- layout
+    def _columns(self) -> dict[str, Column]:
+        cfg = self.config
+        cols: dict[str, Column] = {
+            "count": Column((), np.int64),
+            "last_ts": Column((), np.float64, -np.inf),
+            "ts_ring": Column((TS_RING,), np.float64, np.nan),
+            "fc_mean": Column((), np.float64, np.nan),
+            "fc_spread": Column((), np.float64, np.nan),
+            "win": Column((cfg.look_back,), np.float32),
+            "last_value": Column((), np.float64, np.nan),
+            "last_forecast": Column((), np.float64, np.nan),
+            "last_score": Column((), np.float64),
+            "in_anomaly": Column((), np.bool_),
+            "n_flags": Column((), np.int64),
+            **scaling.COLUMNS,
+            **scoring.COLUMNS,
+        }
+        if self.stateful:
+            shape = (cfg.model.layers, cfg.model.hidden)
+            cols["h"] = Column(shape, np.float32)
+            cols["c"] = Column(shape, np.float32)
+        if cfg.history_len:
+            hl = (cfg.history_len,)
+            cols["hist_z"] = Column(hl, np.float32, 0.0, True)
+            cols["hist_y"] = Column(hl, np.float32, np.nan, True)
+            cols["hist_excl"] = Column(hl, np.bool_, False, True)
+        return cols
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-slot arrays, by column name."""
+        return self.table.arrays.data
+
+    @property
+    def streams(self) -> list[str]:
+        """Names of the streams currently tracked."""
+        return list(self.table.ids)
+
+    # ---------------------------------------------------------------- process
+    def process(
+        self,
+        streams: Sequence[str],
+        ts: Sequence[float] | np.ndarray,
+        values: Sequence[object] | np.ndarray,
+        now: float | None = None,
+    ) -> Results:
+        """Apply a micro-batch of samples; ``now`` (default: each sample's ts) marks streams seen."""
+        n = len(streams)
+        x, reject = coerce_values(values)
+        ts = np.asarray(ts, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            reject[(reject == OK) & ~np.isfinite(ts)] = BAD_TIMESTAMP
+        slots, evicted = self._slots_for(streams, reject)
+        out = Results(
+            stream=streams,
+            ts=ts,
+            value=np.where(reject == OK, x, np.nan),
+            forecast=np.full(n, np.nan),
+            spread=np.full(n, np.nan),
+            residual=np.full(n, np.nan),
+            score=np.full(n, np.nan),
+            is_anomaly=np.zeros(n, dtype=bool),
+            reason=np.zeros(n, dtype=np.uint8),
+            next_forecast=np.full(n, np.nan),
+            next_spread=np.full(n, np.nan),
+            reject=reject,
+            evicted=evicted,
+        )
+        ok = np.nonzero(reject == OK)[0]
+        rank = occurrence_rank(slots[ok])
+        for r in range(int(rank.max()) + 1 if len(ok) else 0):
+            idx = ok[rank == r] if r or rank.any() else ok
+            self._step(idx, slots[idx], ts[idx], x[idx], now, out)
+        accepted = int((reject == OK).sum())
+        self.counters["processed"] += accepted
+        self.counters["rejected"] += n - accepted
+        self.counters["flagged"] += int(out.is_anomaly.sum())
+        return out
+
+    def _slots_for(self, streams: Sequence[str], reject: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Slots of the batch's streams, creating new ones (and evicting) for valid unknown names."""
+        slots = self.table.lookup(streams)
+        new = np.nonzero((slots < 0) & (reject == OK))[0]
+        if not len(new):
+            return slots, []
+        names = dict.fromkeys(streams[i] for i in new.tolist())
+        _, evicted = self.table.add(names, protect=np.unique(slots[slots >= 0]))
+        self.counters["evicted"] += len(evicted)
+        slots = self.table.lookup(streams)
+        reject[(slots < 0) & (reject == OK)] = OVER_CAPACITY
+        return slots, evicted
+
+    def _check_order(self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, out: Results) -> np.ndarray:
+        """Mask of samples newer than their stream's last; marks duplicates and late ones rejected."""
+        a = self.arrays
+        seen = a["count"][s] > 0
+        last = a["last_ts"][s]
+        dup = seen & (ts == last)
+        late = seen & (ts < last)
+        if late.any():
+            dup |= late & (a["ts_ring"][s] == ts[:, None]).any(axis=1)
+        out.reject[idx[dup]] = DUPLICATE
+        out.reject[idx[late & ~dup]] = OUT_OF_ORDER
+        return ~(dup | late)
+
+    def _step(
+        self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, x: np.ndarray, now: float | None, out: Results
+    ) -> None:
+        """One sample for each of the (distinct) slots ``s``: score, scale, step, forecast."""
+        keep = self._check_order(idx, s, ts, out)
+        if not keep.all():
+            out.value[idx[~keep]] = np.nan
+            idx, s, ts, x = idx[keep], s[keep], ts[keep], x[keep]
+        if not len(idx):
+            return
+        cfg, a = self.config, self.arrays
+        count = a["count"][s]
+        forecast, spread = a["fc_mean"][s], a["fc_spread"][s]
+        has_fc = count >= SCORE_AFTER
+        residual = x - forecast
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            err = np.log1p(np.abs(residual) / spread)
+        self._write_target(s, x, count)
+        scored = scoring.score(a, s, x, err, has_fc, count, cfg.scoring)
+        scaling.update(a, s, x, cfg.scaling)
+        center, sc = scaling.stats(a, s, cfg.scaling)
+        z = np.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
+        self._write_inputs(s, z, ts, count, scored.condition)
+        mean, spr = self._forecast(s, z, count + 1)
+        next_fc = center + sc * mean
+        next_sp = sc * spr
+        a["fc_mean"][s] = next_fc
+        a["fc_spread"][s] = next_sp
+        a["count"][s] = count + 1
+        a["last_ts"][s] = ts
+        a["last_value"][s] = x
+        a["last_forecast"][s] = forecast
+        a["last_score"][s] = scored.score
+        a["in_anomaly"][s] = scored.condition
+        a["n_flags"][s] += scored.flag
+        self.table.touch(s, ts if now is None else now)
+        out.forecast[idx] = forecast
+        out.spread[idx] = spread
+        out.residual[idx] = residual
+        out.score[idx] = scored.score
+        out.is_anomaly[idx] = scored.flag
+        out.reason[idx] = scored.reason
+        out.next_forecast[idx] = next_fc
+        out.next_spread[idx] = next_sp
+
+    def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> None:
+        """The history's target for the previous step: this value scaled as that forecast was."""
+        hl = self.config.history_len
+        if not hl:
+            return
+        a = self.arrays
+        center, sc = scaling.stats(a, s, self.config.scaling)
+        clip = self.config.scaling.clip
+        y = np.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
+        seen = count > 0
+        a["hist_y"][s[seen], (count[seen] - 1) % hl] = y[seen]
+
+    def _write_inputs(
+        self, s: np.ndarray, z: np.ndarray, ts: np.ndarray, count: np.ndarray, excluded: np.ndarray
+    ) -> None:
+        """Push the scaled input into the window and history rings, and ts into the ts ring."""
+        a, cfg = self.arrays, self.config
+        a["win"][s, count % cfg.look_back] = z
+        a["ts_ring"][s, count % TS_RING] = ts
+        if cfg.history_len:
+            pos = count % cfg.history_len
+            a["hist_z"][s, pos] = z
+            a["hist_y"][s, pos] = np.nan
+            a["hist_excl"][s, pos] = excluded
+
+    def _forecast(self, s: np.ndarray, z: np.ndarray, new_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled forecast (mean, spread) of the next value for slots ``s`` after input ``z``."""
+        with torch.inference_mode():
+            if self.stateful:
+                a = self.arrays
+                h = torch.from_numpy(a["h"][s]).transpose(0, 1).contiguous()
+                c = torch.from_numpy(a["c"][s]).transpose(0, 1).contiguous()
+                mean, spread, (h, c) = self.model.step(torch.from_numpy(z), (h, c))
+                a["h"][s] = h.transpose(0, 1).numpy()
+                a["c"][s] = c.transpose(0, 1).numpy()
+            else:
+                mean, spread = self.model(torch.from_numpy(self.windows(s, new_count)))
+        return mean.double().numpy(), spread.double().numpy()
+
+    def windows(self, s: np.ndarray, count: np.ndarray | None = None) -> np.ndarray:
+        """Each slot's window in time order, zero-padded at the front while it is short."""
+        a, lb = self.arrays, self.config.look_back
+        count = a["count"][s] if count is None else count
+        order = (count[:, None] + np.arange(lb)) % lb
+        return np.take_along_axis(a["win"][s], order, axis=1)
+
+    # ------------------------------------------------------------- lifecycle
+    def expire(self, now: float) -> list[str]:
+        """Drop streams idle longer than ``idle_expiry_s`` before ``now``; returns their names."""
+        if self.config.idle_expiry_s is None:
+            return []
+        gone = self.table.expire(now, self.config.idle_expiry_s)
+        self.counters["expired"] += len(gone)
+        return gone
+
+    def forget(self, names: Sequence[str]) -> list[str]:
+        """Drop the named streams now; returns those that existed."""
+        return self.table.remove(
+            np.array([self.table.ids[n] for n in names if n in self.table.ids], dtype=np.int64)
+        )
+
+    def swap_model(self, model: Forecaster, version: int | None = None) -> None:
+        """Serve with ``model`` from now on, rebuilding every stream's state by replaying its window."""
+        model.eval()
+        self.model = model
+        self.model_version = self.model_version + 1 if version is None else version
+        slots = self.table.active_slots()
+        for chunk in np.array_split(slots, max(1, len(slots) // 4096 + 1)):
+            if len(chunk):
+                self._replay(chunk)
+
+    def _replay(self, s: np.ndarray) -> None:
+        a = self.arrays
+        win = torch.from_numpy(self.windows(s))
+        with torch.inference_mode():
+            if self.stateful:
+                out, (h, c) = self.model.run(win)
+                mean, spread = self.model.head(out[:, -1], win[:, -1])
+                a["h"][s] = h.transpose(0, 1).numpy()
+                a["c"][s] = c.transpose(0, 1).numpy()
+            else:
+                mean, spread = self.model(win)
+        center, sc = scaling.stats(a, s, self.config.scaling)
+        started = a["count"][s] > 0
+        a["fc_mean"][s] = np.where(started, center + sc * mean.double().numpy(), np.nan)
+        a["fc_spread"][s] = np.where(started, sc * spread.double().numpy(), np.nan)
+
+    def history(self, min_len: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each stream's buffered (inputs, targets, excluded) in time order, for fine-tuning."""
+        hl = self.config.history_len
+        if not hl:
+            return []
+        a = self.arrays
+        out = []
+        for slot in self.table.active_slots().tolist():
+            n = int(min(a["count"][slot], hl))
+            if n < min_len:
+                continue
+            order = (a["count"][slot] - n + np.arange(n)) % hl
+            out.append(
+                (
+                    a["hist_z"][slot, order].copy(),
+                    a["hist_y"][slot, order].copy(),
+                    a["hist_excl"][slot, order].copy(),
+                )
+            )
+        return out
+
+    def view(self) -> StreamView:
+        """Every tracked stream's latest outputs, as aligned arrays (what metrics export)."""
+        slots = self.table.active_slots()
+        a = self.arrays
+        return StreamView(
+            names=[self.table.names[i] for i in slots.tolist()],
+            value=a["last_value"][slots],
+            forecast=a["last_forecast"][slots],
+            next_forecast=a["fc_mean"][slots],
+            score=a["last_score"][slots],
+            in_anomaly=a["in_anomaly"][slots],
+            anomalies=a["n_flags"][slots],
+            last_seen=a["last_seen"][slots],
+            samples=a["count"][slots],
+        )
+
+    def copy_model(self) -> Forecaster:
+        """A deep copy of the live model (what a fine-tune trains)."""
+        return copy.deepcopy(self.model)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held by per-stream state and by history buffers, at the current capacity."""
+        arrays = self.table.arrays
+        return {
+            "state_bytes": arrays.nbytes(False),
+            "history_bytes": arrays.nbytes(True),
+            "capacity": arrays.capacity,
+        }

@@ -1,0 +1,193 @@
+"""Forecaster networks: a stacked stateful LSTM, a bidirectional LSTM and an attention LSTM.
+
+Every model maps a window of scaled values ``(batch, steps)`` to a one-step forecast: a mean and a
+spread (Gaussian head, trained with NLL) or a point (MSE head, spread fixed at 1). Only the stacked
+LSTM can also run one step at a time with carried ``(h, c)``; the other two need the whole window.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ModelConfig
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden)
+MIN_SPREAD = 1e-3
+
+
+class Head(nn.Module):
+    """Maps features to (mean, spread); the mean is a change from the last input when asked."""
+
+    def __init__(self, features: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gaussian = cfg.head == "gaussian"
+        self.predict_delta = cfg.predict_delta
+        self.linear = nn.Linear(features, 2 if self.gaussian else 1)
+
+    def forward(self, feats: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.linear(feats)
+        mean = out[..., 0]
+        if self.predict_delta:
+            mean = mean + last
+        if self.gaussian:
+            spread = F.softplus(out[..., 1]) + MIN_SPREAD
+        else:
+            spread = torch.ones_like(mean)
+        return mean, spread
+
+
+class StackedLSTM(nn.Module):
+    """Stacked LSTM forecaster that runs over a window or one step at a time with carried state.
+
+    Layers are separate single-layer ``nn.LSTM`` modules so that dropout and (for deep stacks)
+    residual connections sit between them; a window pass and a sequence of single steps from the
+    same state give the same outputs.
+    """
+
+    stateful = True
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(
+            nn.LSTM(1 if i == 0 else cfg.hidden, cfg.hidden, batch_first=True) for i in range(cfg.layers)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.residual = cfg.use_residual
+        self.head = Head(cfg.hidden, cfg)
+
+    def zero_state(self, batch: int) -> State:
+        """All-zero (h, c) for ``batch`` streams."""
+        shape = (self.cfg.layers, batch, self.cfg.hidden)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def run(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Top-layer outputs ``(batch, steps, hidden)`` for inputs ``(batch, steps)``, and the new state."""
+        if state is None:
+            state = self.zero_state(x.shape[0])
+        h0, c0 = state
+        out = x.unsqueeze(-1)
+        hs, cs = [], []
+        for i, layer in enumerate(self.layers):
+            inp = out if i == 0 else self.dropout(out)
+            y, (h, c) = layer(inp, (h0[i : i + 1], c0[i : i + 1]))
+            out = out + y if (self.residual and i > 0) else y
+            hs.append(h)
+            cs.append(c)
+        return out, (torch.cat(hs), torch.cat(cs))
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forecast after the last step of each window: (mean, spread), each ``(batch,)``."""
+        out, _ = self.run(x, state)
+        return self.head(out[:, -1], x[:, -1])
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forecasts after every step of each sequence, ``(batch, steps)`` each: for training."""
+        out, _ = self.run(x)
+        return self.head(out, x)
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One step for a batch of streams: inputs ``(batch,)`` -> mean, spread, new state."""
+        out, new_state = self.run(x.unsqueeze(1), state)
+        mean, spread = self.head(out[:, 0], x)
+        return mean, spread, new_state
+
+
+class BiLSTM(nn.Module):
+    """Bidirectional LSTM over a window; the head sees the last forward and first backward states."""
+
+    stateful = False
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.lstm = nn.LSTM(
+            1,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+        self.head = Head(2 * cfg.hidden, cfg)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x.unsqueeze(-1))
+        return out  # (batch, steps, 2 * hidden)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forecast after each window's last step."""
+        return self.head(self._features(x)[:, -1], x[:, -1])
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training view: only the last step is a causal forecast, so only it is returned."""
+        mean, spread = self.forward(x)
+        return mean.unsqueeze(1), spread.unsqueeze(1)
+
+
+class AttentionLSTM(nn.Module):
+    """LSTM over a window with additive attention over its outputs (Bahdanau-style).
+
+    Scores ``v . tanh(W o_t)`` over the steps, softmax, context = weighted sum of outputs; the head
+    reads the context joined with the last output. Shapes are checked, unlike the seed's version.
+    """
+
+    stateful = False
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.lstm = nn.LSTM(
+            1,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+        self.attn = nn.Linear(cfg.hidden, cfg.hidden)
+        self.score = nn.Linear(cfg.hidden, 1, bias=False)
+        self.head = Head(2 * cfg.hidden, cfg)
+
+    def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(batch, 2*hidden)`` and attention weights ``(batch, steps)`` for windows ``x``."""
+        out, _ = self.lstm(x.unsqueeze(-1))  # (batch, steps, hidden)
+        weights = torch.softmax(self.score(torch.tanh(self.attn(out))).squeeze(-1), dim=1)
+        context = torch.bmm(weights.unsqueeze(1), out).squeeze(1)  # (batch, hidden)
+        return torch.cat([context, out[:, -1]], dim=-1), weights
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forecast after each window's last step."""
+        feats, _ = self.attention(x)
+        return self.head(feats, x[:, -1])
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training view: only the last step's forecast."""
+        mean, spread = self.forward(x)
+        return mean.unsqueeze(1), spread.unsqueeze(1)
+
+
+Forecaster = StackedLSTM | BiLSTM | AttentionLSTM
+ARCHS: dict[str, type[nn.Module]] = {"lstm": StackedLSTM, "bilstm": BiLSTM, "attention": AttentionLSTM}
+
+
+def build_model(cfg: ModelConfig, seed: int | None = 0) -> Forecaster:
+    """A fresh model of the configured architecture, deterministically initialised."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = ARCHS[cfg.arch](cfg)
+    model.eval()
+    return model  # type: ignore[return-value]
+
+
+def gaussian_nll(mean: torch.Tensor, spread: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-element Gaussian negative log-likelihood (without the constant)."""
+    return torch.log(spread) + 0.5 * ((target - mean) / spread) ** 2
+
+
+def loss_fn(cfg: ModelConfig, mean: torch.Tensor, spread: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-element training loss of the configured head (NLL or squared error)."""
+    if cfg.head == "gaussian":
+        return gaussian_nll(mean, spread, target)
+    return (target - mean) ** 2

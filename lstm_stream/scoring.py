@@ -1,0 +1,172 @@
+"""Anomaly scoring, vectorised over streams: residual -> likelihood score -> flag, plus rules.
+
+The likelihood stage follows Numenta's anomaly likelihood (see ``docs/detection.md`` in shared):
+a short exponentially weighted mean of the standardised error is compared with a Gaussian fitted to
+its own long-run history; the one-sided tail probability ``q`` becomes ``-log10(q) / 10`` clipped to
+[0, 1] (a tail of 1e-5 reads 0.5). Two rules add their own reasons: a value beyond the range seen so
+far, and a flat line far longer than any the stream showed before. Flags are suppressed during
+warm-up, within one event, and for a while after a flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import log_ndtr
+
+from .config import ScoringConfig
+from .state import Column
+
+REASONS = ("", "likelihood", "range", "flatline", "regime_change")
+NONE, LIKELIHOOD, RANGE, FLATLINE, REGIME = range(len(REASONS))
+LOG_1E10 = np.log(1e10)
+MAX_ERR = 1e6  # standardised errors are clipped here: one wild value cannot poison the statistics
+MIN_LONG_N = 10  # long-run samples before the likelihood says anything
+REL_STD_FLOOR = 0.1  # the long-run spread is at least this fraction of its mean (no 0-width fits)
+
+COLUMNS = {
+    "err_short": Column((), np.float64),
+    "err_n": Column((), np.int64),
+    "lr_mean": Column((), np.float64),
+    "lr_var": Column((), np.float64),
+    "lr_n": Column((), np.int64),
+    "cond_prev": Column((), np.bool_),
+    "since_flag": Column((), np.int64, 1 << 40),
+    "run_len": Column((), np.int64),
+    "rng_min": Column((), np.float64, np.inf),
+    "rng_max": Column((), np.float64, -np.inf),
+    "prev_x": Column((), np.float64, np.nan),
+    "step_mad": Column((), np.float64),
+    "step_n": Column((), np.int64),
+    "flat_run": Column((), np.int64),
+    "flat_longest": Column((), np.int64),
+}
+
+
+@dataclass
+class Scored:
+    """Per-sample scoring output, aligned with the slots passed in."""
+
+    score: np.ndarray  # float64 in [0, 1]
+    condition: np.ndarray  # bool: anomalous now (flagged or not); such points are kept out of training
+    flag: np.ndarray  # bool: a new alert
+    reason: np.ndarray  # uint8 index into REASONS (0 where not flagged)
+
+
+def likelihood(short: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Score in [0, 1] from the one-sided Gaussian tail of ``short`` under (mean, var)."""
+    std = np.maximum(np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6)
+    z = (short - mean) / std
+    return np.clip(-log_ndtr(-z) / LOG_1E10, 0.0, 1.0)
+
+
+def _ew(n: np.ndarray, memory: int) -> np.ndarray:
+    """Weight of the newest sample: exact mean while young, 1/memory once warm."""
+    return np.maximum(1.0 / np.maximum(n, 1), 1.0 / memory)
+
+
+def _likelihood_stage(
+    cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
+) -> np.ndarray:
+    """Update the short and long error statistics of ``slots``; return the likelihood scores."""
+    alpha_s = 2.0 / (cfg.short_window + 1.0)
+    n_err = cols["err_n"][slots]
+    short = np.where(n_err == 0, err, cols["err_short"][slots] + alpha_s * (err - cols["err_short"][slots]))
+    mean, var, lr_n = cols["lr_mean"][slots], cols["lr_var"][slots], cols["lr_n"][slots]
+    score = np.where(lr_n >= MIN_LONG_N, likelihood(short, mean, var), 0.0)
+    n1 = lr_n + 1
+    a = _ew(n1, cfg.long_memory)
+    delta = short - mean
+    new_mean = mean + a * delta
+    new_var = np.where(n1 == 1, 0.0, (1.0 - a) * (var + a * delta * delta))
+    cols["err_short"][slots] = np.where(valid, short, cols["err_short"][slots])
+    cols["err_n"][slots] = n_err + valid
+    cols["lr_mean"][slots] = np.where(valid, new_mean, mean)
+    cols["lr_var"][slots] = np.where(valid, new_var, var)
+    cols["lr_n"][slots] = lr_n + valid
+    return np.where(valid, score, 0.0)
+
+
+def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
+    """True where ``x`` leaves the range seen so far by more than ``range_margin`` of it."""
+    lo, hi = cols["rng_min"][slots], cols["rng_max"][slots]
+    cols["rng_min"][slots] = np.minimum(lo, x)
+    cols["rng_max"][slots] = np.maximum(hi, x)
+    if cfg.range_margin is None:
+        return np.zeros(len(slots), dtype=bool)
+    span = hi - lo
+    margin = cfg.range_margin * span
+    with np.errstate(invalid="ignore"):
+        return (span > 0) & ((x > hi + margin) | (x < lo - margin))
+
+
+def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
+    """True while the value has been stuck longer than ever before (and at least the window)."""
+    prev = cols["prev_x"][slots]
+    step = np.abs(x - prev)
+    has_prev = ~np.isnan(prev)
+    mad = cols["step_mad"][slots]
+    ratio = cfg.flatline_ratio if cfg.flatline_ratio is not None else -1.0
+    stuck = has_prev & (mad > 0) & (step <= ratio * mad)
+    run = np.where(stuck, cols["flat_run"][slots] + 1, 0)
+    longest = cols["flat_longest"][slots]
+    ended = ~stuck & (cols["flat_run"][slots] > 0)
+    cols["flat_longest"][slots] = np.where(ended, np.maximum(longest, cols["flat_run"][slots]), longest)
+    cols["flat_run"][slots] = run
+    moving = has_prev & ~stuck
+    n = cols["step_n"][slots] + moving
+    a = _ew(n, 1000)
+    cols["step_mad"][slots] = np.where(moving, mad + a * (np.minimum(step, 1e100) - mad), mad)
+    cols["step_n"][slots] = n
+    cols["prev_x"][slots] = x
+    if cfg.flatline_ratio is None:
+        return np.zeros(len(slots), dtype=bool)
+    return run >= np.maximum(cfg.flatline_window, 2 * longest + 1)
+
+
+def score(
+    cols: dict,
+    slots: np.ndarray,
+    x: np.ndarray,
+    err: np.ndarray,
+    has_forecast: np.ndarray,
+    count: np.ndarray,
+    cfg: ScoringConfig,
+) -> Scored:
+    """Score one sample per slot (slots unique): update statistics and decide flags.
+
+    ``err`` is the standardised absolute forecast error (ignored where ``has_forecast`` is False);
+    ``count`` is how many samples each stream had before this one (for warm-up).
+    """
+    err = np.clip(np.nan_to_num(err, nan=0.0, posinf=MAX_ERR), 0.0, MAX_ERR)
+    lik = _likelihood_stage(cols, slots, err, has_forecast, cfg)
+    out_of_range = _range_rule(cols, slots, x, cfg)
+    flat = _flatline_rule(cols, slots, x, cfg)
+    cond = (lik >= cfg.threshold) | out_of_range | flat
+    value = np.where(out_of_range | flat, 1.0, lik)
+    eligible = count >= cfg.warmup
+    new_event = cond & ~cols["cond_prev"][slots]
+    since = cols["since_flag"][slots]
+    flag = eligible & new_event & (since >= cfg.suppress)
+    reason = np.where(out_of_range, RANGE, np.where(flat, FLATLINE, LIKELIHOOD)).astype(np.uint8)
+    run = np.where(cond, cols["run_len"][slots] + 1, 0)
+    if cfg.regime_after is not None:
+        regime = eligible & (run == cfg.regime_after)
+        _reset_long_run(cols, slots[regime], x[regime])
+        flag |= regime
+        reason = np.where(regime, REGIME, reason).astype(np.uint8)
+    reason = np.where(flag, reason, NONE).astype(np.uint8)
+    cols["run_len"][slots] = run
+    cols["cond_prev"][slots] = cond
+    cols["since_flag"][slots] = np.where(flag, 0, since + 1)
+    return Scored(value, cond, flag, reason)
+
+
+def _reset_long_run(cols: dict, slots: np.ndarray, x: np.ndarray) -> None:
+    """A lasting new regime: forget the long-run error statistics and the seen range."""
+    cols["lr_n"][slots] = 0
+    cols["lr_mean"][slots] = 0.0
+    cols["lr_var"][slots] = 0.0
+    cols["rng_min"][slots] = x
+    cols["rng_max"][slots] = x

@@ -1,0 +1,165 @@
+"""The stream table: one slot per stream in preallocated arrays that grow by doubling.
+
+Every per-stream quantity (LSTM state, windows, scaler and scoring statistics, ...) is a column in a
+:class:`SlotArrays`; a stream's name maps to its slot. New streams take a free slot (amortised O(1));
+``max_streams`` is enforced by evicting the least recently seen streams; idle streams expire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Column:
+    """Declaration of one per-slot array: its trailing shape, dtype and initial value."""
+
+    shape: tuple[int, ...]
+    dtype: type | np.dtype
+    fill: float = 0.0
+    is_history: bool = False
+
+
+class SlotArrays:
+    """Named per-slot arrays sharing one capacity; row ``i`` of every array belongs to slot ``i``."""
+
+    def __init__(self, columns: dict[str, Column], capacity: int = 64) -> None:
+        self.columns = columns
+        self.capacity = max(1, capacity)
+        self.data: dict[str, np.ndarray] = {
+            name: self._new(col, self.capacity) for name, col in columns.items()
+        }
+
+    @staticmethod
+    def _new(col: Column, rows: int) -> np.ndarray:
+        return np.full((rows, *col.shape), col.fill, dtype=col.dtype)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.data[name]
+
+    def grow(self, needed: int) -> None:
+        """Ensure room for ``needed`` slots, doubling so that growth is amortised O(1)."""
+        if needed <= self.capacity:
+            return
+        cap = self.capacity
+        while cap < needed:
+            cap *= 2
+        for name, col in self.columns.items():
+            arr = self._new(col, cap)
+            arr[: self.capacity] = self.data[name]
+            self.data[name] = arr
+        self.capacity = cap
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Return ``slots`` to their initial values (a new stream starts from nothing)."""
+        for name, col in self.columns.items():
+            self.data[name][slots] = col.fill
+
+    def nbytes(self, history: bool | None = None) -> int:
+        """Bytes held per the whole capacity; ``history`` selects history or state columns."""
+        return sum(
+            a.nbytes for n, a in self.data.items() if history is None or self.columns[n].is_history == history
+        )
+
+
+class StreamTable:
+    """Maps stream names to slots; allocates, evicts (least recently seen) and expires them."""
+
+    def __init__(self, columns: dict[str, Column], max_streams: int, capacity: int = 64) -> None:
+        self.max_streams = max_streams
+        self.arrays = SlotArrays(
+            {
+                **columns,
+                "seen_seq": Column((), np.int64, -1),
+                "last_seen": Column((), np.float64, -np.inf),
+            },
+            min(capacity, max_streams),
+        )
+        self.ids: dict[str, int] = {}
+        self.names: list[str | None] = []
+        self.free: list[int] = []
+        self.seq = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.ids
+
+    def lookup(self, names: Sequence[str]) -> np.ndarray:
+        """Slots of ``names`` (-1 where unknown)."""
+        get = self.ids.get
+        return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
+
+    def touch(self, slots: np.ndarray, now: np.ndarray | float) -> None:
+        """Mark slots as seen now (LRU order and idle expiry)."""
+        a = self.arrays
+        a["seen_seq"][slots] = self.seq + np.arange(len(slots))
+        self.seq += len(slots)
+        a["last_seen"][slots] = now
+
+    def add(self, names: Iterable[str], protect: np.ndarray) -> tuple[list[int], list[str]]:
+        """Create slots for new ``names``; evict the least recently seen streams not in ``protect``.
+
+        Returns the new slots (-1 for a name that found no room) and the evicted names.
+        """
+        names = list(names)
+        room = self.max_streams - len(self.ids)
+        evicted: list[str] = []
+        if len(names) > room:
+            evicted = self._evict_lru(len(names) - room, protect)
+        slots: list[int] = []
+        for name in names:
+            if len(self.ids) >= self.max_streams:
+                slots.append(-1)
+                continue
+            slot = self.free.pop() if self.free else self._append_slot()
+            self.ids[name] = slot
+            self.names[slot] = name
+            slots.append(slot)
+        new = np.array([s for s in slots if s >= 0], dtype=np.int64)
+        self.arrays.reset(new)
+        return slots, evicted
+
+    def _append_slot(self) -> int:
+        slot = len(self.names)
+        self.arrays.grow(slot + 1)
+        self.names.append(None)
+        return slot
+
+    def _evict_lru(self, count: int, protect: np.ndarray) -> list[str]:
+        active = self.active_slots()
+        if len(protect):
+            active = active[~np.isin(active, protect)]
+        count = min(count, len(active))
+        if count <= 0:
+            return []
+        seq = self.arrays["seen_seq"][active]
+        victims = active[np.argpartition(seq, count - 1)[:count]] if count < len(active) else active
+        return self.remove(victims)
+
+    def expire(self, now: float, idle_s: float) -> list[str]:
+        """Drop streams not seen for ``idle_s`` (time base of ``touch``); returns their names."""
+        active = self.active_slots()
+        idle = active[self.arrays["last_seen"][active] < now - idle_s]
+        return self.remove(idle)
+
+    def remove(self, slots: np.ndarray) -> list[str]:
+        """Free ``slots``; returns the names they held."""
+        out = []
+        for slot in np.asarray(slots, dtype=np.int64).tolist():
+            name = self.names[slot]
+            if name is None:
+                continue
+            del self.ids[name]
+            self.names[slot] = None
+            self.free.append(slot)
+            out.append(name)
+        return out
+
+    def active_slots(self) -> np.ndarray:
+        """Slots currently holding a stream, in ascending order."""
+        return np.array(sorted(self.ids.values()), dtype=np.int64)

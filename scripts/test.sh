@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run all of it. CI runs exactly this (.ci/run).
+#   - Python packages: this project with its dev extras (torch pinned to the local CPU wheel)
+#   - Debian packages for the integration tests: mosquitto (broker), prometheus (server + promtool)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "warning: ${need_apt[*]} missing and not root: integration tests will be skipped" >&2
+  fi
+fi
+
+python -m pip install -q --disable-pip-version-check -e ".[dev]"
+exec python -m pytest -q "$@"

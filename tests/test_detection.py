@@ -1,0 +1,64 @@
+"""Detection on a sine with injected anomalies, through the shipped pretrained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_stream.engine import Engine
+from lstm_stream.synthetic import inject, sine
+
+TOLERANCE = 3  # a flag within this many samples after an event's start counts as "at" it
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_spikes_level_shift_and_flatline_flagged_there_and_nowhere_else(pretrained, seed: int) -> None:
+    y = sine(3000, period=60, noise=0.05, rng=np.random.default_rng(seed))
+    inj = inject(y, spikes=[900, 1500], shift=2000, flat=(2500, 2600))
+    engine = Engine(pretrained.config, pretrained.model)
+    r = engine.process(["s"] * len(y), np.arange(len(y), dtype=float), inj.values)
+    flagged = np.nonzero(r.is_anomaly)[0]
+    for kind, start, _ in inj.events:
+        near = flagged[(flagged >= start) & (flagged <= start + (30 if kind == "flatline" else TOLERANCE))]
+        assert len(near), f"{kind} at {start} not flagged; flags at {flagged.tolist()}"
+    allowed = np.zeros(len(y), dtype=bool)
+    for _, start, end in inj.events:
+        allowed[start : max(end, start + 1) + 30] = True
+    stray = [i for i in flagged if not allowed[i]]
+    assert not stray, f"flags away from the injected events: {stray}"
+    assert (flagged >= pretrained.config.scoring.warmup).all()
+
+
+def test_flags_carry_their_reason(pretrained) -> None:
+    y = sine(1500, period=50, noise=0.05, rng=np.random.default_rng(7))
+    inj = inject(y, spikes=[700], flat=(1100, 1250))
+    r = Engine(pretrained.config, pretrained.model).process(["s"] * 1500, np.arange(1500.0), inj.values)
+    reasons = {int(i): r.reason_of(i) for i in np.nonzero(r.is_anomaly)[0]}
+    assert reasons.get(700) in {"range", "likelihood"}
+    assert "flatline" in reasons.values()
+    assert all(v for v in reasons.values())
+    assert all(r.reason_of(i) == "" for i in np.nonzero(~r.is_anomaly)[0])
+
+
+def test_no_flags_during_warmup(pretrained) -> None:
+    y = sine(400, period=30, noise=0.05)
+    y[[50, 120, 250]] += 20.0
+    r = Engine(pretrained.config, pretrained.model).process(["s"] * 400, np.arange(400.0), y)
+    assert not r.is_anomaly[: pretrained.config.scoring.warmup].any()
+
+
+def test_repeats_within_one_event_are_suppressed(pretrained) -> None:
+    y = sine(1200, period=40, noise=0.05)
+    y[800:806] += 10.0  # one event of six wild samples
+    r = Engine(pretrained.config, pretrained.model).process(["s"] * 1200, np.arange(1200.0), y)
+    assert r.is_anomaly[800:840].sum() == 1
+    assert (r.score[800:806] > 0.5).sum() >= 2  # the score stays high, the flag is given once
+
+
+def test_pretrained_model_beats_persistence_from_the_start(pretrained) -> None:
+    from lstm_stream.evaluation import forecast_metrics
+
+    y = sine(1000, period=40, noise=0.05, rng=np.random.default_rng(11))
+    r = Engine(pretrained.config, pretrained.model).process(["s"] * 1000, np.arange(1000.0), y)
+    m = forecast_metrics(y[50:], r.forecast[50:], y_train=y[:50])
+    assert m["mase"] < 0.9, m

@@ -1,0 +1,158 @@
+"""The per-stream state contract (as river's checks): every engine must honour these."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_stream import checkpoint
+from lstm_stream.config import EngineConfig
+from lstm_stream.engine import DUPLICATE, OUT_OF_ORDER, OVER_CAPACITY, Engine
+
+FIELDS = ("forecast", "spread", "residual", "score", "next_forecast", "next_spread")
+
+
+def _stream_data(n_streams: int, steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps, dtype=float)
+    return {
+        f"s{i}": np.sin(t / (5 + i) + i) * (i + 1) + 0.1 * rng.standard_normal(steps)
+        for i in range(n_streams)
+    }
+
+
+def _interleaved(data: dict[str, np.ndarray]):
+    steps = len(next(iter(data.values())))
+    names, ts, vals = [], [], []
+    for t in range(steps):
+        for name, v in data.items():
+            names.append(name)
+            ts.append(float(t))
+            vals.append(v[t])
+    return names, np.array(ts), np.array(vals)
+
+
+def _assert_same(a, b, tol=1e-5):
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=tol, atol=tol, err_msg=f)
+    np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+    np.testing.assert_array_equal(a.reject, b.reject)
+
+
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+def test_batch_equals_one_by_one(small_cfg: EngineConfig, mode: str) -> None:
+    cfg = small_cfg.model_copy(update={"mode": mode})
+    names, ts, vals = _interleaved(_stream_data(5, 60))
+    batched = Engine(cfg).process(names, ts, vals)
+    single = Engine(cfg)
+    parts = [single.process(names[i : i + 1], ts[i : i + 1], vals[i : i + 1]) for i in range(len(names))]
+    for f in FIELDS:
+        got = np.concatenate([getattr(p, f) for p in parts])
+        np.testing.assert_allclose(getattr(batched, f), got, rtol=1e-5, atol=1e-5, err_msg=f)
+
+
+def test_several_samples_of_one_stream_in_a_batch_apply_in_order(small_cfg: EngineConfig) -> None:
+    data = _stream_data(3, 40)
+    names, ts, vals = _interleaved(data)
+    # a random interleaving of the streams that keeps each stream's own order
+    queues = {n: [i for i, m in enumerate(names) if m == n] for n in data}
+    rng = np.random.default_rng(1)
+    shuffled = []
+    while any(queues.values()):
+        name = rng.choice([n for n, q in queues.items() if q])
+        shuffled.append(queues[name].pop(0))
+    shuffled = np.array(shuffled)
+    a = Engine(small_cfg).process([names[i] for i in shuffled], ts[shuffled], vals[shuffled])
+    b = Engine(small_cfg).process(names, ts, vals)
+    for name in data:
+        ia = [k for k, i in enumerate(shuffled) if names[i] == name]
+        ib = [k for k, n in enumerate(names) if n == name]
+        np.testing.assert_allclose(a.next_forecast[ia], b.next_forecast[ib], rtol=1e-5, atol=1e-5)
+
+
+def test_streams_are_independent(small_cfg: EngineConfig) -> None:
+    data = _stream_data(4, 50)
+    names, ts, vals = _interleaved(data)
+    together = Engine(small_cfg).process(names, ts, vals)
+    alone = Engine(small_cfg)
+    r = alone.process(["s2"] * 50, np.arange(50.0), data["s2"])
+    mask = np.array(names) == "s2"
+    np.testing.assert_allclose(together.next_forecast[mask], r.next_forecast, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(together.score[mask], r.score, rtol=1e-5, atol=1e-5)
+
+
+def test_snapshot_restore_is_exact(small_cfg: EngineConfig) -> None:
+    names, ts, vals = _interleaved(_stream_data(6, 80))
+    cut = len(names) // 2
+    whole = Engine(small_cfg)
+    whole.process(names[:cut], ts[:cut], vals[:cut])
+    restored = checkpoint.restore(checkpoint.snapshot(whole))
+    a = whole.process(names[cut:], ts[cut:], vals[cut:])
+    b = restored.process(names[cut:], ts[cut:], vals[cut:])
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+
+
+def test_new_stream_gets_a_slot_on_first_sight(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg)
+    assert "x" not in e.table
+    e.process(["x"], [1.0], [2.0])
+    assert e.streams == ["x"]
+
+
+def test_lru_eviction_frees_the_slot(small_cfg: EngineConfig) -> None:
+    cfg = small_cfg.model_copy(update={"max_streams": 3})
+    e = Engine(cfg)
+    e.process(["a", "b", "c"], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    e.process(["a", "c"], [2.0, 2.0], [1.0, 3.0])  # b is now the least recently seen
+    slot_b = e.table.ids["b"]
+    r = e.process(["d"], [3.0], [4.0])
+    assert r.evicted == ["b"]
+    assert sorted(e.streams) == ["a", "c", "d"]
+    assert e.table.ids["d"] == slot_b  # the freed slot is reused
+    assert e.arrays["count"][slot_b] == 1  # and starts from nothing
+    r = e.process(["b"], [4.0], [2.0])  # b comes back as a new stream
+    assert r.forecast[0] != r.forecast[0]  # NaN: no forecast for a first sample
+
+
+def test_over_capacity_in_one_batch_is_rejected_not_lost_silently(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg.model_copy(update={"max_streams": 2}))
+    r = e.process(["a", "b", "c"], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert list(r.reject) == [0, 0, OVER_CAPACITY]
+
+
+def test_idle_streams_expire(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg.model_copy(update={"idle_expiry_s": 100.0}))
+    e.process(["a", "b"], [0.0, 0.0], [1.0, 1.0], now=1000.0)
+    e.process(["a"], [1.0], [1.0], now=1090.0)
+    assert e.expire(1150.0) == ["b"]
+    assert e.streams == ["a"]
+
+
+def test_growth_is_amortised(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg.model_copy(update={"max_streams": 5000}))
+    grows = 0
+    cap = e.table.arrays.capacity
+    for i in range(0, 5000, 50):
+        e.process([f"s{j}" for j in range(i, i + 50)], np.zeros(50), np.ones(50))
+        if e.table.arrays.capacity != cap:
+            grows += 1
+            cap = e.table.arrays.capacity
+    assert len(e.streams) == 5000
+    assert grows <= 8  # doubling: log2(5000/64) reallocations, not one per stream
+
+
+def test_duplicates_and_late_samples_are_rejected_without_state_change(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg)
+    e.process(["a"] * 5, [1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 2.0, 1.0])
+    before = checkpoint.snapshot(e)
+    r = e.process(["a", "a", "a"], [5.0, 3.0, 4.5], [9.0, 9.0, 9.0])
+    assert [r.reject_of(i) for i in range(3)] == ["duplicate", "duplicate", "out_of_order"]
+    assert r.reject[0] == DUPLICATE and r.reject[2] == OUT_OF_ORDER
+    after = checkpoint.snapshot(e)
+    # the state tensors are identical (metadata holds a creation time, so compare arrays)
+    ta, _ = checkpoint.decode(before)
+    tb, _ = checkpoint.decode(after)
+    for k in ta:
+        np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
