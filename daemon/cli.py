@@ -1,0 +1,80 @@
+"""``lstm-stream``: the command line (daemon, demo, benchmarks, configuration)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .settings import EX_CONFIG, ConfigError, load_settings, masked_dump
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_engine_demo
+
+    run_engine_demo(steps=args.steps, sensors=args.sensors, speed=args.speed, seed=args.seed)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "engine":
+        from lstm_stream.bench import run
+
+        streams = tuple(int(s) for s in args.streams.split(","))
+        print(json.dumps(run(seconds=args.seconds, streams=streams, look_back=args.look_back), indent=2))
+        return 0
+    print(f"unknown benchmark {args.what!r}", file=sys.stderr)
+    return 2
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file if args.action == "check" else args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_CONFIG
+    if args.action == "show":
+        print(json.dumps(masked_dump(settings), indent=2, default=str))
+    else:
+        print(f"{args.file}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(prog="lstm-stream", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="simulated sensors through the engine, anomalies printed")
+    demo.add_argument("--steps", type=int, default=2000, help="simulation steps (default 2000)")
+    demo.add_argument("--sensors", type=int, default=6, help="number of simulated sensors")
+    demo.add_argument("--speed", type=float, default=0.0, help="seconds to sleep per step")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks that print one JSON object")
+    bench.add_argument("what", choices=["engine"], help="engine: Engine.process stateful vs window mode")
+    bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    bench.add_argument("--streams", default="1000,10000", help="comma-separated stream counts")
+    bench.add_argument("--look-back", type=int, default=32)
+    bench.set_defaults(func=_cmd_bench)
+
+    cfg = sub.add_parser("config", help="show the effective settings or check a file")
+    cfg.add_argument("action", choices=["show", "check"])
+    cfg.add_argument("file", nargs="?", help="for check: the TOML file to validate")
+    cfg.add_argument("--config", help="TOML file (default /etc/lstm-stream/config.toml)")
+    cfg.set_defaults(func=_cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lstm-stream`` console script."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) == "check" and not args.file:
+        print("config check: give the file to check", file=sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""MQTT payloads -> samples ``(stream, ts, value)``, or a :class:`Reject` with a fixed reason.
+
+Accepted forms (``value_key``/``timestamp_key`` are dotted paths, default ``value`` and ``ts``):
+
+- a plain number ``21.5``, or a JSON number; ``ON``/``OFF``/``true``/``false`` (any case) -> 1/0;
+- an object ``{"value": 21.5, "ts": 1732700000.1}``: one sample of stream ``<topic>``;
+- an object without the value key (Zigbee2MQTT, Tasmota): one stream ``<topic>/<field>`` per
+  numeric or boolean field, nested objects flattened with ``/``, strings and arrays ignored;
+- an array ``[{"ts": .., "value": ..}, ...]`` or ``[21.5, 21.6]``: several samples of one stream
+  (elements without a timestamp get the arrival time minus 1 us per later element).
+
+Timestamps are epoch seconds, milliseconds (> 1e11), microseconds (> 1e14), nanoseconds (> 1e17)
+or ISO 8601 text (no offset = UTC); absent or null means the arrival time. The plain-number path
+never touches a JSON parser, since it runs on the MQTT network thread for every message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+try:
+    import orjson
+
+    _fast_loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - orjson is optional
+    _fast_loads = json.loads
+
+REASONS = (
+    "too_large",
+    "not_utf8",
+    "not_a_number",
+    "not_finite",
+    "bad_json",
+    "no_value",
+    "bad_timestamp",
+)
+MAX_DEPTH = 8  # nesting flattened in multi-field objects; deeper levels are ignored
+# Array elements without their own timestamp: arrival order, this far apart, the last one at the
+# arrival time. Equal timestamps would make the engine drop all but the first as duplicates.
+ARRAY_SPACING_S = 1e-6
+
+Sample = tuple[str, float, float]  # (stream, ts in epoch seconds, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Why a payload was dropped: ``reason`` is one of :data:`REASONS` (a metric label)."""
+
+    reason: str
+
+
+TOO_LARGE, NOT_UTF8, NOT_A_NUMBER, NOT_FINITE, BAD_JSON, NO_VALUE, BAD_TIMESTAMP = (
+    Reject(r) for r in REASONS
+)
+
+_WORDS = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0}
+_MISSING = object()
+_isfinite = math.isfinite
+
+
+class PayloadConfig(Protocol):
+    """The fields of ``daemon.settings.PayloadSettings`` the parser reads."""
+
+    value_key: str
+    timestamp_key: str | None
+    max_bytes: int
+    multi_field: bool
+    stream_name: str
+
+
+def _lookup(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = obj
+    for key in path:
+        if type(node) is not dict:
+            return _MISSING
+        node = node.get(key, _MISSING)
+        if node is _MISSING:
+            return _MISSING
+    return node
+
+
+def _to_value(x: Any) -> float | Reject:
+    """A JSON scalar as a finite float: numbers, booleans, numeric or ON/OFF text."""
+    t = type(x)
+    if t is float:
+        return x if _isfinite(x) else NOT_FINITE
+    if t is int:
+        try:
+            return float(x)
+        except OverflowError:
+            return NOT_FINITE
+    if t is bool:
+        return 1.0 if x else 0.0
+    if t is str:
+        text = x.strip()
+        word = _WORDS.get(text.lower())
+        if word is not None:
+            return word
+        try:
+            v = float(text)
+        except ValueError:
+            return NOT_A_NUMBER
+        return v if _isfinite(v) else NOT_FINITE
+    if x is None:
+        return NO_VALUE
+    return NOT_A_NUMBER
+
+
+def _to_timestamp(x: Any) -> float | Reject:
+    """Epoch s/ms/us/ns by magnitude, or ISO 8601 text; must be finite and after 1970."""
+    t = type(x)
+    try:
+        if t is int or t is float:
+            ts = float(x)
+        elif t is str:
+            text = x.strip()
+            try:
+                ts = float(text)
+            except ValueError:
+                if text[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat lacks "Z"
+                    text = text[:-1] + "+00:00"
+                dt = datetime.fromisoformat(text)
+                if dt.tzinfo is None:
+                    dt = dt.replace(tzinfo=timezone.utc)
+                ts = dt.timestamp()
+        else:
+            return BAD_TIMESTAMP
+    except (ValueError, OverflowError, OSError):
+        return BAD_TIMESTAMP
+    if not _isfinite(ts) or ts <= 0.0:
+        return BAD_TIMESTAMP
+    if ts > 1e11:
+        ts /= 1e9 if ts > 1e17 else 1e6 if ts > 1e14 else 1e3
+    return ts
+
+
+def _slow_loads(payload: bytes) -> Any:
+    """stdlib json: accepts NaN/Infinity literals and big integers, which orjson refuses."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return NOT_UTF8
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return BAD_JSON
+
+
+class PayloadParser:
+    """Parses payloads with one :class:`PayloadConfig`, compiled once (paths split, template)."""
+
+    __slots__ = ("max_bytes", "multi_field", "template", "ts_field", "ts_path", "value_path")
+
+    def __init__(self, cfg: PayloadConfig | None = None) -> None:
+        if cfg is None:
+            from daemon.settings import PayloadSettings
+
+            cfg = PayloadSettings()
+        self.max_bytes = cfg.max_bytes
+        self.multi_field = cfg.multi_field
+        self.value_path = tuple(cfg.value_key.split("."))
+        self.ts_path = tuple(cfg.timestamp_key.split(".")) if cfg.timestamp_key else None
+        self.ts_field = "/".join(self.ts_path) if self.ts_path else None
+        self.template = None if cfg.stream_name == "{topic}" else cfg.stream_name
+
+    def stream(self, topic: str) -> str:
+        """The stream id of a topic (``stream_name`` template; the topic if a level is missing)."""
+        if self.template is None:
+            return topic
+        try:
+            return self.template.format(*topic.split("/"), topic=topic)
+        except (IndexError, ValueError):
+            return topic
+
+    def parse(self, topic: str, payload: bytes, arrival_ts: float) -> list[Sample] | Reject:
+        """Samples ``(stream, ts, value)``, values finite, or a :class:`Reject`; never raises."""
+        if type(payload) is not bytes:
+            payload = payload.encode() if isinstance(payload, str) else bytes(payload)
+        size = len(payload)
+        if size > self.max_bytes:
+            return TOO_LARGE
+        if size == 0:
+            return NO_VALUE
+        first = payload[0]
+        if first != 0x7B and first != 0x5B:  # not "{" or "[": try a plain number first
+            try:
+                value = float(payload)
+            except ValueError:
+                return self._parse_text(topic, payload, arrival_ts)
+            if not _isfinite(value):
+                return NOT_FINITE
+            return [(self.stream(topic), arrival_ts, value)]
+        return self._parse_json(topic, payload, arrival_ts)
+
+    def _parse_text(self, topic: str, payload: bytes, arrival_ts: float) -> list[Sample] | Reject:
+        try:
+            text = payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return NOT_UTF8
+        if not text or text == "null":
+            return NO_VALUE
+        if text[0] in '{["':  # JSON after white space, or a JSON string
+            return self._parse_json(topic, text.encode(), arrival_ts)
+        word = _WORDS.get(text.lower())
+        if word is None:
+            return NOT_A_NUMBER
+        return [(self.stream(topic), arrival_ts, word)]
+
+    def _parse_json(self, topic: str, payload: bytes, arrival_ts: float) -> list[Sample] | Reject:
+        try:
+            obj = _fast_loads(payload)
+        except (ValueError, RecursionError):
+            obj = _slow_loads(payload)
+            if type(obj) is Reject:
+                return obj
+        t = type(obj)
+        if t is dict:
+            return self._from_object(topic, obj, arrival_ts)
+        if t is list:
+            return self._from_array(topic, obj, arrival_ts)
+        value = _to_value(obj)
+        if type(value) is Reject:
+            return value
+        return [(self.stream(topic), arrival_ts, value)]
+
+    def _timestamp(self, obj: dict[str, Any], arrival_ts: float) -> float | Reject:
+        if self.ts_path is None:
+            return arrival_ts
+        raw = _lookup(obj, self.ts_path)
+        if raw is _MISSING or raw is None:
+            return arrival_ts
+        return _to_timestamp(raw)
+
+    def _from_object(self, topic: str, obj: dict[str, Any], arrival_ts: float) -> list[Sample] | Reject:
+        ts = self._timestamp(obj, arrival_ts)
+        if type(ts) is Reject:
+            return ts
+        raw = _lookup(obj, self.value_path)
+        if raw is not _MISSING:
+            value = _to_value(raw)
+            if type(value) is Reject:
+                return value
+            return [(self.stream(topic), ts, value)]
+        if not self.multi_field:
+            return NO_VALUE
+        out: list[Sample] = []
+        non_finite = self._flatten(obj, "", self.stream(topic) + "/", ts, out, 0)
+        if out:
+            return out
+        return NOT_FINITE if non_finite else NO_VALUE
+
+    def _flatten(
+        self, node: dict[str, Any], prefix: str, base: str, ts: float, out: list[Sample], depth: int
+    ) -> bool:
+        """Append one sample per numeric/boolean leaf; True if a leaf was NaN/inf (skipped)."""
+        non_finite = False
+        for key, x in node.items():
+            name = prefix + key
+            t = type(x)
+            if t is dict:
+                if depth < MAX_DEPTH:
+                    non_finite |= self._flatten(x, name + "/", base, ts, out, depth + 1)
+                continue
+            if name == self.ts_field or t is list or x is None:
+                continue
+            if t is str:
+                value = _WORDS.get(x.strip().lower())  # other text (names, states) is ignored
+                if value is None:
+                    continue
+            else:
+                value = _to_value(x)
+                if type(value) is Reject:
+                    non_finite = True
+                    continue
+            out.append((base + name, ts, value))
+        return non_finite
+
+    def _from_array(self, topic: str, items: list[Any], arrival_ts: float) -> list[Sample] | Reject:
+        """All elements or none: one bad element rejects the batch with its reason."""
+        if not items:
+            return NO_VALUE
+        stream = self.stream(topic)
+        out: list[Sample] = []
+        last = len(items) - 1
+        for i, item in enumerate(items):
+            arrival = arrival_ts - (last - i) * ARRAY_SPACING_S if i != last else arrival_ts
+            if type(item) is dict:
+                ts = self._timestamp(item, arrival)
+                if type(ts) is Reject:
+                    return ts
+                raw = _lookup(item, self.value_path)
+                value = NO_VALUE if raw is _MISSING else _to_value(raw)
+            else:
+                ts = arrival
+                value = _to_value(item)
+            if type(value) is Reject:
+                return value
+            out.append((stream, ts, value))
+        return out
+
+
+_cache: tuple[object, PayloadParser] | None = None
+
+
+def parse_payload(
+    topic: str, payload: bytes, arrival_ts: float, cfg: PayloadConfig | None = None
+) -> list[Sample] | Reject:
+    """Parse one payload with ``cfg`` (a ``PayloadSettings``; None = defaults).
+
+    The compiled parser of the last ``cfg`` (by identity; settings are frozen) is reused; a
+    long-lived caller can hold a :class:`PayloadParser` itself.
+    """
+    global _cache
+    cached = _cache
+    if cached is None or cached[0] is not cfg:
+        cached = _cache = (cfg, PayloadParser(cfg))
+    return cached[1].parse(topic, payload, arrival_ts)
+
+
+class RateLimitedLogger:
+    """Log each reason at most once per ``interval_s``; the next line counts what was suppressed.
+
+    ``reason`` keys should come from a small fixed set (reject reasons, conditions), not from
+    stream names. Thread-safe; the clock is injectable so tests never sleep.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = 10.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        level: int = logging.WARNING,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval_s
+        self._clock = clock
+        self._level = level
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def log(self, reason: str, msg: str, *args: object, level: int | None = None) -> bool:
+        """Log ``msg % args`` unless ``reason`` was logged within the interval; True if logged."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(reason)
+            if last is not None and now - last < self._interval:
+                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+                return False
+            self._last[reason] = now
+            suppressed = self._suppressed.pop(reason, 0)
+        text = msg % args if args else msg
+        if suppressed:
+            text += f" (+{suppressed} similar suppressed in the last {now - last:.0f}s)"
+        self._logger.log(self._level if level is None else level, "%s", text)
+        return True
+
+    def suppressed(self, reason: str) -> int:
+        """Lines of ``reason`` suppressed since it was last logged."""
+        with self._lock:
+            return self._suppressed.get(reason, 0)
+
+    def flush(self) -> None:
+        """Log the counts still pending (at shutdown), so no suppressed line goes unmentioned."""
+        with self._lock:
+            pending, self._suppressed = self._suppressed, {}
+        for reason, count in sorted(pending.items()):
+            self._logger.log(self._level, "%s: %d similar lines suppressed", reason, count)
