@@ -1,0 +1,431 @@
+"""The MQTT side of the daemon: payloads in (paho network thread -> :class:`IngestQueue`), JSON out.
+
+:class:`MqttLink` owns one paho client with a persistent session (fixed client id, clean start
+off, session expiry), resubscribes after every reconnect, keeps a retained availability topic
+(``online`` after connect, ``offline`` by last will or on :meth:`MqttLink.close`), and never lets
+an exception escape a paho callback. ``on_message`` runs on the network thread for every
+message, so it does O(1) work: parse, enqueue, count. The engine thread drains the queue.
+
+Acknowledgements: paho acks a QoS 1 message after ``on_message`` returns, when its samples are
+already in the queue. A crash between that ack and processing therefore loses at most what is
+queued; messages the broker redelivers (no ack yet, or a resumed session) may repeat samples,
+which the engine drops as duplicates per (stream, timestamp) against its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from daemon.payload import REASONS, PayloadParser, RateLimitedLogger, Sample
+from daemon.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+INTERNAL = "internal"  # reject reason: an exception in the receive path (a bug, never a payload)
+REJECT_REASONS = (*REASONS, INTERNAL)
+ONLINE, OFFLINE = b"online", b"offline"
+MAX_OUTGOING = 10_000  # QoS > 0 publishes paho may hold unacknowledged; beyond: a publish failure
+CLOSE_TIMEOUT_S = 5.0
+
+
+class IngestQueue:
+    """Bounded FIFO of samples from the MQTT network thread (producer) to the engine (consumer).
+
+    One producer and one consumer: ``deque.extend``/``popleft`` are atomic under the GIL, and the
+    consumer only shrinks the queue while the producer only grows it, so the length checks need
+    no lock. When full, new samples are dropped (tail drop) and counted in :attr:`dropped`.
+    """
+
+    __slots__ = ("_event", "_q", "dropped", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self.dropped = 0  # samples refused because the queue was full (total); producer writes
+        self._q: deque[Sample] = deque()
+        self._event = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def put_many(self, samples: list[Sample]) -> int:
+        """Append ``samples`` in order; return how many were dropped because the queue was full."""
+        q = self._q
+        free = self.maxsize - len(q)
+        n = len(samples)
+        dropped = 0
+        if n <= free:
+            q.extend(samples)
+        else:
+            if free > 0:
+                q.extend(samples[:free])
+            dropped = n - max(free, 0)
+            self.dropped += dropped
+        # An attribute read in the common case; set() (a lock) only when the consumer cleared it.
+        if not self._event.is_set():
+            self._event.set()
+        return dropped
+
+    def drain(self, max_items: int) -> list[Sample]:
+        """Pop up to ``max_items`` samples, oldest first."""
+        q = self._q
+        popleft = q.popleft
+        return [popleft() for _ in range(min(max_items, len(q)))]
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something is queued or ``timeout`` seconds pass; True if not empty.
+
+        Clear-then-check: a producer that appends after the check sees the flag cleared and sets it.
+        """
+        if self._q:
+            return True
+        self._event.clear()
+        if self._q:
+            return True
+        self._event.wait(timeout)
+        return bool(self._q)
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Counters the metrics code reads as plain attributes (each has one writer thread).
+
+    ``rejected`` holds every reason from the start, so readers may copy it while the network
+    thread counts (its size never changes). Queue overflow is ``IngestQueue.dropped``.
+    """
+
+    received: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    publish_failures: int = 0
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _plain(obj: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays (``.item()``/``.tolist()``)."""
+    for attr in ("tolist", "item"):
+        method = getattr(obj, attr, None)
+        if callable(method):
+            return _finite(method())
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON; non-finite floats become null so every consumer can parse it."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_plain)
+    except ValueError:
+        text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=_plain)
+    return text.encode()
+
+
+class MqttLink:
+    """One paho client: persistent session in, availability, anomaly events and forecasts out.
+
+    Nothing here raises once constructed: a broker that is down at start, goes away, or refuses
+    the connection is retried by paho with backoff while :meth:`is_connected` is False.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        parser: PayloadParser,
+        queue: IngestQueue,
+        *,
+        stats: LinkStats | None = None,
+        rate_log: RateLimitedLogger | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.stats = stats if stats is not None else LinkStats()
+        self._rlog = rate_log if rate_log is not None else RateLimitedLogger(log)
+        self._parse = parser.parse
+        self._put_many = queue.put_many
+        self._v5 = settings.protocol == "5"
+        self._connected = threading.Event()
+        self._connect_error: str | None = None  # last refusal logged; reset on success
+        self._closed = False
+        self.client = self._make_client()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        """The paho client with session, credentials, TLS, will and callbacks configured."""
+        s = self.settings
+        protocol = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            # MQTT 5 takes clean start at connect time (and refuses clean_session here).
+            clean_session=None if self._v5 else s.clean_start,
+            protocol=protocol,
+        )
+        client.max_queued_messages_set(MAX_OUTGOING)
+        self._apply_credentials(client)
+        if s.tls.enabled:
+            self._apply_tls(client)
+        client.will_set(s.availability_topic, OFFLINE, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _apply_credentials(self, client: paho.Client) -> None:
+        """Username and a freshly read password (called again before reconnects: rotation)."""
+        if self.settings.username is None:
+            return
+        try:
+            password = self.settings.password()
+        except (OSError, UnicodeDecodeError) as exc:
+            self._rlog.log("password", "cannot read the MQTT password file: %s", exc)
+            return  # keep the previous one
+        client.username_pw_set(self.settings.username, password)
+
+    def _apply_tls(self, client: paho.Client) -> None:
+        """Verified TLS; ``insecure`` skips both the certificate and the hostname check."""
+        tls = self.settings.tls
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+        )
+        if tls.insecure:
+            client.tls_insecure_set(True)
+
+    def _connect_properties(self) -> Properties | None:
+        if not self._v5:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        return props
+
+    def _subscriptions(self) -> list[tuple[str, Any]]:
+        """(filter, qos) pairs; on MQTT 5 retained messages only for a new subscription, so a
+        resumed session does not replay retained values as fresh samples at every reconnect."""
+        s = self.settings
+        if not self._v5:
+            return [(f, s.qos) for f in s.topics]
+        opts = SubscribeOptions(qos=s.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        return [(f, opts) for f in s.topics]
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background and start paho's network thread; never raises for a down
+        broker (paho retries with backoff between ``reconnect_min_s`` and ``reconnect_max_s``)."""
+        s = self.settings
+        self.client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
+        self.client.connect_async(
+            s.host,
+            s.port,
+            s.keepalive,
+            clean_start=s.clean_start,  # MQTT 5 only; 3.1.1 used clean_session above
+            properties=self._connect_properties(),
+        )
+        self.client.loop_start()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Publish retained ``offline``, wait for it (up to ``timeout``), disconnect, stop the loop.
+
+        A clean disconnect suppresses the will, hence the explicit ``offline``. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.stats.connected:
+            info = self.client.publish(self.settings.availability_topic, OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (ValueError, RuntimeError) as exc:
+                log.warning("could not publish offline before disconnecting: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._mark_disconnected()
+        self._rlog.flush()
+
+    def is_connected(self) -> bool:
+        """True between a successful CONNACK (subscriptions sent) and the next disconnect."""
+        return self.stats.connected
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected or ``timeout`` seconds pass (for start-up readiness)."""
+        return self._connected.wait(timeout)
+
+    def _mark_disconnected(self) -> bool:
+        """Set the state to disconnected; True if it was connected."""
+        was = self.stats.connected
+        self.stats.connected = False
+        self._connected.clear()
+        return was
+
+    # --- paho callbacks (network thread; none may raise) ------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        """Subscribe (every time: the broker may have lost the session), announce ``online``."""
+        try:
+            if reason.is_failure:
+                self._connect_refused(str(reason))
+                return
+            self._connect_error = None
+            rc, _ = client.subscribe(self._subscriptions())
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.warning("subscribe failed: %s", paho.error_string(rc))
+            client.publish(self.settings.availability_topic, ONLINE, qos=1, retain=True)
+            stats = self.stats
+            stats.connects += 1
+            stats.connected = True
+            self._connected.set()
+            log.info(
+                "connected to %s:%d as %s (session present: %s)",
+                self.settings.host,
+                self.settings.port,
+                self.settings.client_id,
+                flags.session_present,
+            )
+        except Exception:  # a callback must not raise into paho's loop
+            log.exception("error in on_connect")
+
+    def _connect_refused(self, why: str) -> None:
+        """Log a refused connection once per distinct reason; paho keeps retrying."""
+        if why != self._connect_error:
+            self._connect_error = why
+            log.error("broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, why)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        """TCP/TLS connect failed (broker down, DNS, certificate): rate-limited log, retry."""
+        try:
+            self._rlog.log(
+                "connect_failed",
+                "cannot reach broker %s:%d, retrying",
+                self.settings.host,
+                self.settings.port,
+            )
+            self._apply_credentials(client)
+        except Exception:  # see _on_connect
+            log.exception("error in on_connect_fail")
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        """Mark disconnected (also called after a refused CONNACK); reread the password."""
+        try:
+            if self._mark_disconnected():
+                self.stats.disconnects += 1
+                if not self._closed:
+                    self._rlog.log("disconnected", "disconnected from broker: %s; reconnecting", reason)
+            if not self._closed:
+                self._apply_credentials(client)
+        except Exception:  # see _on_connect
+            log.exception("error in on_disconnect")
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        """Log filters the broker refused (e.g. by ACL); the others still work."""
+        try:
+            for topic_filter, rc in zip(self.settings.topics, reason_codes, strict=False):
+                if rc.is_failure:
+                    self._rlog.log(
+                        "subscribe:" + topic_filter, "subscription %r refused: %s", topic_filter, rc
+                    )
+        except Exception:  # see _on_connect
+            log.exception("error in on_subscribe")
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        """Hot path, once per message: count, parse, enqueue or count the reject reason."""
+        stats = self.stats
+        stats.received += 1
+        try:
+            result = self._parse(msg.topic, msg.payload, time.time())
+            if type(result) is list:
+                if self._put_many(result):
+                    self._rlog.log("queue_full", "ingest queue full: samples dropped (engine behind)")
+                return
+            reason = result.reason
+            stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
+            self._rlog.log(reason, "rejected payload on %s: %s", msg.topic, reason)
+        except Exception as exc:  # never raise into paho's loop
+            stats.rejected[INTERNAL] += 1
+            self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)
+
+    # --- publishing (any thread) ------------------------------------------------------------
+
+    def publish_json(self, topic: str, obj: Any, qos: int = 1, retain: bool = False) -> bool:
+        """Publish ``obj`` as compact JSON; False (counted in ``publish_failures``) when
+        disconnected, paho's outgoing queue is full, or the topic/object is invalid."""
+        if not self.stats.connected:
+            self.stats.publish_failures += 1
+            return False
+        try:
+            info = self.client.publish(topic, dumps(obj), qos=qos, retain=retain)
+        except (ValueError, TypeError) as exc:  # bad topic, or not JSON serializable
+            self.stats.publish_failures += 1
+            self._rlog.log("publish_invalid", "cannot publish to %r: %s", topic, exc)
+            return False
+        # NO_CONN at QoS > 0 still leaves the message queued in paho for the reconnect.
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+            qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+        ):
+            return True
+        self.stats.publish_failures += 1
+        self._rlog.log("publish_failed", "publish to %s failed: %s", topic, paho.error_string(info.rc))
+        return False
+
+    def publish_event(self, event: dict[str, Any]) -> bool:
+        """An anomaly event on ``anomaly_topic`` at QoS 1."""
+        return self.publish_json(self.settings.anomaly_topic, event, qos=1)
+
+    def publish_forecast(self, stream: str, ts: float, forecast: Any) -> bool:
+        """``{"ts", "forecast"}`` on ``forecast_topic`` (QoS 0) if configured; False otherwise."""
+        template = self.settings.forecast_topic
+        if template is None:
+            return False
+        return self.publish_json(template.format(stream=stream), {"ts": ts, "forecast": forecast}, qos=0)
