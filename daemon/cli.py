@@ -9,6 +9,45 @@ import sys
 from .settings import EX_CONFIG, ConfigError, load_settings, masked_dump
 
 
+def _setup_logging(level: str) -> None:
+    """Plain lines under journald (it adds its own timestamps), timestamped on a terminal."""
+    import logging
+    import os
+
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=level, format=fmt)
+
+
+RUN_FLAGS = {
+    # flag -> dotted settings key (CLI flags win over environment and file)
+    "mqtt_host": "mqtt.host",
+    "mqtt_port": "mqtt.port",
+    "topic": "mqtt.topics",
+    "http_bind": "http.bind",
+    "http_port": "http.port",
+    "state_dir": "state.directory",
+    "model": "model_path",
+    "log_level": "log.level",
+}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items()}
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_CONFIG
+    _setup_logging(settings.log.level)
+    from .service import Service
+
+    return Service(settings).run()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_engine_demo
 
@@ -45,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstm-stream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
+    run = sub.add_parser("run", help="run the daemon (what systemd starts)")
+    run.add_argument("--config", help="TOML file (default /etc/lstm-stream/config.toml, optional)")
+    run.add_argument("--mqtt-host", help="broker host (mqtt.host)")
+    run.add_argument("--mqtt-port", type=int, help="broker port (mqtt.port)")
+    run.add_argument("--topic", action="append", help="topic filter, repeatable (mqtt.topics)")
+    run.add_argument("--http-bind", help="address for /metrics and /healthz (http.bind)")
+    run.add_argument("--http-port", type=int, help="port for /metrics and /healthz (http.port)")
+    run.add_argument(
+        "--state-dir", help="checkpoint folder (state.directory; $STATE_DIRECTORY under systemd)"
+    )
+    run.add_argument(
+        "--model", help="model checkpoint to start from when there is no saved state (model_path)"
+    )
+    run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (log.level)")
+    run.set_defaults(func=_cmd_run)
+
     demo = sub.add_parser("demo", help="simulated sensors through the engine, anomalies printed")
     demo.add_argument("--steps", type=int, default=2000, help="simulation steps (default 2000)")
     demo.add_argument("--sensors", type=int, default=6, help="number of simulated sensors")
@@ -64,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("file", nargs="?", help="for check: the TOML file to validate")
     cfg.add_argument("--config", help="TOML file (default /etc/lstm-stream/config.toml)")
     cfg.set_defaults(func=_cmd_config)
+
+    from .offline import add_offline_commands
+
+    add_offline_commands(sub)
     return p
 
 

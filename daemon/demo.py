@@ -35,7 +35,10 @@ def run_engine_demo(steps: int = 2000, sensors: int = 6, speed: float = 0.0, see
                 f"score {r.score[i]:.2f} reason {r.reason_of(i):10s} ({what})"
             )
         if t % 500 == 0 and t:
-            row = ", ".join(f"{n.split('/')[-1]} {v:.1f}->{f:.1f}" for n, v, f in zip(names, r.value, r.next_forecast))
+            row = ", ".join(
+                f"{n.split('/')[-1]} {v:.1f}->{f:.1f}"
+                for n, v, f in zip(names, r.value, r.next_forecast, strict=True)
+            )
             print(f"t={t:5d} value->next forecast: {row}")
         if speed:
             time.sleep(speed)

@@ -24,6 +24,10 @@ from .scaling import SeriesScaler
 Triple = tuple[np.ndarray, np.ndarray, np.ndarray]  # inputs z, targets y (NaN = unknown), excluded
 
 
+DIVERGED_NATS = 20.0
+DIVERGED_FACTOR = 100.0
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -97,18 +101,16 @@ def _cut(
     excl: np.ndarray,
     start: int,
     length: int,
-    first_counted: int,
-    burn_in: int,
+    counted_from: int,
     last_only: bool,
 ):
-    """One sequence [start, start+length) and its loss mask."""
+    """One sequence [start, start+length) and its loss mask (steps from ``counted_from`` on)."""
     sl = slice(start, start + length)
-    xs, ys = z[sl], y[sl]
     pos = np.arange(start, start + length)
-    mask = ~np.isnan(ys) & ~excl[sl] & (pos >= first_counted) & (np.arange(length) >= burn_in)
+    mask = ~np.isnan(y[sl]) & ~excl[sl] & (pos >= counted_from)
     if last_only:
         mask[:-1] = False
-    return xs, np.nan_to_num(ys), mask
+    return z[sl], np.nan_to_num(y[sl]), mask
 
 
 def make_sequences(
@@ -121,8 +123,9 @@ def make_sequences(
 ) -> tuple[Sequences, Sequences]:
     """Chronological split of every series, cut into sequences: (train, validation).
 
-    Training sequences lie wholly in the older part; validation sequences end in the most recent
-    ``val_fraction`` and count only their steps there (older steps are context, never targets).
+    Training sequences lie wholly in the older part and count every step after ``burn_in``.
+    Validation sequences end in the most recent ``val_fraction`` and count only steps there, each
+    step once (older steps are context, never targets).
     """
     tr: list[tuple] = []
     va: list[tuple] = []
@@ -132,11 +135,13 @@ def make_sequences(
             continue
         cut = int(n * (1.0 - val_fraction))
         for start in range(0, cut - seq_len + 1, stride):
-            tr.append(_cut(z, y, excl, start, seq_len, 0, burn_in, last_only))
-        vstride = 1 if last_only else max(1, seq_len - burn_in)
-        first = max(0, cut - burn_in)
-        for start in range(first, n - seq_len + 1, vstride):
-            va.append(_cut(z, y, excl, start, seq_len, cut, burn_in, last_only))
+            tr.append(_cut(z, y, excl, start, seq_len, start + burn_in, last_only))
+        counted = 1 if last_only else max(1, seq_len - burn_in)
+        end = n
+        while end > cut and end - seq_len >= 0:
+            first = max(cut, end - counted)
+            va.append(_cut(z, y, excl, end - seq_len, seq_len, first, last_only))
+            end -= counted
     return _stack(tr, seq_len), _stack(va, seq_len)
 
 
@@ -198,12 +203,12 @@ def train(
     report = FitReport(0, 0, math.nan, math.nan, train_points=train_seqs.points, val_points=val_seqs.points)
     best_val, best_state, stale = math.inf, None, 0
     started = time.perf_counter()
+    initial = evaluate_loss(model, val_seqs) if len(val_seqs) else math.nan
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         train_loss = _train_epoch(model, train_seqs, cfg, opt)
         val_loss = evaluate_loss(model, val_seqs) if len(val_seqs) else train_loss
-        if not math.isfinite(val_loss):
-            raise TrainingDiverged(f"validation loss is {val_loss} at epoch {epoch}")
+        _check_divergence(model.cfg.head, initial, val_loss, epoch)
         sched.step(val_loss)
         info = EpochInfo(
             epoch, cfg.epochs, train_loss, val_loss, opt.param_groups[0]["lr"], time.perf_counter() - t0
@@ -225,6 +230,21 @@ def train(
     model.eval()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_divergence(head: str, initial: float, loss: float, epoch: int) -> None:
+    """Raise TrainingDiverged when the loss is non-finite or has blown up far past its start.
+
+    Blown up: more than DIVERGED_NATS above the starting loss per point for the Gaussian NLL (a
+    likelihood e^20 times worse), or DIVERGED_FACTOR times it for squared error.
+    """
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"validation loss is {loss} at epoch {epoch}")
+    if not math.isfinite(initial):
+        return
+    limit = initial + DIVERGED_NATS if head == "gaussian" else max(initial, 1e-12) * DIVERGED_FACTOR
+    if loss > limit:
+        raise TrainingDiverged(f"validation loss rose from {initial:.4g} to {loss:.4g} at epoch {epoch}")
 
 
 def _train_epoch(model: Forecaster, seqs: Sequences, cfg: TrainConfig, opt: torch.optim.Optimizer) -> float:

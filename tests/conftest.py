@@ -38,3 +38,4 @@ def nab_file(rel: str) -> Path:
 
 
 from tests.broker import broker  # noqa: E402,F401  (fixture re-export)
+from tests.prom import prometheus  # noqa: E402,F401  (fixture re-export)
