@@ -49,6 +49,7 @@ class Results:
     next_spread: np.ndarray
     reject: np.ndarray
     evicted: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -187,7 +188,7 @@ class Engine:
         ts = np.asarray(ts, dtype=np.float64)
         with np.errstate(invalid="ignore"):
             reject[(reject == OK) & ~np.isfinite(ts)] = BAD_TIMESTAMP
-        slots, evicted = self._slots_for(streams, reject)
+        slots, evicted, created = self._slots_for(streams, reject)
         out = Results(
             stream=streams,
             ts=ts,
@@ -202,6 +203,7 @@ class Engine:
             next_spread=np.full(n, np.nan),
             reject=reject,
             evicted=evicted,
+            created=created,
         )
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
@@ -214,18 +216,22 @@ class Engine:
         self.counters["flagged"] += int(out.is_anomaly.sum())
         return out
 
-    def _slots_for(self, streams: Sequence[str], reject: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """Slots of the batch's streams, creating new ones (and evicting) for valid unknown names."""
+    def _slots_for(self, streams: Sequence[str], reject: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
+        """Slots of the batch's streams, creating new ones (and evicting) for valid unknown names.
+
+        Returns the slots, the evicted names and the created names.
+        """
         slots = self.table.lookup(streams)
         new = np.nonzero((slots < 0) & (reject == OK))[0]
         if not len(new):
-            return slots, []
+            return slots, [], []
         names = dict.fromkeys(streams[i] for i in new.tolist())
-        _, evicted = self.table.add(names, protect=np.unique(slots[slots >= 0]))
+        added, evicted = self.table.add(names, protect=np.unique(slots[slots >= 0]))
         self.counters["evicted"] += len(evicted)
         slots = self.table.lookup(streams)
         reject[(slots < 0) & (reject == OK)] = OVER_CAPACITY
-        return slots, evicted
+        created = [n for n, slot in zip(names, added, strict=True) if slot >= 0]
+        return slots, evicted, created
 
     def _check_order(self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, out: Results) -> np.ndarray:
         """Mask of samples newer than their stream's last; marks duplicates and late ones rejected."""

@@ -97,8 +97,9 @@ def test_snapshot_restore_is_exact(small_cfg: EngineConfig) -> None:
 def test_new_stream_gets_a_slot_on_first_sight(small_cfg: EngineConfig) -> None:
     e = Engine(small_cfg)
     assert "x" not in e.table
-    e.process(["x"], [1.0], [2.0])
-    assert e.streams == ["x"]
+    r = e.process(["x", "x"], [1.0, 2.0], [2.0, 3.0])
+    assert e.streams == ["x"] and r.created == ["x"]
+    assert e.process(["x", "y"], [3.0, 3.0], [1.0, 1.0]).created == ["y"]
 
 
 def test_lru_eviction_frees_the_slot(small_cfg: EngineConfig) -> None:
