@@ -49,10 +49,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_engine_demo
+    from .demo import run_demo
 
-    run_engine_demo(steps=args.steps, sensors=args.sensors, speed=args.speed, seed=args.seed)
-    return 0
+    return run_demo(
+        duration=args.duration,
+        sensors=args.sensors,
+        rate=args.rate,
+        embedded_broker=args.embedded_broker,
+        port=args.port,
+        http_port=args.http_port,
+        seed=args.seed,
+        state_dir=args.state_dir,
+        status_every=args.status_every,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -62,6 +71,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         streams = tuple(int(s) for s in args.streams.split(","))
         print(json.dumps(run(seconds=args.seconds, streams=streams, look_back=args.look_back), indent=2))
         return 0
+    if args.what == "e2e":
+        from .bench_e2e import run_cli
+
+        return run_cli(args)
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
 
@@ -100,18 +113,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (log.level)")
     run.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser("demo", help="simulated sensors through the engine, anomalies printed")
-    demo.add_argument("--steps", type=int, default=2000, help="simulation steps (default 2000)")
-    demo.add_argument("--sensors", type=int, default=6, help="number of simulated sensors")
-    demo.add_argument("--speed", type=float, default=0.0, help="seconds to sleep per step")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser(
+        "demo",
+        help="a broker, simulated sensors and the daemon on this machine; anomalies printed as flagged",
+        description="Starts an MQTT broker on 127.0.0.1 (Mosquitto when installed, else the embedded "
+        "amqtt from the 'demo' extra), simulated plant sensors with injected anomalies, and the daemon; "
+        "prints the metrics URL and the anomaly topic, then every anomaly as it is flagged.",
+    )
+    demo.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
+    demo.add_argument("--sensors", type=int, default=8, help="number of simulated sensors (default 8)")
+    demo.add_argument("--rate", type=float, default=20.0, help="simulation steps per second (default 20)")
+    demo.add_argument(
+        "--embedded-broker", action="store_true", help="the embedded amqtt broker even if Mosquitto exists"
+    )
+    demo.add_argument("--port", type=int, help="MQTT broker port (default 1883 if free, else any free port)")
+    demo.add_argument("--http-port", type=int, help="metrics port (default 9464 if free, else any free port)")
+    demo.add_argument(
+        "--state-dir", help="keep the daemon's checkpoints here (default: a temporary folder, removed)"
+    )
+    demo.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
+    demo.add_argument("--seed", type=int, default=0, help="simulator seed")
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks that print one JSON object")
-    bench.add_argument("what", choices=["engine"], help="engine: Engine.process stateful vs window mode")
+    bench.add_argument(
+        "what",
+        choices=["engine", "e2e"],
+        help="engine: Engine.process stateful vs window mode; e2e: the daemon through Mosquitto",
+    )
     bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     bench.add_argument("--streams", default="1000,10000", help="comma-separated stream counts")
     bench.add_argument("--look-back", type=int, default=32)
+    from .bench_e2e import add_arguments as add_e2e_arguments
+
+    add_e2e_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
 
     cfg = sub.add_parser("config", help="show the effective settings or check a file")
@@ -123,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .offline import add_offline_commands
 
     add_offline_commands(sub)
+    from .nab_cli import add_nab_commands
+
+    add_nab_commands(sub)
     return p
 
 

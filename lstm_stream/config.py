@@ -55,8 +55,14 @@ class ScoringConfig(_Strict):
 
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="one global flag threshold")
     short_window: int = Field(5, ge=1, description="samples averaged into the recent error (EW span)")
+    mid_window: int | None = Field(
+        None, ge=2, description="a second, longer average for sustained error (None = off)"
+    )
+    long_winsor: float | None = Field(
+        5.0, gt=0, description="long-run fit moves at most this many spreads per sample (None = off)"
+    )
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
-    warmup: int = Field(300, ge=0, description="no flags during a stream's first samples")
+    warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
     range_margin: float | None = Field(
         0.05, ge=0.0, description="flag values beyond the seen range by this fraction of it"

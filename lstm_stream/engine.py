@@ -23,7 +23,6 @@ from .state import Column, StreamTable
 
 REJECTS = ("", "not_finite", "not_a_number", "out_of_order", "duplicate", "over_capacity", "bad_timestamp")
 OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP = range(len(REJECTS))
-SCORE_AFTER = 8  # errors of a stream's first samples (scaler not yet settled) are not scored
 TS_RING = 8  # recent timestamps kept per stream, to tell a redelivered duplicate from a late sample
 
 
@@ -216,7 +215,9 @@ class Engine:
         self.counters["flagged"] += int(out.is_anomaly.sum())
         return out
 
-    def _slots_for(self, streams: Sequence[str], reject: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
+    def _slots_for(
+        self, streams: Sequence[str], reject: np.ndarray
+    ) -> tuple[np.ndarray, list[str], list[str]]:
         """Slots of the batch's streams, creating new ones (and evicting) for valid unknown names.
 
         Returns the slots, the evicted names and the created names.
@@ -259,12 +260,9 @@ class Engine:
         cfg, a = self.config, self.arrays
         count = a["count"][s]
         forecast, spread = a["fc_mean"][s], a["fc_spread"][s]
-        has_fc = count >= SCORE_AFTER
         residual = x - forecast
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            err = np.log1p(np.abs(residual) / spread)
         self._write_target(s, x, count)
-        scored = scoring.score(a, s, x, err, has_fc, count, cfg.scoring)
+        scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring)
         scaling.update(a, s, x, cfg.scaling)
         center, sc = scaling.stats(a, s, cfg.scaling)
         z = np.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)

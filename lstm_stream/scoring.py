@@ -22,6 +22,7 @@ REASONS = ("", "likelihood", "range", "flatline", "regime_change")
 NONE, LIKELIHOOD, RANGE, FLATLINE, REGIME = range(len(REASONS))
 LOG_1E10 = np.log(1e10)
 MAX_ERR = 1e6  # standardised errors are clipped here: one wild value cannot poison the statistics
+SCORE_AFTER = 8  # errors of a stream's first samples (scaler not yet settled) are not scored
 MIN_LONG_N = 10  # long-run samples before the likelihood says anything
 REL_STD_FLOOR = 0.1  # the long-run spread is at least this fraction of its mean (no 0-width fits)
 
@@ -31,6 +32,11 @@ COLUMNS = {
     "lr_mean": Column((), np.float64),
     "lr_var": Column((), np.float64),
     "lr_n": Column((), np.int64),
+    "mid_err_short": Column((), np.float64),
+    "mid_err_n": Column((), np.int64),
+    "mid_lr_mean": Column((), np.float64),
+    "mid_lr_var": Column((), np.float64),
+    "mid_lr_n": Column((), np.int64),
     "cond_prev": Column((), np.bool_),
     "since_flag": Column((), np.int64, 1 << 40),
     "run_len": Column((), np.int64),
@@ -69,22 +75,42 @@ def _ew(n: np.ndarray, memory: int) -> np.ndarray:
 def _likelihood_stage(
     cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
 ) -> np.ndarray:
-    """Update the short and long error statistics of ``slots``; return the likelihood scores."""
-    alpha_s = 2.0 / (cfg.short_window + 1.0)
-    n_err = cols["err_n"][slots]
-    short = np.where(n_err == 0, err, cols["err_short"][slots] + alpha_s * (err - cols["err_short"][slots]))
-    mean, var, lr_n = cols["lr_mean"][slots], cols["lr_var"][slots], cols["lr_n"][slots]
+    """Update the recent and long-run error statistics of ``slots``; return the likelihood scores.
+
+    Two horizons: the short average catches spikes and jumps, the optional mid one a sustained
+    drift of the error; the score is the larger of the two.
+    """
+    score = _horizon(cols, slots, err, valid, cfg.short_window, "", cfg)
+    if cfg.mid_window:
+        score = np.maximum(score, _horizon(cols, slots, err, valid, cfg.mid_window, "mid_", cfg))
+    return score
+
+
+def _horizon(
+    cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, span: int, p: str, cfg: ScoringConfig
+) -> np.ndarray:
+    """One horizon: EW average of ``err`` over ``span`` vs a Gaussian of its own long-run history."""
+    alpha_s = 2.0 / (span + 1.0)
+    n_err = cols[p + "err_n"][slots]
+    prev = cols[p + "err_short"][slots]
+    short = np.where(n_err == 0, err, prev + alpha_s * (err - prev))
+    mean, var, lr_n = cols[p + "lr_mean"][slots], cols[p + "lr_var"][slots], cols[p + "lr_n"][slots]
     score = np.where(lr_n >= MIN_LONG_N, likelihood(short, mean, var), 0.0)
     n1 = lr_n + 1
     a = _ew(n1, cfg.long_memory)
     delta = short - mean
+    if cfg.long_winsor is not None:  # an anomaly moves the long-run fit by at most k spreads
+        bound = cfg.long_winsor * np.maximum(
+            np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6
+        )
+        delta = np.where(lr_n >= MIN_LONG_N, np.clip(delta, -bound, bound), delta)
     new_mean = mean + a * delta
     new_var = np.where(n1 == 1, 0.0, (1.0 - a) * (var + a * delta * delta))
-    cols["err_short"][slots] = np.where(valid, short, cols["err_short"][slots])
-    cols["err_n"][slots] = n_err + valid
-    cols["lr_mean"][slots] = np.where(valid, new_mean, mean)
-    cols["lr_var"][slots] = np.where(valid, new_var, var)
-    cols["lr_n"][slots] = lr_n + valid
+    cols[p + "err_short"][slots] = np.where(valid, short, prev)
+    cols[p + "err_n"][slots] = n_err + valid
+    cols[p + "lr_mean"][slots] = np.where(valid, new_mean, mean)
+    cols[p + "lr_var"][slots] = np.where(valid, new_var, var)
+    cols[p + "lr_n"][slots] = lr_n + valid
     return np.where(valid, score, 0.0)
 
 
@@ -125,21 +151,29 @@ def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringCon
     return run >= np.maximum(cfg.flatline_window, 2 * longest + 1)
 
 
+def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """log(1 + |residual| / spread): heavy tails tamed so a Gaussian fits its short averages."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        err = np.log1p(np.abs(residual) / spread)
+    return np.clip(np.nan_to_num(err, nan=0.0, posinf=MAX_ERR), 0.0, MAX_ERR)
+
+
 def score(
     cols: dict,
     slots: np.ndarray,
     x: np.ndarray,
-    err: np.ndarray,
-    has_forecast: np.ndarray,
+    residual: np.ndarray,
+    spread: np.ndarray,
     count: np.ndarray,
     cfg: ScoringConfig,
 ) -> Scored:
     """Score one sample per slot (slots unique): update statistics and decide flags.
 
-    ``err`` is the standardised absolute forecast error (ignored where ``has_forecast`` is False);
-    ``count`` is how many samples each stream had before this one (for warm-up).
+    ``residual``/``spread`` compare the value with the forecast made one step earlier (NaN for a
+    stream's first sample); ``count`` is how many samples each stream had before this one.
     """
-    err = np.clip(np.nan_to_num(err, nan=0.0, posinf=MAX_ERR), 0.0, MAX_ERR)
+    has_forecast = count >= SCORE_AFTER
+    err = standardised_error(residual, spread)
     lik = _likelihood_stage(cols, slots, err, has_forecast, cfg)
     out_of_range = _range_rule(cols, slots, x, cfg)
     flat = _flatline_rule(cols, slots, x, cfg)

@@ -1,0 +1,161 @@
+"""Tuning harness for the scoring defaults on the NAB development subset (a dev tool, not a test).
+
+    python scripts/tune_nab.py collect --data ../shared/data/nab --cache /tmp/nabcache.npz
+    python scripts/tune_nab.py sweep --cache /tmp/nabcache.npz threshold=0.4,0.5 short_window=3,5
+
+``collect`` runs every file once through the shipped model (no fine-tuning) and keeps each row's
+value, forecast and spread; the forecasts do not depend on the scoring parameters, so ``sweep``
+replays only the scoring stage (all files in lockstep, vectorised) for every combination and prints
+NAB's three profiles (optimised threshold) and the standard score at the configured threshold.
+The numbers to report come from ``lstm-stream nab run`` + ``nab score``; this only ranks settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from lstm_stream import scoring
+from lstm_stream.config import ScoringConfig
+from lstm_stream.nab import find_files, read_nab_csv
+from lstm_stream.nab_scoring import FileScores, load_windows, map_windows, probation_length, score_corpus
+from lstm_stream.state import SlotArrays
+
+
+def _collect_one(data: str, key: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    import torch
+
+    from lstm_stream.nab import detect_file
+    from lstm_stream.pretrained import pretrained_engine
+
+    torch.set_num_threads(1)
+    nab = read_nab_csv(Path(data) / key, key)
+    res = detect_file(nab, pretrained_engine())
+    return key, nab.values, res["forecast"], res["spread"]
+
+
+def collect(args: argparse.Namespace) -> None:
+    keys = find_files(Path(args.data))
+    out = {}
+    t0 = time.time()
+    with ProcessPoolExecutor(2) as pool:
+        for key, x, f, s in pool.map(_collect_one, [args.data] * len(keys), keys):
+            out[key] = np.stack([x, f, s])
+            print(f"{key} {time.time() - t0:.0f}s", file=sys.stderr)
+    np.savez(args.cache, **{k.replace("/", "|"): v for k, v in out.items()})
+
+
+def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str, dict[str, np.ndarray]]:
+    """The engine's scoring stage over cached (value, forecast, spread), all files in lockstep."""
+    keys = list(series)
+    n = max(v.shape[1] for v in series.values())
+    k = len(keys)
+    cols = SlotArrays(scoring.COLUMNS, k).data
+    x = np.full((k, n), np.nan)
+    f = np.full((k, n), np.nan)
+    s = np.full((k, n), np.nan)
+    lengths = np.array([series[key].shape[1] for key in keys])
+    for i, key in enumerate(keys):
+        x[i, : lengths[i]], f[i, : lengths[i]], s[i, : lengths[i]] = series[key]
+    score = np.zeros((k, n))
+    flag = np.zeros((k, n), dtype=bool)
+    for t in range(n):
+        live = np.nonzero(t < lengths)[0]
+        r = scoring.score(
+            cols, live, x[live, t], x[live, t] - f[live, t], s[live, t], np.full(len(live), t), cfg
+        )
+        score[live, t] = r.score
+        flag[live, t] = r.flag
+    return {
+        key: {"score": score[i, : lengths[i]], "flag": flag[i, : lengths[i]]} for i, key in enumerate(keys)
+    }
+
+
+def nab_files(series, scored, windows, timestamps) -> list[FileScores]:
+    out = []
+    for key in series:
+        alert = np.where(scored[key]["flag"], scored[key]["score"], 0.0)
+        n = len(alert)
+        out.append(
+            FileScores(
+                key,
+                timestamps[key],
+                alert,
+                map_windows(timestamps[key], windows.get(key, []), key),
+                probation_length(n),
+            )
+        )
+    return out
+
+
+SHORT = {"standard": "std", "reward_low_FP_rate": "lowFP", "reward_low_FN_rate": "lowFN"}
+
+
+def details(files: list[FileScores], threshold: float) -> None:
+    """Per file: windows detected (row offset of the first detection from the window start) and FPs."""
+    for f in files:
+        hit = f.scores >= threshold
+        hit[: f.probation] = False
+        inside = np.zeros(len(hit), dtype=bool)
+        found = []
+        for a, b in f.windows:
+            inside[a : b + 1] = True
+            rows = np.nonzero(hit[a : b + 1])[0]
+            found.append(f"{rows[0]}/{b - a + 1}" if len(rows) else "MISS")
+        fps = np.nonzero(hit & ~inside)[0]
+        print(f"  {f.key:60s} windows {found} fp {len(fps)} {fps[:8].tolist()}")
+
+
+def sweep(args: argparse.Namespace) -> None:
+    cache = np.load(args.cache)
+    series = {k.replace("|", "/"): cache[k] for k in cache.files}
+    windows = load_windows(Path(args.data) / "combined_windows.json")
+    timestamps = {k: read_nab_csv(Path(args.data) / k, k).timestamps for k in series}
+    grid = [kv.split("=", 1) for kv in args.params]
+    names = [g[0] for g in grid]
+    values = [[json.loads(v) for v in g[1].split(",")] for g in grid]
+    for combo in itertools.product(*values):
+        cfg = ScoringConfig(**dict(zip(names, combo, strict=True)))
+        scored = replay_scores(series, cfg)
+        files = nab_files(series, scored, windows, timestamps)
+        res = score_corpus(files, cfg.threshold)
+        flags = sum(int(v["flag"].sum()) for v in scored.values())
+        if args.details:
+            details(files, cfg.threshold)
+        print(
+            json.dumps(
+                {
+                    **dict(zip(names, combo, strict=True)),
+                    "flags": flags,
+                    **{SHORT[p]: round(r["optimized"], 2) for p, r in res.items()},
+                    "fixed_std": round(res["standard"]["fixed"], 2),
+                }
+            ),
+            flush=True,
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--data", default="../shared/data/nab")
+    c.add_argument("--cache", default="/tmp/nabcache.npz")
+    s = sub.add_parser("sweep")
+    s.add_argument("--data", default="../shared/data/nab")
+    s.add_argument("--cache", default="/tmp/nabcache.npz")
+    s.add_argument("--details", action="store_true", help="per-file detections and false positives")
+    s.add_argument("params", nargs="*", help="name=v1,v2 (ScoringConfig fields, JSON values)")
+    args = ap.parse_args()
+    collect(args) if args.cmd == "collect" else sweep(args)
+
+
+if __name__ == "__main__":
+    main()
