@@ -78,6 +78,21 @@ class ScoringConfig(_Strict):
     )
 
 
+class SeasonalConfig(_Strict):
+    """Blend of the LSTM forecast with the value one detected period ago (0 = off)."""
+
+    blend: float = Field(0.3, ge=0.0, le=1.0, description="weight of the seasonal-naive value")
+    learn: int = Field(1000, ge=16, description="samples before a stream's period is detected")
+    window: int = Field(1024, ge=16, description="ring of raw values; periods up to a third of it")
+    redetect: int = Field(8000, ge=16, description="samples between later period detections")
+
+    @model_validator(mode="after")
+    def _learn_fits(self) -> SeasonalConfig:
+        if self.learn > self.window:
+            raise ValueError(f"learn={self.learn} must not exceed window={self.window}")
+        return self
+
+
 class TrainConfig(_Strict):
     """Fitting and fine-tuning."""
 
@@ -94,7 +109,7 @@ class TrainConfig(_Strict):
     clip_grad: float = Field(1.0, gt=0)
     seed: int = 0
     min_improvement: float = Field(
-        0.0, ge=0, description="fine-tune: candidate must beat live loss by this fraction"
+        0.1, ge=0, description="fine-tune: candidate must beat live loss by this fraction"
     )
 
 
@@ -113,6 +128,7 @@ class EngineConfig(_Strict):
     history_len: int = Field(512, ge=0, description="per-stream buffer for fine-tuning")
     scaling: ScalerConfig = ScalerConfig()
     scoring: ScoringConfig = ScoringConfig()
+    seasonal: SeasonalConfig = SeasonalConfig()
     train: TrainConfig = TrainConfig()
     torch_threads: int = Field(1, ge=1, description="torch threads in the serving path")
 

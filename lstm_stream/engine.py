@@ -16,7 +16,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import scaling, scoring
+from . import scaling, scoring, seasonal
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -151,6 +151,7 @@ class Engine:
             "n_flags": Column((), np.int64),
             **scaling.COLUMNS,
             **scoring.COLUMNS,
+            **seasonal.columns(cfg.seasonal),
         }
         if self.stateful:
             shape = (cfg.model.layers, cfg.model.hidden)
@@ -267,9 +268,9 @@ class Engine:
         center, sc = scaling.stats(a, s, cfg.scaling)
         z = np.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
         self._write_inputs(s, z, ts, count, scored.condition)
+        seasonal.observe(a, s, x, residual, count, cfg.seasonal)
         mean, spr = self._forecast(s, z, count + 1)
-        next_fc = center + sc * mean
-        next_sp = sc * spr
+        next_fc, next_sp = seasonal.blend(a, s, count + 1, center + sc * mean, sc * spr, cfg.seasonal)
         a["fc_mean"][s] = next_fc
         a["fc_spread"][s] = next_sp
         a["count"][s] = count + 1
@@ -372,9 +373,11 @@ class Engine:
             else:
                 mean, spread = self.model(win)
         center, sc = scaling.stats(a, s, self.config.scaling)
-        started = a["count"][s] > 0
-        a["fc_mean"][s] = np.where(started, center + sc * mean.double().numpy(), np.nan)
-        a["fc_spread"][s] = np.where(started, sc * spread.double().numpy(), np.nan)
+        count = a["count"][s]
+        fc, sp = center + sc * mean.double().numpy(), sc * spread.double().numpy()
+        fc, sp = seasonal.blend(a, s, count, fc, sp, self.config.seasonal)
+        a["fc_mean"][s] = np.where(count > 0, fc, np.nan)
+        a["fc_spread"][s] = np.where(count > 0, sp, np.nan)
 
     def history(self, min_len: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Each stream's buffered (inputs, targets, excluded) in time order, for fine-tuning."""
