@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--embedded-broker", action="store_true", help="the embedded amqtt broker even if Mosquitto exists"
     )
-    demo.add_argument("--port", type=int, help="MQTT broker port (default 1883 if free, else any free port)")
-    demo.add_argument("--http-port", type=int, help="metrics port (default 9464 if free, else any free port)")
+    demo.add_argument("--port", type=int, help="MQTT broker port; 0 = any free one (default 1883 if free)")
+    demo.add_argument("--http-port", type=int, help="metrics port; 0 = any free one (default 9464 if free)")
     demo.add_argument(
         "--state-dir", help="keep the daemon's checkpoints here (default: a temporary folder, removed)"
     )

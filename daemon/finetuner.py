@@ -174,6 +174,7 @@ class Finetuner:
                 env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
                 preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,  # noqa: PLW1509 - sets priority only
                 capture_output=True,
+                start_new_session=True,  # Ctrl-C at a terminal is the service's to handle, not the worker's
                 text=True,
                 timeout=self.timeout_s,
             )

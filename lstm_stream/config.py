@@ -68,7 +68,7 @@ class ScoringConfig(_Strict):
         0.05, ge=0.0, description="flag values beyond the seen range by this fraction of it"
     )
     flatline_window: int = Field(
-        24, ge=3, description="recent samples whose spread is compared for the flat-line rule"
+        24, ge=3, description="a stuck run must last this many samples (and twice any before)"
     )
     flatline_ratio: float | None = Field(
         0.01, ge=0.0, description="flag when recent spread < ratio * long-run spread"

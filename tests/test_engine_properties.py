@@ -34,7 +34,17 @@ def _finite_state(engine: Engine) -> bool:
     tensors, _ = checkpoint.decode(checkpoint.snapshot(engine))
     for key, arr in tensors.items():
         if arr.dtype.kind != "f" or key.endswith(
-            ("ts_ring", "hist_y", "prev_x", "fc_mean", "fc_spread", "last_value", "last_forecast")
+            (
+                "ts_ring",
+                "hist_y",
+                "prev_x",
+                "fc_mean",
+                "fc_spread",
+                "last_value",
+                "last_forecast",
+                "se_ring",
+                "se_mad",
+            )
         ):
             continue  # NaN is a legitimate "unknown yet" marker in these columns
         if key.endswith(("rng_min", "rng_max", "last_ts", "last_seen")):

@@ -10,6 +10,7 @@ import pytest
 
 from daemon import settings as settings_mod
 from daemon.settings import ConfigError, Settings, load_settings, masked_dump
+from lstm_stream.config import ScoringConfig
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +83,7 @@ def test_precedence_default_toml_env_init(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert s.http.port == 3002  # init kwargs (CLI) over env
     assert s.http.bind == "0.0.0.0" and s.http.per_stream == "all"  # sections merge, not replace
     assert s.engine.look_back == 40 and s.engine.scoring.threshold == 0.6
-    assert s.engine.scoring.warmup == 300 and s.mqtt.qos == 1  # untouched defaults survive
+    assert s.engine.scoring.warmup == ScoringConfig().warmup and s.mqtt.qos == 1  # untouched defaults survive
 
 
 def test_nested_env_reaches_engine_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
