@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,7 +163,11 @@ class MqttLink:
         *,
         stats: LinkStats | None = None,
         rate_log: RateLimitedLogger | None = None,
+        status_topic: str | None = None,
+        on_status: Callable[[bytes], None] | None = None,
     ) -> None:
+        """``status_topic`` (e.g. Home Assistant's ``homeassistant/status``) is subscribed too and
+        its messages go to ``on_status(payload)`` on the network thread instead of the parser."""
         self.settings = settings
         self.queue = queue
         self.stats = stats if stats is not None else LinkStats()
@@ -173,6 +178,8 @@ class MqttLink:
         self._connected = threading.Event()
         self._connect_error: str | None = None  # last refusal logged; reset on success
         self._closed = False
+        self._status_topic = status_topic if on_status is not None else None
+        self._on_status = on_status
         self.client = self._make_client()
 
     # --- setup ------------------------------------------------------------------------------
@@ -234,10 +241,12 @@ class MqttLink:
         """(filter, qos) pairs; on MQTT 5 retained messages only for a new subscription, so a
         resumed session does not replay retained values as fresh samples at every reconnect."""
         s = self.settings
+        extra = [self._status_topic] if self._status_topic else []
         if not self._v5:
-            return [(f, s.qos) for f in s.topics]
+            return [(f, s.qos) for f in [*s.topics, *extra]]
         opts = SubscribeOptions(qos=s.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        return [(f, opts) for f in s.topics]
+        # the status topic: retained or not, its current value is wanted at every connect
+        return [(f, opts) for f in s.topics] + [(f, SubscribeOptions(qos=1)) for f in extra]
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -381,6 +390,8 @@ class MqttLink:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         """Hot path, once per message: count, parse, enqueue or count the reject reason."""
+        if self._status_topic is not None and self._route_status(msg):
+            return
         stats = self.stats
         stats.received += 1
         try:
@@ -396,6 +407,19 @@ class MqttLink:
             stats.rejected[INTERNAL] += 1
             self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)
 
+    def _route_status(self, msg: paho.MQTTMessage) -> bool:
+        """Hand a message on ``status_topic`` to ``on_status`` (it only sets a flag); True if it was one."""
+        try:
+            if msg.topic != self._status_topic:
+                return False
+        except UnicodeDecodeError:  # not the status topic; the sample path counts it
+            return False
+        try:
+            self._on_status(msg.payload)
+        except Exception:  # never raise into paho's loop
+            log.exception("error handling a message on %s", self._status_topic)
+        return True
+
     # --- publishing (any thread) ------------------------------------------------------------
 
     def publish_json(self, topic: str, obj: Any, qos: int = 1, retain: bool = False) -> bool:
@@ -405,8 +429,22 @@ class MqttLink:
             self.stats.publish_failures += 1
             return False
         try:
-            info = self.client.publish(topic, dumps(obj), qos=qos, retain=retain)
-        except (ValueError, TypeError) as exc:  # bad topic, or not JSON serializable
+            payload = dumps(obj)
+        except (ValueError, TypeError) as exc:  # not JSON serializable
+            self.stats.publish_failures += 1
+            self._rlog.log("publish_invalid", "cannot publish to %r: %s", topic, exc)
+            return False
+        return self.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> bool:
+        """Publish a raw payload (b"" with ``retain`` clears a retained topic); False (counted in
+        ``publish_failures``) when disconnected, paho's outgoing queue is full, or the topic is invalid."""
+        if not self.stats.connected:
+            self.stats.publish_failures += 1
+            return False
+        try:
+            info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        except (ValueError, TypeError) as exc:  # bad topic or payload type
             self.stats.publish_failures += 1
             self._rlog.log("publish_invalid", "cannot publish to %r: %s", topic, exc)
             return False

@@ -25,6 +25,7 @@ from lstm_stream.engine import REJECTS, Engine, Results
 from lstm_stream.pretrained import load_pretrained
 
 from . import notify
+from .discovery import HomeAssistantDiscovery
 from .finetuner import Finetuner, Outcome
 from .metrics import Metrics, MetricsServer, StreamExporter, code_counts
 from .mqtt import IngestQueue, LinkStats, MqttLink
@@ -94,6 +95,8 @@ class Service:
         self.metrics: Metrics | None = None
         self.link: MqttLink | None = None
         self.http: MetricsServer | None = None
+        self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
+        self._discovery_connects = 0
         self._loop_thread: threading.Thread | None = None
         self._last_progress = 0.0
         self._loop_error: str = ""
@@ -129,9 +132,17 @@ class Service:
         self._last_progress = now
         self._loop_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
         self._loop_thread.start()
+        discovery = self._make_discovery()
         self.link = MqttLink(
-            s.mqtt, PayloadParser(s.payload), self.queue, stats=self.stats, rate_log=self.rlog
+            s.mqtt,
+            PayloadParser(s.payload),
+            self.queue,
+            stats=self.stats,
+            rate_log=self.rlog,
+            status_topic=discovery.status_topic if discovery else None,
+            on_status=discovery.on_status if discovery else None,
         )
+        self.discovery = discovery  # the engine thread starts using it from here
         self.metrics.mqtt_connected.set_function(lambda: float(self.link.is_connected()))  # live at scrape
         self.link.start()
         log.info("connecting to mqtt://%s:%d, topics %s", s.mqtt.host, s.mqtt.port, ", ".join(s.mqtt.topics))
@@ -242,6 +253,8 @@ class Service:
             self._publish_events(r)
         if self.settings.mqtt.forecast_topic:
             self._publish_forecasts(r)
+        if self.discovery is not None:
+            self._discovery_batch(r)
 
     def _publish_events(self, r: Results) -> None:
         ok = failed = 0
@@ -282,6 +295,8 @@ class Service:
         self.metrics.engine_progress()
         expired = self.engine.expire(self.clock())
         self.metrics.observe_streams(len(self.engine.streams), expired=len(expired))
+        if self.discovery is not None:
+            self._discovery_housekeeping(expired)
         self._finetune_step(now)
         if now >= self._next["checkpoint"]:
             self._next["checkpoint"] = now + self.settings.state.checkpoint_interval_s
@@ -321,6 +336,52 @@ class Service:
         log.info(
             "checkpoint %s (%d streams, %.2fs)", path.name, len(self.engine.streams), time.monotonic() - t0
         )
+
+    # ------------------------------------------------ Home Assistant discovery
+    def _make_discovery(self) -> HomeAssistantDiscovery | None:
+        """The discovery publisher when ``homeassistant.enabled`` (publishing through the link)."""
+        s = self.settings
+        if not s.homeassistant.enabled:
+            return None
+        m = self.engine.config.model
+        return HomeAssistantDiscovery(
+            s.homeassistant,
+            lambda topic, payload, qos, retain: self.link.publish(topic, payload, qos, retain),
+            availability_topic=s.mqtt.availability_topic,
+            model=f"{m.arch.upper()} forecaster ({m.layers}x{m.hidden})",
+            rate_log=self.rlog,
+        )
+
+    def _discovery_batch(self, r: Results) -> None:
+        """Announce the batch's new streams, remove evicted ones, publish announced streams' states."""
+        d = self.discovery
+        if r.evicted:
+            d.remove(r.evicted)
+        if r.created:
+            d.add(r.created)
+        if not d.announced:
+            return
+        names = list(d.announced.keys() & set(r.stream))
+        if names:
+            slots = self.engine.table.lookup(names)
+            known = slots >= 0
+            if not known.all():
+                names, slots = [n for n, k in zip(names, known.tolist(), strict=True) if k], slots[known]
+            a = self.engine.arrays
+            d.update(names, a["in_anomaly"][slots].tolist(), a["fc_mean"][slots].tolist())
+
+    def _discovery_housekeeping(self, expired: list[str]) -> None:
+        """Remove expired streams; after each (re)connect announce every tracked stream again
+        (restored from a checkpoint, or lost by the broker); republish when Home Assistant asks."""
+        d = self.discovery
+        if expired:
+            d.remove(expired)
+        connects = self.stats.connects
+        if connects != self._discovery_connects and self.link.is_connected():
+            self._discovery_connects = connects
+            d.add(self.engine.streams, publish=False)
+            d.request_republish()
+        d.tick()
 
     # -------------------------------------------------------------- fine-tuning
     def _finetune_step(self, now: float) -> None:

@@ -297,6 +297,37 @@ class FinetuneSettings(_Section):
     nice: int = Field(10, ge=0, le=19, description="added niceness (raising needs no privilege)")
 
 
+class HomeAssistantSettings(_Section):
+    """Home Assistant MQTT discovery (off by default; see ``daemon.discovery``).
+
+    Each stream gets a forecast ``sensor`` and an anomaly ``binary_sensor`` under one device, with
+    retained configs on ``<prefix>/<component>/<node_id>/<object_id>/config`` and states on
+    ``<state_prefix>/<object_id>/forecast`` and ``.../anomaly``.
+    """
+
+    enabled: bool = Field(False, description="announce streams to Home Assistant")
+    prefix: str = Field(
+        "homeassistant", description="discovery prefix; Home Assistant's birth topic is <prefix>/status"
+    )
+    node_id: str = Field(
+        "lstm_stream", pattern=r"^[A-Za-z0-9_-]+$", description="the device id in discovery topics"
+    )
+    state_prefix: str = Field(
+        "lstm-stream/stream", description="states on <state_prefix>/<object_id>/forecast and /anomaly"
+    )
+    max_streams: int = Field(200, ge=0, description="streams announced at most (two entities each)")
+    state_interval_s: float = Field(
+        10.0, ge=0, description="a stream's forecast state is published at most this often"
+    )
+
+    @field_validator("prefix", "state_prefix")
+    @classmethod
+    def _topic_base(cls, v: str) -> str:
+        if v.endswith("/") or v.startswith("/"):
+            raise ValueError(f"{v!r}: no leading or trailing '/'")
+        return _check_publish_topic(v)
+
+
 class LogSettings(_Section):
     """Logging."""
 
@@ -321,6 +352,7 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     model_path: Path | None = Field(None, description="checkpoint to start from")
 
