@@ -29,7 +29,7 @@ from lstm_stream.nab_scoring import FileScores, load_windows, map_windows, proba
 from lstm_stream.state import SlotArrays
 
 
-def _collect_one(data: str, key: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     import torch
 
     from lstm_stream.nab import detect_file
@@ -37,7 +37,10 @@ def _collect_one(data: str, key: str) -> tuple[str, np.ndarray, np.ndarray, np.n
 
     torch.set_num_threads(1)
     nab = read_nab_csv(Path(data) / key, key)
-    res = detect_file(nab, pretrained_engine())
+    from lstm_stream.config import EngineConfig
+
+    cfg = EngineConfig.model_validate(json.loads(engine_json))
+    res = detect_file(nab, pretrained_engine(cfg))
     return key, nab.values, res["forecast"], res["spread"]
 
 
@@ -46,7 +49,7 @@ def collect(args: argparse.Namespace) -> None:
     out = {}
     t0 = time.time()
     with ProcessPoolExecutor(2) as pool:
-        for key, x, f, s in pool.map(_collect_one, [args.data] * len(keys), keys):
+        for key, x, f, s in pool.map(_collect_one, [args.data] * len(keys), keys, [args.engine] * len(keys)):
             out[key] = np.stack([x, f, s])
             print(f"{key} {time.time() - t0:.0f}s", file=sys.stderr)
     np.savez(args.cache, **{k.replace("/", "|"): v for k, v in out.items()})
@@ -148,6 +151,7 @@ def main() -> None:
     c = sub.add_parser("collect")
     c.add_argument("--data", default="../shared/data/nab")
     c.add_argument("--cache", default="/tmp/nabcache.npz")
+    c.add_argument("--engine", default="{}", help="EngineConfig overrides as JSON (forecast-side settings)")
     s = sub.add_parser("sweep")
     s.add_argument("--data", default="../shared/data/nab")
     s.add_argument("--cache", default="/tmp/nabcache.npz")
