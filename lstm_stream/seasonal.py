@@ -18,7 +18,8 @@ from .evaluation import detect_period
 from .state import Column
 
 MAD_TO_SIGMA = 1.2533
-MAD_ALPHA = 0.01  # memory of the blended forecast's error: about 100 samples
+MAD_ALPHA = 0.01
+F32_MAX = float(np.finfo(np.float32).max)  # memory of the blended forecast's error: about 100 samples
 
 
 def columns(cfg: SeasonalConfig) -> dict[str, Column]:
@@ -44,7 +45,7 @@ def observe(
         mad = cols["se_mad"][s]
         ok = np.isfinite(r)
         cols["se_mad"][s] = np.where(ok, np.where(np.isnan(mad), r, mad + MAD_ALPHA * (r - mad)), mad)
-    cols["se_ring"][slots, count % cfg.window] = x
+    cols["se_ring"][slots, count % cfg.window] = np.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
     due = (seen == cfg.learn) | ((seen > cfg.learn) & (seen % cfg.redetect == 0))
     for i in np.nonzero(due)[0].tolist():
