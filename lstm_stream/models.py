@@ -95,57 +95,58 @@ class StackedLSTM(nn.Module):
         return mean, spread, new_state
 
 
-class BiLSTM(nn.Module):
-    """Bidirectional LSTM over a window; the head sees the last forward and first backward states."""
+def _window_lstm(cfg: ModelConfig, bidirectional: bool = False) -> nn.LSTM:
+    """A stacked ``nn.LSTM`` over a whole window (input size 1, batch first)."""
+    return nn.LSTM(
+        1,
+        cfg.hidden,
+        num_layers=cfg.layers,
+        batch_first=True,
+        bidirectional=bidirectional,
+        dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+    )
+
+
+class WindowModel(nn.Module):
+    """Base of the models that need the whole window (no carried state between samples)."""
 
     stateful = False
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training view: only the last step is a causal forecast, so only it is returned."""
+        mean, spread = self(x)
+        return mean.unsqueeze(1), spread.unsqueeze(1)
+
+
+class BiLSTM(WindowModel):
+    """Bidirectional LSTM over a window; the head reads each direction's summary of the whole window
+    (the forward pass's last output and the backward pass's first)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.lstm = nn.LSTM(
-            1,
-            cfg.hidden,
-            num_layers=cfg.layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-        )
+        self.lstm = _window_lstm(cfg, bidirectional=True)
         self.head = Head(2 * cfg.hidden, cfg)
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x.unsqueeze(-1))
-        return out  # (batch, steps, 2 * hidden)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forecast after each window's last step."""
-        return self.head(self._features(x)[:, -1], x[:, -1])
-
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training view: only the last step is a causal forecast, so only it is returned."""
-        mean, spread = self.forward(x)
-        return mean.unsqueeze(1), spread.unsqueeze(1)
+        out, _ = self.lstm(x.unsqueeze(-1))  # (batch, steps, 2 * hidden)
+        h = self.cfg.hidden
+        feats = torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
+        return self.head(feats, x[:, -1])
 
 
-class AttentionLSTM(nn.Module):
+class AttentionLSTM(WindowModel):
     """LSTM over a window with additive attention over its outputs (Bahdanau-style).
 
     Scores ``v . tanh(W o_t)`` over the steps, softmax, context = weighted sum of outputs; the head
     reads the context joined with the last output. Shapes are checked, unlike the seed's version.
     """
 
-    stateful = False
-
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.lstm = nn.LSTM(
-            1,
-            cfg.hidden,
-            num_layers=cfg.layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-        )
+        self.lstm = _window_lstm(cfg)
         self.attn = nn.Linear(cfg.hidden, cfg.hidden)
         self.score = nn.Linear(cfg.hidden, 1, bias=False)
         self.head = Head(2 * cfg.hidden, cfg)
@@ -161,11 +162,6 @@ class AttentionLSTM(nn.Module):
         """Forecast after each window's last step."""
         feats, _ = self.attention(x)
         return self.head(feats, x[:, -1])
-
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training view: only the last step's forecast."""
-        mean, spread = self.forward(x)
-        return mean.unsqueeze(1), spread.unsqueeze(1)
 
 
 Forecaster = StackedLSTM | BiLSTM | AttentionLSTM
