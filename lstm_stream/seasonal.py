@@ -3,10 +3,10 @@
 The LSTM sees a short window and a carried state; a daily pattern of 288 five-minute samples is past
 what it learns online. So each stream keeps a ring of its recent raw values; once it has ``learn``
 samples, its dominant period is detected from the autocorrelation (and again every ``redetect``
-samples). Where there is one, the published forecast is ``(1 - blend) * lstm + blend * x[t+1-P]``
-and its spread is the stream's own running mean absolute error of that blended forecast (the
+samples). Where there is one, the published forecast is ``(1 - w) * lstm + w * x[t+1-P]``, with
+``w`` from the running errors of both forecasts (inverse-variance, capped at ``blend``), and its spread is the stream's own running mean absolute error of that blended forecast (the
 network's spread only knows the LSTM part). On the NAB development subset this took the standard
-score from 55.3 to 57.8 (docs/tuning.md); streams without a period are untouched.
+score from 55.3 to 57.5 (docs/tuning.md); streams without a period are untouched.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ def columns(cfg: SeasonalConfig) -> dict[str, Column]:
         "se_ring": Column((cfg.window,), np.float32, np.nan, True),
         "se_period": Column((), np.int64, 0),
         "se_mad": Column((), np.float64, np.nan),
+        "se_fc_lstm": Column((), np.float64, np.nan),  # the two forecasts made for the next value
+        "se_fc_naive": Column((), np.float64, np.nan),
+        "se_mae_lstm": Column((), np.float64, np.nan),  # and their running absolute errors
+        "se_mae_naive": Column((), np.float64, np.nan),
     }
 
 
@@ -41,15 +45,22 @@ def observe(
         return
     seasonal = cols["se_period"][slots] > 1
     if seasonal.any():
-        s, r = slots[seasonal], np.abs(residual[seasonal])
-        mad = cols["se_mad"][s]
-        ok = np.isfinite(r)
-        cols["se_mad"][s] = np.where(ok, np.where(np.isnan(mad), r, mad + MAD_ALPHA * (r - mad)), mad)
+        s, xs = slots[seasonal], x[seasonal]
+        _ew_abs(cols, "se_mad", s, residual[seasonal])
+        _ew_abs(cols, "se_mae_lstm", s, xs - cols["se_fc_lstm"][s])
+        _ew_abs(cols, "se_mae_naive", s, xs - cols["se_fc_naive"][s])
     cols["se_ring"][slots, count % cfg.window] = np.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
     due = (seen == cfg.learn) | ((seen > cfg.learn) & (seen % cfg.redetect == 0))
     for i in np.nonzero(due)[0].tolist():
         _detect(cols, int(slots[i]), int(seen[i]), cfg)
+
+
+def _ew_abs(cols: dict, name: str, s: np.ndarray, err: np.ndarray) -> None:
+    """Fold |err| into the running mean absolute error ``name`` (NaN errors are skipped)."""
+    r = np.abs(err)
+    cur = cols[name][s]
+    cols[name][s] = np.where(np.isfinite(r), np.where(np.isnan(cur), r, cur + MAD_ALPHA * (r - cur)), cur)
 
 
 def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> None:
@@ -59,7 +70,9 @@ def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> None:
     if period > 1 and period != cols["se_period"][slot]:
         # start the error level from how far the seasonal-naive value was off over the ring:
         # a cautious (wide) spread while the blended forecast's own error is being learnt
-        cols["se_mad"][slot] = float(np.nanmean(np.abs(values[period:] - values[:-period])))
+        naive = float(np.nanmean(np.abs(values[period:] - values[:-period])))
+        cols["se_mad"][slot] = cols["se_mae_naive"][slot] = naive
+        cols["se_mae_lstm"][slot] = np.nan
     cols["se_period"][slot] = period
 
 
@@ -75,7 +88,20 @@ def blend(
         return mean, spread
     past = cols["se_ring"][slots, (seen - np.where(use, period, 0)) % cfg.window].astype(np.float64)
     use &= np.isfinite(past)
+    cols["se_fc_lstm"][slots] = np.where(use, mean, np.nan)
+    cols["se_fc_naive"][slots] = np.where(use, past, np.nan)
+    w = np.where(use, weight(cols["se_mae_lstm"][slots], cols["se_mae_naive"][slots], cfg.blend), 0.0)
     mad = cols["se_mad"][slots]
-    mean = np.where(use, (1.0 - cfg.blend) * mean + cfg.blend * past, mean)
+    mean = np.where(use, (1.0 - w) * mean + w * past, mean)
     spread = np.where(use & np.isfinite(mad) & (mad > 0), MAD_TO_SIGMA * mad, spread)
     return mean, spread
+
+
+def weight(mae_lstm: np.ndarray, mae_naive: np.ndarray, cap: float) -> np.ndarray:
+    """Weight of the seasonal-naive value: inverse-variance weighting of the two forecasts by their
+    running errors, capped at ``cap`` (0 until both errors are known). A stream whose day repeats
+    exactly leans on it; one where last period's value is a poor guess (weekly patterns, drift)
+    keeps the LSTM."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = mae_lstm**2 / (mae_lstm**2 + mae_naive**2)
+    return np.clip(np.nan_to_num(w, nan=0.0), 0.0, cap)

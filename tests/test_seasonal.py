@@ -43,3 +43,18 @@ def test_a_day_that_breaks_the_pattern_is_flagged(pretrained) -> None:
     r = Engine(pretrained.config, pretrained.model).process(["s"] * 3000, np.arange(3000.0), y)
     flagged = np.nonzero(r.is_anomaly)[0]
     assert ((flagged >= 2400) & (flagged < 2496)).any(), flagged
+
+
+def test_blend_does_not_hurt_where_last_periods_value_is_a_poor_guess(pretrained) -> None:
+    from lstm_stream.nab import read_nab_csv
+    from tests.conftest import nab_file
+
+    # nyc_taxi: a daily period is detected, but weekdays differ from weekends, so the value one day
+    # ago is a poor forecast (seasonal naive MASE ~2.9): the weight must stay on the LSTM
+    y = read_nab_csv(nab_file("realKnownCause/nyc_taxi.csv"), "nyc").values
+    maes = {}
+    for blend in (0.0, 0.3):
+        cfg = pretrained.config.model_copy(update={"seasonal": SeasonalConfig(blend=blend)})
+        r = Engine(cfg, pretrained.model).process(["s"] * len(y), np.arange(float(len(y))), y)
+        maes[blend] = forecast_metrics(y[3000:], r.forecast[3000:])["mae"]
+    assert maes[0.3] <= 1.05 * maes[0.0], maes
