@@ -4,9 +4,10 @@ The LSTM sees a short window and a carried state; a daily pattern of 288 five-mi
 what it learns online. So each stream keeps a ring of its recent raw values; once it has ``learn``
 samples, its dominant period is detected from the autocorrelation (and again every ``redetect``
 samples). Where there is one, the published forecast is ``(1 - w) * lstm + w * x[t+1-P]``, with
-``w`` from the running errors of both forecasts (inverse-variance, capped at ``blend``), and its spread is the stream's own running mean absolute error of that blended forecast (the
-network's spread only knows the LSTM part). On the NAB development subset this took the standard
-score from 55.3 to 57.5 (docs/tuning.md); streams without a period are untouched.
+``w`` from the running errors of both forecasts (inverse-variance, capped at ``blend``); its spread
+is the stream's own running absolute error of the blended forecast (the network's spread only knows
+the LSTM part). On the NAB development subset this took the standard score from 55.3 to 57.5
+(docs/tuning.md); streams without a period are untouched.
 """
 
 from __future__ import annotations
