@@ -425,6 +425,9 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+RENDER_CHUNK = 1024  # streams formatted per GIL hold while rendering /metrics
+
+
 def format_values(a: np.ndarray) -> list[str]:
     """Sample values as text: shortest round-trip floats, integers as such, NaN / +Inf / -Inf."""
     if a.dtype.kind == "b":
@@ -521,9 +524,12 @@ class StreamExporter:
             a = np.asarray(getattr(view, attr))
             if idx is not None:
                 a = a[idx]
-            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {typ}\n{name}")
-            parts.append(("\n" + name).join(map(add, labels, format_values(a))))
-            parts.append("\n")
+            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {typ}\n")
+            sep = "\n" + name
+            for lo in range(0, len(labels), RENDER_CHUNK):
+                hi = lo + RENDER_CHUNK
+                parts.append(name + sep.join(map(add, labels[lo:hi], format_values(a[lo:hi]))) + "\n")
+                time.sleep(0)  # each map/join above is one C call holding the GIL: let the engine run
         return "".join(parts)
 
 
