@@ -317,7 +317,7 @@ def test_every_dashboard_query_returns_data(tmp_path, broker, prometheus) -> Non
             "stream_regex": "sensors/.*",
             "threshold": "0.5",
             "__interval": "15s",
-            "__rate_interval": "1m",
+            "__rate_interval": "3m",  # the flags happened up to a minute before the queries run
             "__range": "5m",
         }
         queries = dashboard_queries(load_dashboard())
