@@ -164,25 +164,31 @@ def _read(path: str | os.PathLike) -> bytes:
 
 
 # ------------------------------------------------------------------ engines
-def snapshot(engine: Engine, info: dict | None = None) -> bytes:
-    """The whole engine (model, every stream's state, counters) as checkpoint bytes."""
+def snapshot_parts(engine: Engine, info: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Copies of every array and the metadata of a snapshot: safe to encode in another thread
+    while the engine goes on."""
     table = engine.table
     used = len(table.names)
-    tensors = model_tensors(engine.model)
+    tensors = {k: v.copy() for k, v in model_tensors(engine.model).items()}
     for name, arr in table.arrays.data.items():
-        tensors[f"state.{name}"] = arr[:used]
+        tensors[f"state.{name}"] = arr[:used].copy()
     meta = {
         "kind": "engine",
         "engine_config": engine.config.model_dump(mode="json"),
         "model_version": engine.model_version,
-        "names": table.names,
-        "free": table.free,
+        "names": list(table.names),
+        "free": list(table.free),
         "seq": table.seq,
-        "counters": engine.counters,
+        "counters": dict(engine.counters),
         "info": info or {},
         "created": time.time(),
     }
-    return encode(tensors, meta)
+    return tensors, meta
+
+
+def snapshot(engine: Engine, info: dict | None = None) -> bytes:
+    """The whole engine (model, every stream's state, counters) as checkpoint bytes."""
+    return encode(*snapshot_parts(engine, info))
 
 
 def restore(data: bytes, source: str = "<bytes>") -> Engine:
@@ -227,10 +233,14 @@ class CheckpointStore:
 
     def save(self, engine: Engine, info: dict | None = None) -> Path:
         """Write a new checkpoint atomically and prune old ones; returns its path."""
+        return self.save_parts(*snapshot_parts(engine, info))
+
+    def save_parts(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+        """Encode and write a snapshot taken with :func:`snapshot_parts` (may run in a thread)."""
         existing = self.paths()
         number = int(self.PATTERN.match(existing[0].name).group(1)) + 1 if existing else 1
         path = self.directory / f"checkpoint-{number:08d}.safetensors"
-        write_atomic(path, snapshot(engine, info))
+        write_atomic(path, encode(tensors, meta))
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)
         return path

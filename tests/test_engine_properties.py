@@ -44,6 +44,10 @@ def _finite_state(engine: Engine) -> bool:
                 "last_forecast",
                 "se_ring",
                 "se_mad",
+                "se_fc_lstm",
+                "se_fc_naive",
+                "se_mae_lstm",
+                "se_mae_naive",
             )
         ):
             continue  # NaN is a legitimate "unknown yet" marker in these columns
