@@ -324,10 +324,11 @@ def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> N
         late.close()
 
         # Home Assistant restarts: it says online, the configs come again
-        before = watcher.count(config_topics(a)[0])
+        before_a = watcher.count(config_topics(a)[0])
+        before_b = watcher.count(config_topics(b)[1])  # each stream's own count: b may have fewer
         pub.publish("homeassistant/status", "online")
-        wait_for(lambda: watcher.count(config_topics(a)[0]) > before, "republished configs")
-        wait_for(lambda: watcher.count(config_topics(b)[1]) > before, "republished configs")
+        wait_for(lambda: watcher.count(config_topics(a)[0]) > before_a, "republished configs")
+        wait_for(lambda: watcher.count(config_topics(b)[1]) > before_b, "republished configs")
 
         # a fourth stream at engine.max_streams = 3 evicts the least recently seen one, a:
         # its entities are removed and the waiting stream c takes the free place
