@@ -217,8 +217,13 @@ class Service:
                 if self.queue.wait(period):
                     # let a micro-batch gather: at most one engine call per period under light load
                     time.sleep(max(0.0, period - (time.monotonic() - started)))
-                    while len(self.queue) and not self.stop_event.is_set():
-                        self._process(self.queue.drain(ingest.batch_max))
+                    # go straight on only while batches come out full; otherwise wait for the next
+                    # period, or the engine runs back-to-back tiny batches (about 1 ms each) under load
+                    while not self.stop_event.is_set():
+                        batch = self.queue.drain(ingest.batch_max)
+                        self._process(batch)
+                        if len(batch) < ingest.batch_max:
+                            break
                         if time.monotonic() - started > period:
                             self._housekeeping()
                             started = time.monotonic()
