@@ -7,8 +7,9 @@ an exception escape a paho callback. ``on_message`` runs on the network thread f
 message, so it does O(1) work: parse, enqueue, count. The engine thread drains the queue.
 
 Acknowledgements: paho acks a QoS 1 message after ``on_message`` returns, when its samples are
-already in the queue. A crash between that ack and processing therefore loses at most what is
-queued; messages the broker redelivers (no ack yet, or a resumed session) may repeat samples,
+already in the queue; a full queue makes ``on_message`` wait for room (bounded by
+``ingest.block_s``), so the ack waits too. A crash between that ack and processing loses at most what
+is queued; messages the broker redelivers (no ack yet, or a resumed session) may repeat samples,
 which the engine drops as duplicates per (stream, timestamp) against its checkpoint.
 """
 
@@ -49,27 +50,37 @@ class IngestQueue:
 
     One producer and one consumer: ``deque.extend``/``popleft`` are atomic under the GIL, and the
     consumer only shrinks the queue while the producer only grows it, so the length checks need
-    no lock. When full, new samples are dropped (tail drop) and counted in :attr:`dropped`.
+    no lock. When full, the producer waits up to ``block_s`` for the engine to make room
+    (backpressure: paho reads and acknowledges nothing meanwhile, so QoS 1 messages stay with the
+    broker); only what still does not fit is dropped and counted in :attr:`dropped`. After
+    :meth:`close` the producer never waits and nothing is dropped (the final drain takes it all).
     """
 
-    __slots__ = ("_event", "_q", "dropped", "maxsize")
+    __slots__ = ("_closed", "_event", "_q", "_space", "block_s", "blocked_s", "dropped", "maxsize")
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, block_s: float = 0.0) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.maxsize = maxsize
+        self.block_s = block_s
         self.dropped = 0  # samples refused because the queue was full (total); producer writes
+        self.blocked_s = 0.0  # seconds the producer waited for room (total); producer writes
         self._q: deque[Sample] = deque()
-        self._event = threading.Event()
+        self._event = threading.Event()  # set by the producer: something to drain
+        self._space = threading.Event()  # set by the consumer: room was made
+        self._space.set()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._q)
 
     def put_many(self, samples: list[Sample]) -> int:
-        """Append ``samples`` in order; return how many were dropped because the queue was full."""
+        """Append ``samples`` in order, waiting for room when full; return how many were dropped."""
         q = self._q
-        free = self.maxsize - len(q)
         n = len(samples)
+        if self.maxsize - len(q) < n and not self._closed:
+            self._wait_for_room(min(n, self.maxsize))
+        free = n if self._closed else self.maxsize - len(q)
         dropped = 0
         if n <= free:
             q.extend(samples)
@@ -83,11 +94,34 @@ class IngestQueue:
             self._event.set()
         return dropped
 
+    def _wait_for_room(self, need: int) -> None:
+        """Block (at most ``block_s``) until ``need`` samples fit or the queue is closed."""
+        started = time.monotonic()
+        deadline = started + self.block_s
+        while not self._closed and self.maxsize - len(self._q) < need:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._space.clear()
+            if self.maxsize - len(self._q) >= need:  # clear-then-check, as in wait()
+                break
+            self._event.set()
+            self._space.wait(min(left, 0.1))
+        self.blocked_s += time.monotonic() - started
+
     def drain(self, max_items: int) -> list[Sample]:
-        """Pop up to ``max_items`` samples, oldest first."""
+        """Pop up to ``max_items`` samples, oldest first, and wake a producer waiting for room."""
         q = self._q
         popleft = q.popleft
-        return [popleft() for _ in range(min(max_items, len(q)))]
+        out = [popleft() for _ in range(min(max_items, len(q)))]
+        if out and not self._space.is_set():
+            self._space.set()
+        return out
+
+    def close(self) -> None:
+        """Stop bounding the queue: release a waiting producer and accept everything from now on."""
+        self._closed = True
+        self._space.set()
 
     def wait(self, timeout: float) -> bool:
         """Block until something is queued or ``timeout`` seconds pass; True if not empty.

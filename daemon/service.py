@@ -84,7 +84,7 @@ class Service:
         self.state_dir = Path(settings.state.directory)
         self.store = CheckpointStore(self.state_dir, settings.state.keep)
         self.registry = CollectorRegistry()
-        self.queue = IngestQueue(settings.ingest.queue_size)
+        self.queue = IngestQueue(settings.ingest.queue_size, settings.ingest.block_s)
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
         self.exporter = StreamExporter(settings.http.per_stream)
@@ -105,6 +105,7 @@ class Service:
             "received": 0,
             "rejected": dict.fromkeys(self.stats.rejected, 0),
             "dropped": 0,
+            "blocked": 0.0,
             "connects": 0,
         }
         self._samples_since_finetune = 0
@@ -171,6 +172,7 @@ class Service:
         notify.stopping()
         log.info("stopping: closing MQTT, draining %d queued samples", len(self.queue))
         self.stop_event.set()
+        self.queue.close()  # a network thread waiting for room goes on; the drain below takes it all
         if self.link is not None:
             self.link.close()
         if self._loop_thread is not None:
@@ -322,11 +324,14 @@ class Service:
         self.metrics.observe_messages(st.received - seen["received"], rejected)
         seen["received"] = st.received
         seen["rejected"].update(st.rejected)
-        dropped = self.queue.dropped
+        dropped, blocked = self.queue.dropped, self.queue.blocked_s
         self.metrics.observe_queue(
-            len(self.queue), self.settings.ingest.queue_size, dropped - seen["dropped"]
+            len(self.queue),
+            self.settings.ingest.queue_size,
+            dropped - seen["dropped"],
+            blocked - seen["blocked"],
         )
-        seen["dropped"] = dropped
+        seen["dropped"], seen["blocked"] = dropped, blocked
         if st.connects > 1 and st.connects > seen["connects"]:
             for _ in range(st.connects - max(seen["connects"], 1)):
                 self.metrics.mqtt_reconnected()

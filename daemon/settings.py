@@ -261,6 +261,9 @@ class IngestSettings(_Section):
     """The bounded queue between the MQTT thread and the engine, and micro-batching."""
 
     queue_size: int = Field(100_000, ge=1)
+    block_s: float = Field(
+        10.0, ge=0, description="how long the MQTT thread waits for room in a full queue before dropping"
+    )
     batch_max: int = Field(4096, ge=1)
     batch_ms: float = Field(20.0, ge=0, le=10_000)
 

@@ -127,6 +127,23 @@ def test_sigterm_checkpoints_and_restart_loses_and_doubles_nothing(broker, daemo
     pub.close()
 
 
+def test_a_backlog_larger_than_the_queue_waits_for_room_and_loses_nothing(broker, daemon_factory) -> None:
+    """QoS 1 is acknowledged when a message's samples are queued, so a full queue must hold paho
+    back (backpressure) rather than drop acknowledged samples."""
+    d = daemon_factory({"ingest": {"queue_size": 20, "batch_max": 4, "batch_ms": 10}}).start()
+    assert d.stop(signal.SIGTERM) == 0  # the persistent session now exists at the broker
+    pub = Publisher(broker)
+    pub.publish_many(sine_messages(3, 0, 400, 1.7e9))  # queued by the broker while the daemon is down
+    d.start()
+    d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= 1200, timeout=120)
+    time.sleep(0.5)
+    m = d.metrics()
+    assert m[("lstm_stream_samples_processed_total", ())] == 1200
+    assert m[("lstm_stream_queue_dropped_total", ())] == 0
+    assert m[("lstm_stream_queue_blocked_seconds_total", ())] > 0  # the queue did fill: the test bites
+    pub.close()
+
+
 def test_broker_outage_is_survived_and_seen_in_healthz(tmp_path, daemon_factory) -> None:
     broker = Broker(tmp_path / "b").start()
     d = Daemon(tmp_path, broker, FAST, name="outage").start()

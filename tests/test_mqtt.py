@@ -131,6 +131,36 @@ def test_queue_is_bounded_counts_overflow_and_keeps_order() -> None:
     assert q.drain(0) == [] and len(q) == 1
 
 
+def test_full_queue_makes_the_producer_wait_for_room_instead_of_dropping() -> None:
+    q = IngestQueue(4, block_s=5.0)
+    q.put_many([("a", float(i), float(i)) for i in range(4)])
+    timer = threading.Timer(0.1, q.drain, args=(3,))
+    timer.start()
+    t0 = time.monotonic()
+    assert q.put_many([("b", 1.0, 10.0), ("b", 2.0, 11.0)]) == 0
+    waited = time.monotonic() - t0
+    timer.join()
+    assert 0.08 <= waited < 2.0
+    assert q.dropped == 0 and q.blocked_s >= 0.08
+    assert [v for _, _, v in q.drain(10)] == [3.0, 10.0, 11.0]
+
+
+def test_full_queue_drops_after_the_longest_wait_and_close_releases_a_waiting_producer() -> None:
+    q = IngestQueue(2, block_s=0.1)
+    q.put_many([("a", 1.0, 1.0), ("a", 2.0, 2.0)])
+    t0 = time.monotonic()
+    assert q.put_many([("a", 3.0, 3.0)]) == 1
+    assert 0.09 <= time.monotonic() - t0 < 2.0 and q.dropped == 1
+    q.block_s = 30.0
+    closer = threading.Timer(0.1, q.close)
+    closer.start()
+    t0 = time.monotonic()
+    assert q.put_many([("a", 4.0, 4.0)]) == 0  # closed: accepted beyond the bound, for the final drain
+    assert time.monotonic() - t0 < 5.0
+    closer.join()
+    assert [v for _, _, v in q.drain(10)] == [1.0, 2.0, 4.0]
+
+
 def test_queue_wait_wakes_on_put_and_times_out_when_empty() -> None:
     q = IngestQueue(10)
     t0 = time.monotonic()
