@@ -45,6 +45,8 @@ def build_engine(settings: Settings, store: CheckpointStore) -> tuple[Engine, st
     for err in errors:
         log.error("refused checkpoint: %s", err)
     cfg = settings.engine
+    if not settings.finetune.enabled:  # nothing reads the training history: do not hold it
+        cfg = cfg.model_copy(update={"history_len": 0})
     if engine is not None:
         engine.config = _adopt_tunables(engine.config, cfg)
         return (

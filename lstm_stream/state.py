@@ -40,13 +40,15 @@ class SlotArrays:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.data[name]
 
-    def grow(self, needed: int) -> None:
-        """Ensure room for ``needed`` slots, doubling so that growth is amortised O(1)."""
+    def grow(self, needed: int, limit: int | None = None) -> None:
+        """Ensure room for ``needed`` slots, doubling (amortised O(1)) but never past ``limit``."""
         if needed <= self.capacity:
             return
         cap = self.capacity
         while cap < needed:
             cap *= 2
+        if limit is not None:
+            cap = max(needed, min(cap, limit))
         for name, col in self.columns.items():
             arr = self._new(col, cap)
             arr[: self.capacity] = self.data[name]
@@ -126,7 +128,7 @@ class StreamTable:
 
     def _append_slot(self) -> int:
         slot = len(self.names)
-        self.arrays.grow(slot + 1)
+        self.arrays.grow(slot + 1, self.max_streams)
         self.names.append(None)
         return slot
 

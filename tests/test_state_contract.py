@@ -142,6 +142,7 @@ def test_growth_is_amortised(small_cfg: EngineConfig) -> None:
             cap = e.table.arrays.capacity
     assert len(e.streams) == 5000
     assert grows <= 8  # doubling: log2(5000/64) reallocations, not one per stream
+    assert cap == 5000  # never more slots than max_streams (doubling would have reached 8192)
 
 
 def test_duplicates_and_late_samples_are_rejected_without_state_change(small_cfg: EngineConfig) -> None:

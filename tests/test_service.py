@@ -1,0 +1,20 @@
+"""Unit: how the service builds its engine from settings (no broker needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.service import build_engine
+from daemon.settings import Settings
+from lstm_stream.checkpoint import CheckpointStore
+
+
+@pytest.mark.parametrize(("enabled", "history"), [(True, 512), (False, 0)])
+def test_history_is_kept_only_when_finetuning_reads_it(tmp_path: Path, enabled: bool, history: int) -> None:
+    settings = Settings(finetune={"enabled": enabled}, state={"directory": tmp_path})
+    engine, source = build_engine(settings, CheckpointStore(tmp_path))
+    assert source == "pretrained model"
+    assert engine.config.history_len == history
+    assert ("hist_z" in engine.arrays) == enabled
