@@ -56,7 +56,7 @@ class IngestQueue:
     :meth:`close` the producer never waits and nothing is dropped (the final drain takes it all).
     """
 
-    __slots__ = ("_closed", "_event", "_q", "_space", "block_s", "blocked_s", "dropped", "maxsize")
+    __slots__ = ("_closed", "_event", "_q", "_space", "block_s", "blocked_s", "dropped", "maxsize", "since")
 
     def __init__(self, maxsize: int, block_s: float = 0.0) -> None:
         if maxsize < 1:
@@ -70,6 +70,7 @@ class IngestQueue:
         self._space = threading.Event()  # set by the consumer: room was made
         self._space.set()
         self._closed = False
+        self.since = 0.0  # time.monotonic() when a sample last went into an empty queue
 
     def __len__(self) -> int:
         return len(self._q)
@@ -81,6 +82,8 @@ class IngestQueue:
         if self.maxsize - len(q) < n and not self._closed:
             self._wait_for_room(min(n, self.maxsize))
         free = n if self._closed else self.maxsize - len(q)
+        if not q:
+            self.since = time.monotonic()
         dropped = 0
         if n <= free:
             q.extend(samples)
@@ -199,9 +202,11 @@ class MqttLink:
         rate_log: RateLimitedLogger | None = None,
         status_topic: str | None = None,
         on_status: Callable[[bytes], None] | None = None,
+        on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         """``status_topic`` (e.g. Home Assistant's ``homeassistant/status``) is subscribed too and
-        its messages go to ``on_status(payload)`` on the network thread instead of the parser."""
+        its messages go to ``on_status(payload)`` on the network thread instead of the parser.
+        ``on_enqueued()`` runs on the network thread after each message's samples are queued."""
         self.settings = settings
         self.queue = queue
         self.stats = stats if stats is not None else LinkStats()
@@ -214,6 +219,7 @@ class MqttLink:
         self._closed = False
         self._status_topic = status_topic if on_status is not None else None
         self._on_status = on_status
+        self._on_enqueued = on_enqueued
         self.client = self._make_client()
 
     # --- setup ------------------------------------------------------------------------------
@@ -433,6 +439,8 @@ class MqttLink:
             if type(result) is list:
                 if self._put_many(result):
                     self._rlog.log("queue_full", "ingest queue full: samples dropped (engine behind)")
+                if self._on_enqueued is not None:
+                    self._on_enqueued()
                 return
             reason = result.reason
             stats.rejected[reason] = stats.rejected.get(reason, 0) + 1

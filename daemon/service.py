@@ -100,6 +100,10 @@ class Service:
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
         self._discovery_connects = 0
         self._loop_thread: threading.Thread | None = None
+        # the engine is used by the MQTT thread (due batches, under load) and the engine thread
+        # (batches left waiting under light load, housekeeping): one at a time
+        self._engine_lock = threading.Lock()
+        self._period = settings.ingest.batch_ms / 1000.0
         self._ckpt_thread: threading.Thread | None = None
         self._last_progress = 0.0
         self._loop_error: str = ""
@@ -145,6 +149,7 @@ class Service:
             rate_log=self.rlog,
             status_topic=discovery.status_topic if discovery else None,
             on_status=discovery.on_status if discovery else None,
+            on_enqueued=self._process_inline,
         )
         self.discovery = discovery  # the engine thread starts using it from here
         self.metrics.mqtt_connected.set_function(lambda: float(self.link.is_connected()))  # live at scrape
@@ -208,37 +213,57 @@ class Service:
         return False, "; ".join(why)
 
     # ------------------------------------------------------------- engine loop
+    def _process_inline(self) -> None:
+        """On the MQTT thread after each enqueue: run a due micro-batch (``batch_max`` queued, or the
+        oldest sample ``batch_ms`` old) right here. Under load this keeps paho and the engine in one
+        thread, so they do not hand the GIL to each other thousands of times a second. Skipped
+        while the engine thread holds the engine: it will take the batch."""
+        q = self.queue
+        if len(q) < self.settings.ingest.batch_max and time.monotonic() - q.since < self._period:
+            return
+        if not self._engine_lock.acquire(blocking=False):
+            return
+        try:
+            self._process(q.drain(self.settings.ingest.batch_max))
+        except Exception as exc:  # as loud as the engine loop dying: exit 1, systemd restarts
+            self._fail(exc)
+        finally:
+            self._engine_lock.release()
+
     def _engine_loop(self) -> None:
-        """Drain the queue in micro-batches (up to batch_max samples, at most one per batch_ms)."""
+        """Housekeeping, watchdog and the batches the MQTT thread leaves: under light load no next
+        message comes to run them, so samples older than 1.5 ``batch_ms`` are processed here."""
         ingest = self.settings.ingest
-        period = ingest.batch_ms / 1000.0
+        period = self._period
         # OpenMP's thread count is per thread: without this, this thread's torch calls use every
         # core and stall for tens of ms whenever paho or a scrape holds the other one
         torch.set_num_threads(self.engine.config.torch_threads)
         try:
             while not self.stop_event.is_set():
-                started = time.monotonic()
                 if self.queue.wait(period):
-                    # let a micro-batch gather: at most one engine call per period under light load
-                    time.sleep(max(0.0, period - (time.monotonic() - started)))
-                    # go straight on only while batches come out full; otherwise wait for the next
-                    # period, or the engine runs back-to-back tiny batches (about 1 ms each) under load
-                    while not self.stop_event.is_set():
-                        batch = self.queue.drain(ingest.batch_max)
-                        self._process(batch)
-                        if len(batch) < ingest.batch_max:
-                            break
-                        if time.monotonic() - started > period:
-                            self._housekeeping()
-                            started = time.monotonic()
-                self._housekeeping()
+                    # give the MQTT thread its chance first; it runs due batches as messages arrive
+                    time.sleep(max(0.0, self.queue.since + 1.5 * period - time.monotonic()))
+                    with self._engine_lock:
+                        while len(self.queue) and time.monotonic() - self.queue.since >= period:
+                            batch = self.queue.drain(ingest.batch_max)
+                            self._process(batch)
+                            if len(batch) < ingest.batch_max or self.stop_event.is_set():
+                                break
+                with self._engine_lock:
+                    self._housekeeping()
         except Exception as exc:  # the loop dying must be loud: the watchdog and /healthz see it too
-            self._loop_error = f"{type(exc).__name__}: {exc}"
-            log.exception("engine loop crashed")
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """The engine failed (a bug): log it and stop the service with exit status 1."""
+        self._loop_error = f"{type(exc).__name__}: {exc}"
+        log.exception("engine loop crashed")
+        self.stop_event.set()
 
     def _drain(self) -> None:
-        while len(self.queue):
-            self._process(self.queue.drain(self.settings.ingest.batch_max))
+        with self._engine_lock:
+            while len(self.queue):
+                self._process(self.queue.drain(self.settings.ingest.batch_max))
 
     def _process(self, samples: list) -> None:
         if not samples:
