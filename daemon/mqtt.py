@@ -78,39 +78,45 @@ class IngestQueue:
     def put_many(self, samples: list[Sample]) -> int:
         """Append ``samples`` in order, waiting for room when full; return how many were dropped."""
         q = self._q
-        n = len(samples)
-        if self.maxsize - len(q) < n and not self._closed:
-            self._wait_for_room(min(n, self.maxsize))
-        free = n if self._closed else self.maxsize - len(q)
-        if not q:
-            self.since = time.monotonic()
-        dropped = 0
-        if n <= free:
+        if self._closed or len(samples) <= self.maxsize - len(q):  # the common case
+            if not q:
+                self.since = time.monotonic()
             q.extend(samples)
-        else:
-            if free > 0:
-                q.extend(samples[:free])
-            dropped = n - max(free, 0)
-            self.dropped += dropped
-        # An attribute read in the common case; set() (a lock) only when the consumer cleared it.
-        if not self._event.is_set():
-            self._event.set()
-        return dropped
+            self._wake()
+            return 0
+        return self._put_waiting(samples)
 
-    def _wait_for_room(self, need: int) -> None:
-        """Block (at most ``block_s``) until ``need`` samples fit or the queue is closed."""
+    def _put_waiting(self, samples: list[Sample]) -> int:
+        """Put what fits, wait for room (at most ``block_s`` in all), repeat; drop what is left."""
+        q = self._q
         started = time.monotonic()
         deadline = started + self.block_s
-        while not self._closed and self.maxsize - len(self._q) < need:
+        done, n = 0, len(samples)
+        while done < n:
+            free = n - done if self._closed else min(n - done, self.maxsize - len(q))
+            if free > 0:
+                if not q:
+                    self.since = time.monotonic()
+                q.extend(samples[done : done + free])
+                done += free
+                self._wake()
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             self._space.clear()
-            if self.maxsize - len(self._q) >= need:  # clear-then-check, as in wait()
-                break
-            self._event.set()
+            if len(q) < self.maxsize:  # clear-then-check, as in wait()
+                continue
+            self._wake()
             self._space.wait(min(left, 0.1))
         self.blocked_s += time.monotonic() - started
+        self.dropped += n - done
+        return n - done
+
+    def _wake(self) -> None:
+        # An attribute read in the common case; set() (a lock) only when the consumer cleared it.
+        if not self._event.is_set():
+            self._event.set()
 
     def drain(self, max_items: int) -> list[Sample]:
         """Pop up to ``max_items`` samples, oldest first, and wake a producer waiting for room."""
@@ -203,10 +209,13 @@ class MqttLink:
         status_topic: str | None = None,
         on_status: Callable[[bytes], None] | None = None,
         on_enqueued: Callable[[], None] | None = None,
+        availability: bool = True,
     ) -> None:
         """``status_topic`` (e.g. Home Assistant's ``homeassistant/status``) is subscribed too and
         its messages go to ``on_status(payload)`` on the network thread instead of the parser.
-        ``on_enqueued()`` runs on the network thread after each message's samples are queued."""
+        ``on_enqueued()`` runs on the network thread after each message's samples are queued.
+        ``availability``: keep the retained availability topic (will, ``online``, ``offline``); off
+        for a second, receive-only connection of the same daemon."""
         self.settings = settings
         self.queue = queue
         self.stats = stats if stats is not None else LinkStats()
@@ -220,6 +229,7 @@ class MqttLink:
         self._status_topic = status_topic if on_status is not None else None
         self._on_status = on_status
         self._on_enqueued = on_enqueued
+        self._availability = availability
         self.client = self._make_client()
 
     # --- setup ------------------------------------------------------------------------------
@@ -239,7 +249,8 @@ class MqttLink:
         self._apply_credentials(client)
         if s.tls.enabled:
             self._apply_tls(client)
-        client.will_set(s.availability_topic, OFFLINE, qos=1, retain=True)
+        if self._availability:
+            client.will_set(s.availability_topic, OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -312,7 +323,7 @@ class MqttLink:
         if self._closed:
             return
         self._closed = True
-        if self.stats.connected:
+        if self.stats.connected and self._availability:
             info = self.client.publish(self.settings.availability_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
@@ -354,10 +365,13 @@ class MqttLink:
                 self._connect_refused(str(reason))
                 return
             self._connect_error = None
-            rc, _ = client.subscribe(self._subscriptions())
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log.warning("subscribe failed: %s", paho.error_string(rc))
-            client.publish(self.settings.availability_topic, ONLINE, qos=1, retain=True)
+            subscriptions = self._subscriptions()
+            if subscriptions:
+                rc, _ = client.subscribe(subscriptions)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    log.warning("subscribe failed: %s", paho.error_string(rc))
+            if self._availability:
+                client.publish(self.settings.availability_topic, ONLINE, qos=1, retain=True)
             stats = self.stats
             stats.connects += 1
             stats.connected = True

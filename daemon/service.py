@@ -30,7 +30,8 @@ from .finetuner import Finetuner, Outcome
 from .metrics import Metrics, MetricsServer, StreamExporter, code_counts
 from .mqtt import IngestQueue, LinkStats, MqttLink
 from .payload import PayloadParser, RateLimitedLogger
-from .settings import Settings
+from .receiver import ReceiverProcess
+from .settings import MqttSettings, Settings
 
 log = logging.getLogger("lstm_stream.service")
 VIEW_EVERY_S = 0.5  # how often the engine thread hands a fresh per-stream view to the exporter
@@ -66,6 +67,19 @@ def build_engine(settings: Settings, store: CheckpointStore) -> tuple[Engine, st
     return Engine(cfg.model_copy(update={"scaling": loaded.config.scaling}), loaded.model), "pretrained model"
 
 
+def publishing_settings(mqtt: MqttSettings) -> MqttSettings:
+    """The daemon's own connection when a receiver process holds the subscriptions: no topics, a
+    client id of its own (``<client_id>-out``) and no session to keep."""
+    return mqtt.model_copy(
+        update={
+            "topics": [],
+            "client_id": f"{mqtt.client_id}-out",
+            "clean_start": True,
+            "session_expiry_s": 0,
+        }
+    )
+
+
 def _adopt_tunables(restored, configured):
     """Settings that can change across a restart (scoring, training, limits) come from the config;
     those the saved arrays depend on (model, look_back, history_len, mode) stay as saved."""
@@ -95,7 +109,8 @@ class Service:
         )
         self.engine: Engine | None = None
         self.metrics: Metrics | None = None
-        self.link: MqttLink | None = None
+        self.link: MqttLink | None = None  # events, availability; also receives with receiver = "thread"
+        self.receiver: ReceiverProcess | None = None  # receives, with receiver = "process"
         self.http: MetricsServer | None = None
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
         self._discovery_connects = 0
@@ -141,19 +156,31 @@ class Service:
         self._loop_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
         self._loop_thread.start()
         discovery = self._make_discovery()
+        in_thread = s.ingest.receiver == "thread"
         self.link = MqttLink(
-            s.mqtt,
+            s.mqtt if in_thread else publishing_settings(s.mqtt),
             PayloadParser(s.payload),
             self.queue,
-            stats=self.stats,
+            stats=self.stats if in_thread else LinkStats(),
             rate_log=self.rlog,
             status_topic=discovery.status_topic if discovery else None,
             on_status=discovery.on_status if discovery else None,
-            on_enqueued=self._process_inline,
+            on_enqueued=self._process_inline if in_thread else None,
         )
         self.discovery = discovery  # the engine thread starts using it from here
-        self.metrics.mqtt_connected.set_function(lambda: float(self.link.is_connected()))  # live at scrape
+        self.metrics.mqtt_connected.set_function(lambda: float(self.mqtt_connected()))  # live at scrape
         self.link.start()
+        if not in_thread:
+            self.receiver = ReceiverProcess(
+                s.mqtt,
+                s.payload,
+                self.queue,
+                self.stats,
+                on_enqueued=self._process_inline,
+                log_level=s.log.level,
+                rate_limit_s=s.log.rate_limit_s,
+            )
+            self.receiver.start()
         log.info("connecting to mqtt://%s:%d, topics %s", s.mqtt.host, s.mqtt.port, ", ".join(s.mqtt.topics))
 
     def run(self) -> int:
@@ -171,6 +198,10 @@ class Service:
             if self._loop_thread is not None and not self._loop_thread.is_alive():
                 log.error("engine loop died: %s", self._loop_error)
                 self.stop_event.set()
+            if self.receiver is not None and self.receiver.finished.is_set() and not self.stop_event.is_set():
+                self._loop_error = self.receiver.error or "receiver process ended"
+                log.error("%s", self._loop_error)
+                self.stop_event.set()
         self.shutdown()
         return 1 if self._loop_error else 0
 
@@ -180,6 +211,8 @@ class Service:
         log.info("stopping: closing MQTT, draining %d queued samples", len(self.queue))
         self.stop_event.set()
         self.queue.close()  # a network thread waiting for room goes on; the drain below takes it all
+        if self.receiver is not None:
+            self.receiver.close()  # returns when all it received is queued here
         if self.link is not None:
             self.link.close()
         if self._loop_thread is not None:
@@ -196,13 +229,19 @@ class Service:
     def _status_line(self) -> str:
         s = self.settings.mqtt
         streams = len(self.engine.streams) if self.engine else 0
-        if self.link is not None and self.link.is_connected():
+        if self.mqtt_connected():
             return f"connected to {s.host}:{s.port}; {streams} streams; model v{self.engine.model_version}"
         return f"waiting for broker {s.host}:{s.port} (retrying); {streams} streams"
 
+    def mqtt_connected(self) -> bool:
+        """Connected to the broker: the daemon's link and, if there is one, the receiver's."""
+        if self.link is None or not self.link.is_connected():
+            return False
+        return self.receiver is None or self.receiver.is_connected()
+
     def health(self) -> tuple[bool, str]:
         """/healthz: healthy when connected to the broker and the engine loop makes progress."""
-        connected = self.link is not None and self.link.is_connected()
+        connected = self.mqtt_connected()
         age = time.monotonic() - self._last_progress
         alive = self._loop_thread is not None and self._loop_thread.is_alive() and age < 10.0
         if connected and alive:
@@ -438,7 +477,7 @@ class Service:
         d = self.discovery
         if expired:
             d.remove(expired)
-        connects = self.stats.connects
+        connects = self.link.stats.connects  # the link discovery publishes through
         if connects != self._discovery_connects and self.link.is_connected():
             self._discovery_connects = connects
             d.add(self.engine.streams, publish=False)

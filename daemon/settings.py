@@ -265,6 +265,9 @@ class IngestSettings(_Section):
         10.0, ge=0, description="how long the MQTT thread waits for room in a full queue before dropping"
     )
     batch_max: int = Field(4096, ge=1)
+    receiver: Literal["process", "thread"] = Field(
+        "process", description="MQTT receive path in a child process (own GIL) or a thread of the daemon"
+    )
     batch_ms: float = Field(20.0, ge=0, le=10_000)
 
 

@@ -101,6 +101,7 @@ class Daemon:
         self, tmp: Path, broker, config: dict | None = None, name: str = "d", env: dict | None = None
     ):
         self.tmp = Path(tmp)
+        self.broker = broker
         self.state = self.tmp / "state"
         self.http_port = free_port()
         base = {
@@ -123,7 +124,9 @@ class Daemon:
         self.log_path = self.tmp / f"{name}.log"
 
     def start(self, wait_ready: bool = True) -> Daemon:
-        """Start the process; by default wait for READY=1."""
+        """Start the process; by default wait for READY=1 and, when the broker runs, for /healthz
+        to say connected (READY=1 does not wait for the broker, so an earlier publish could come
+        before the subscriptions)."""
         if self.notify is None:
             self.notify = NotifySocket(self.tmp / f"{self.name}.notify")
         self.notify.poll()
@@ -140,7 +143,18 @@ class Daemon:
         )
         if wait_ready:
             self.notify.wait_for("READY=1")
+            if self.broker.proc is not None:
+                self._wait_healthy()
         return self
+
+    def _wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.get("/healthz")[0] != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"/healthz not 200 after {timeout}s\n--- daemon log ---\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Signal the process and wait for it; returns its exit status."""

@@ -145,6 +145,26 @@ def test_full_queue_makes_the_producer_wait_for_room_instead_of_dropping() -> No
     assert [v for _, _, v in q.drain(10)] == [3.0, 10.0, 11.0]
 
 
+def test_a_put_larger_than_the_queue_goes_in_as_room_is_made() -> None:
+    q = IngestQueue(3, block_s=5.0)
+    got: list[float] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            got.extend(v for _, _, v in q.drain(2))
+            time.sleep(0.005)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert q.put_many([("a", float(i), float(i)) for i in range(20)]) == 0
+    time.sleep(0.2)
+    stop.set()
+    consumer.join()
+    got.extend(v for _, _, v in q.drain(10))
+    assert got == [float(i) for i in range(20)] and q.dropped == 0
+
+
 def test_full_queue_drops_after_the_longest_wait_and_close_releases_a_waiting_producer() -> None:
     q = IngestQueue(2, block_s=0.1)
     q.put_many([("a", 1.0, 1.0), ("a", 2.0, 2.0)])

@@ -1,0 +1,198 @@
+"""The MQTT receive path in a child process, so paho's per-message Python work and the engine do
+not share one GIL (``ingest.receiver = "process"``, the default).
+
+The child runs a receive-only :class:`~daemon.mqtt.MqttLink` (the persistent session, the
+subscriptions, payload parsing) into its own bounded queue and sends the samples to the parent in
+batches (a pickled ``(samples, stats)`` per send, at most every ``FLUSH_S`` or ``SEND_MAX``
+samples) over a pipe. A reader thread in the parent puts them into the service's
+:class:`~daemon.mqtt.IngestQueue`. Backpressure runs the whole way: a full parent queue stops the
+reader, the pipe fills, the child's sends block, its queue fills and paho stops reading and
+acknowledging, so QoS 1 messages wait at the broker.
+
+The child ignores SIGTERM/SIGINT (systemd signals the whole cgroup): it stops when the parent
+asks, after sending what it holds, or when the pipe closes (the parent died).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from daemon.mqtt import IngestQueue, LinkStats, MqttLink
+from daemon.payload import PayloadParser, RateLimitedLogger
+from daemon.settings import MqttSettings, PayloadSettings
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 0.005  # a sample waits at most this long in the child (plus one send)
+SEND_MAX = 4096  # samples per send
+HEARTBEAT_S = 0.1  # stats reach the parent at least this often (connected, counters)
+CHILD_QUEUE = 50_000  # samples the child holds while the parent is behind
+STOP, BYE = "stop", "bye"
+
+
+def _stats_tuple(s: LinkStats) -> tuple:
+    return (s.received, dict(s.rejected), s.connected, s.connects, s.disconnects)
+
+
+class _Sender:
+    """Child side: ships queued samples (and the link's counters) to the parent, one send at a time."""
+
+    def __init__(self, conn: Connection, queue: IngestQueue, stats: LinkStats) -> None:
+        self.conn = conn
+        self.queue = queue
+        self.stats = stats
+        self.lock = threading.Lock()
+        self.last_send = 0.0
+
+    def maybe_send(self) -> None:
+        """Network thread, after each enqueue: send when a batch is full or its oldest is due."""
+        q = self.queue
+        if len(q) < SEND_MAX and time.monotonic() - q.since < FLUSH_S:
+            return
+        if self.lock.acquire(blocking=False):  # the main thread is sending: it takes these too
+            try:
+                self._send(q.drain(SEND_MAX))
+            finally:
+                self.lock.release()
+
+    def send_all(self, heartbeat: bool = True) -> None:
+        """Main thread: send everything queued; an empty send when due, to carry the counters."""
+        with self.lock:
+            while len(self.queue):
+                self._send(self.queue.drain(SEND_MAX))
+            if heartbeat and time.monotonic() - self.last_send >= HEARTBEAT_S:
+                self._send([])
+
+    def _send(self, samples: list) -> None:
+        self.conn.send_bytes(pickle.dumps((samples, _stats_tuple(self.stats)), pickle.HIGHEST_PROTOCOL))
+        self.last_send = time.monotonic()
+
+
+def _child_main(
+    conn: Connection, mqtt: MqttSettings, payload: PayloadSettings, level: str, rate_limit_s: float
+) -> None:
+    """The receiver process: link -> queue -> pipe until the parent says stop or goes away."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s (receiver): %(message)s")
+    queue = IngestQueue(CHILD_QUEUE, block_s=float("inf"))
+    stats = LinkStats()
+    sender = _Sender(conn, queue, stats)
+    link = MqttLink(
+        mqtt,
+        PayloadParser(payload),
+        queue,
+        stats=stats,
+        rate_log=RateLimitedLogger(log, rate_limit_s),
+        on_enqueued=sender.maybe_send,
+        availability=False,
+    )
+    link.start()
+    try:
+        while not conn.poll(FLUSH_S):
+            sender.send_all()
+        conn.recv()  # STOP
+    except (EOFError, OSError):  # the parent is gone: nothing to send to
+        link.close(timeout=0.5)
+        return
+    link.close()
+    queue.close()
+    try:
+        sender.send_all(heartbeat=False)
+        conn.send_bytes(pickle.dumps((BYE, _stats_tuple(stats))))
+    except (BrokenPipeError, OSError):
+        pass
+
+
+class ReceiverProcess:
+    """Parent side: starts the child, feeds its samples into ``queue``, mirrors its counters in
+    ``stats`` and calls ``on_enqueued()`` after each batch (the service's inline processing)."""
+
+    def __init__(
+        self,
+        mqtt: MqttSettings,
+        payload: PayloadSettings,
+        queue: IngestQueue,
+        stats: LinkStats,
+        *,
+        on_enqueued: Callable[[], None] | None = None,
+        log_level: str = "INFO",
+        rate_limit_s: float = 10.0,
+    ) -> None:
+        self.queue = queue
+        self.stats = stats
+        self._on_enqueued = on_enqueued
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
+        self._conn, child_conn = ctx.Pipe()
+        self._child_conn = child_conn
+        self.process = ctx.Process(
+            target=_child_main,
+            args=(child_conn, mqtt, payload, log_level, rate_limit_s),
+            name="lstm-stream-receiver",
+            daemon=True,
+        )
+        self._reader = threading.Thread(target=self._read, name="receiver", daemon=True)
+        self.finished = threading.Event()  # set when the child said bye or the pipe closed
+        self.error: str = ""
+
+    def start(self) -> None:
+        """Start the child (it connects with backoff on its own) and the reader thread."""
+        self.process.start()
+        self._child_conn.close()
+        self._reader.start()
+
+    def _read(self) -> None:
+        conn, put = self._conn, self.queue.put_many
+        try:
+            while True:
+                samples, stats = pickle.loads(conn.recv_bytes())
+                self._mirror(stats)
+                if isinstance(samples, str):  # BYE: everything the child received is queued
+                    return
+                if samples:
+                    put(samples)
+                    if self._on_enqueued is not None:
+                        self._on_enqueued()
+        except (EOFError, OSError) as exc:
+            self.error = f"receiver process ended unexpectedly ({type(exc).__name__})"
+        except Exception as exc:  # noqa: BLE001 - reported through ``error``; the service fails loudly
+            self.error = f"receiver thread failed: {exc!r}"
+            log.exception("receiver thread failed")
+        finally:
+            self.stats.connected = False
+            self.finished.set()
+
+    def _mirror(self, stats: tuple) -> None:
+        s = self.stats
+        s.received, rejected, s.connected, s.connects, s.disconnects = stats
+        s.rejected.update(rejected)
+
+    def is_connected(self) -> bool:
+        """The child's link is connected (as of its last message, at most ``HEARTBEAT_S`` ago)."""
+        return self.stats.connected and not self.finished.is_set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the child to stop; wait until everything it received is in ``queue``."""
+        if not self.finished.is_set():
+            with contextlib.suppress(OSError):
+                self._conn.send(STOP)
+            self.finished.wait(timeout)
+        self.process.join(5.0)
+        if self.process.is_alive():
+            log.warning("receiver process did not stop: killing it")
+            self.process.kill()
+            self.process.join(5.0)
+        self._conn.close()
+
+    def describe(self) -> dict[str, Any]:
+        """pid and liveness, for logs and tests."""
+        return {"pid": self.process.pid, "alive": self.process.is_alive()}
