@@ -71,6 +71,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         streams = tuple(int(s) for s in args.streams.split(","))
         print(json.dumps(run(seconds=args.seconds, streams=streams, look_back=args.look_back), indent=2))
         return 0
+    if args.what == "per-call":
+        from lstm_stream.bench import per_call
+
+        n_streams = max(int(s) for s in args.streams.split(","))
+        print(json.dumps(per_call(n_streams=n_streams), indent=2))
+        return 0
     if args.what == "e2e":
         from .bench_e2e import run_cli
 
@@ -138,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print one JSON object")
     bench.add_argument(
         "what",
-        choices=["engine", "e2e"],
-        help="engine: Engine.process stateful vs window mode; e2e: the daemon through Mosquitto",
+        choices=["engine", "per-call", "e2e"],
+        help="engine: Engine.process stateful vs window mode; per-call: us per sample of Engine.process "
+        "at batch 1/50/500/5000 (shipped model, default config); e2e: the daemon through Mosquitto",
     )
     bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     bench.add_argument("--streams", default="1000,10000", help="comma-separated stream counts")

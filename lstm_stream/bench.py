@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import resource
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -109,3 +110,85 @@ def seed_window_rate(cfg: EngineConfig, n_streams: int, seconds: float = 2.0) ->
             engine.process(names[i : i + 1], ts[i : i + 1], values[i : i + 1])
             n += 1
     return n / (time.perf_counter() - start)
+
+
+class _Workload:
+    """Sine streams with random period, phase and level, fed as micro-batches of distinct streams."""
+
+    def __init__(self, n_streams: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.names = [f"plant/line{i // 100}/sensor{i}" for i in range(n_streams)]
+        self.period = rng.choice([24, 48, 96], n_streams)
+        self.phase = rng.uniform(0, 2 * np.pi, n_streams)
+        self.level = rng.uniform(-5, 50, n_streams)
+        self.rng = rng
+        self.t = 0
+
+    def batch(
+        self, size: int | None = None, first: int | None = None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The next batch: ``size`` random distinct streams, or the ``first`` ones, or all of them."""
+        n = len(self.names)
+        if size is not None and size < n:
+            idx = self.rng.choice(n, size, replace=False)
+        else:
+            idx = np.arange(first if first is not None else n)
+        self.t += 1
+        t = self.t
+        noise = 0.05 * self.rng.standard_normal(len(idx))
+        values = self.level[idx] + np.sin(2 * np.pi * t / self.period[idx] + self.phase[idx]) + noise
+        return [self.names[i] for i in idx.tolist()], np.full(len(idx), float(t)), values
+
+
+def warmed_engines(
+    factories: dict[str, Callable[[], Engine]], n_streams: int, long_streams: int, long_steps: int
+) -> tuple[dict[str, Engine], _Workload]:
+    """Engines fed the same warm-up: 30 samples on every stream, ``long_steps`` more on the first ones."""
+    engines = {name: make() for name, make in factories.items()}
+    work = _Workload(n_streams)
+    for k in range(30 + long_steps):
+        batch = work.batch(first=None if k < 30 else long_streams)
+        for engine in engines.values():
+            engine.process(*batch, now=float(work.t))
+    return engines, work
+
+
+def per_call(
+    batches: tuple[int, ...] = (1, 50, 500, 5000),
+    n_streams: int = 10_000,
+    reps: int = 9,
+    factories: dict[str, Callable[[], Engine]] | None = None,
+    long_streams: int = 1000,
+    long_steps: int = 1100,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """Microseconds per sample of ``Engine.process`` at each batch size (median of ``reps``).
+
+    Default: the shipped model with the default config, on ``n_streams`` streams warmed past the
+    seasonal period detection on ``long_streams`` of them. With several ``factories`` every engine
+    gets the same batches, alternating within each repetition, so their figures compare in one run.
+    ``clock=time.thread_time`` counts only this thread's CPU time (steadier on a loaded machine).
+    """
+    from .pretrained import pretrained_engine
+
+    torch.set_num_threads(1)
+    factories = factories or {"engine": pretrained_engine}
+    engines, work = warmed_engines(factories, n_streams, long_streams, long_steps)
+    out: dict = {"n_streams": n_streams, "reps": reps, "clock": clock.__name__, "us_per_sample": {}}
+    first = next(iter(engines))
+    for size in batches:
+        calls = max(3, 8000 // (size + 100))
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        for rep in range(reps):
+            feed = [(*work.batch(size), float(work.t)) for _ in range(calls)]
+            order = list(engines.items())
+            for name, engine in order if rep % 2 == 0 else order[::-1]:
+                start = clock()
+                for streams, ts, values, now in feed:
+                    engine.process(streams, ts, values, now=now)
+                times[name].append((clock() - start) / (calls * size) * 1e6)
+        row = {name: round(float(np.median(t)), 2) for name, t in times.items()}
+        for name in list(times)[1:]:  # paired per repetition: robust to load that changes between them
+            row[f"{first}/{name}"] = round(float(np.median(np.divide(times[first], times[name]))), 2)
+        out["us_per_sample"][str(size)] = row
+    return out

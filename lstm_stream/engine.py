@@ -99,19 +99,24 @@ def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np
                 except (OverflowError, ValueError, TypeError):
                     pass
             reject[i] = NOT_A_NUMBER
-    with np.errstate(invalid="ignore"):
-        bad = (reject == OK) & ~np.isfinite(x)
-    reject[bad] = NOT_FINITE
-    x[reject != OK] = 0.0
+    finite = np.isfinite(x)
+    if not finite.all():
+        reject[(reject == OK) & ~finite] = NOT_FINITE
+    if reject.any():
+        x[reject != OK] = 0.0
     return x, reject
 
 
 def occurrence_rank(slots: np.ndarray) -> np.ndarray:
     """For each position, how many earlier positions hold the same slot (0 for the first)."""
+    if len(slots) < 2:
+        return np.zeros(len(slots), dtype=np.int64)
     order = np.argsort(slots, kind="stable")
     ordered = slots[order]
     pos = np.arange(len(slots))
-    starts = np.r_[True, ordered[1:] != ordered[:-1]] if len(slots) else np.zeros(0, bool)
+    starts = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    if starts.all():
+        return np.zeros(len(slots), dtype=np.int64)
     first = np.maximum.accumulate(np.where(starts, pos, 0))
     rank = np.empty_like(pos)
     rank[order] = pos - first
@@ -186,34 +191,37 @@ class Engine:
         n = len(streams)
         x, reject = coerce_values(values)
         ts = np.asarray(ts, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            reject[(reject == OK) & ~np.isfinite(ts)] = BAD_TIMESTAMP
+        finite_ts = np.isfinite(ts)
+        if not finite_ts.all():
+            reject[(reject == OK) & ~finite_ts] = BAD_TIMESTAMP
         slots, evicted, created = self._slots_for(streams, reject)
+        nan_out = np.full((6, n), np.nan)  # one allocation for the six NaN-initialised columns
         out = Results(
             stream=streams,
             ts=ts,
             value=np.where(reject == OK, x, np.nan),
-            forecast=np.full(n, np.nan),
-            spread=np.full(n, np.nan),
-            residual=np.full(n, np.nan),
-            score=np.full(n, np.nan),
+            forecast=nan_out[0],
+            spread=nan_out[1],
+            residual=nan_out[2],
+            score=nan_out[3],
             is_anomaly=np.zeros(n, dtype=bool),
             reason=np.zeros(n, dtype=np.uint8),
-            next_forecast=np.full(n, np.nan),
-            next_spread=np.full(n, np.nan),
+            next_forecast=nan_out[4],
+            next_spread=nan_out[5],
             reject=reject,
             evicted=evicted,
             created=created,
         )
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
-        for r in range(int(rank.max()) + 1 if len(ok) else 0):
-            idx = ok[rank == r] if r or rank.any() else ok
+        rounds = int(rank.max()) + 1 if len(ok) else 0
+        for r in range(rounds):
+            idx = ok[rank == r] if rounds > 1 else ok
             self._step(idx, slots[idx], ts[idx], x[idx], now, out)
-        accepted = int((reject == OK).sum())
+        accepted = int(np.count_nonzero(reject == OK))
         self.counters["processed"] += accepted
         self.counters["rejected"] += n - accepted
-        self.counters["flagged"] += int(out.is_anomaly.sum())
+        self.counters["flagged"] += int(np.count_nonzero(out.is_anomaly))
         return out
 
     def _slots_for(
@@ -224,7 +232,10 @@ class Engine:
         Returns the slots, the evicted names and the created names.
         """
         slots = self.table.lookup(streams)
-        new = np.nonzero((slots < 0) & (reject == OK))[0]
+        unknown = slots < 0
+        if not unknown.any():
+            return slots, [], []
+        new = np.nonzero(unknown & (reject == OK))[0]
         if not len(new):
             return slots, [], []
         names = dict.fromkeys(streams[i] for i in new.tolist())
@@ -244,6 +255,8 @@ class Engine:
         late = seen & (ts < last)
         if late.any():
             dup |= late & (a["ts_ring"][s] == ts[:, None]).any(axis=1)
+        elif not dup.any():
+            return ~dup
         out.reject[idx[dup]] = DUPLICATE
         out.reject[idx[late & ~dup]] = OUT_OF_ORDER
         return ~(dup | late)
@@ -319,15 +332,15 @@ class Engine:
         """Scaled forecast (mean, spread) of the next value for slots ``s`` after input ``z``."""
         with torch.inference_mode():
             if self.stateful:
-                a = self.arrays
-                h = torch.from_numpy(a["h"][s]).transpose(0, 1).contiguous()
-                c = torch.from_numpy(a["c"][s]).transpose(0, 1).contiguous()
-                mean, spread, (h, c) = self.model.step(torch.from_numpy(z), (h, c))
-                a["h"][s] = h.transpose(0, 1).numpy()
-                a["c"][s] = c.transpose(0, 1).numpy()
+                # (layers, slots, hidden) views: the gather is the contiguous state the LSTM takes
+                h_all, c_all = self.arrays["h"].transpose(1, 0, 2), self.arrays["c"].transpose(1, 0, 2)
+                state = (torch.from_numpy(h_all[:, s]), torch.from_numpy(c_all[:, s]))
+                mean, spread, (h, c) = self.model.step(torch.from_numpy(z), state)
+                h_all[:, s] = h.numpy()
+                c_all[:, s] = c.numpy()
             else:
                 mean, spread = self.model(torch.from_numpy(self.windows(s, new_count)))
-        return mean.double().numpy(), spread.double().numpy()
+        return mean.numpy().astype(np.float64), spread.numpy().astype(np.float64)
 
     def windows(self, s: np.ndarray, count: np.ndarray | None = None) -> np.ndarray:
         """Each slot's window in time order, zero-padded at the front while it is short."""

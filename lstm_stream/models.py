@@ -90,9 +90,37 @@ class StackedLSTM(nn.Module):
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One step for a batch of streams: inputs ``(batch,)`` -> mean, spread, new state."""
-        out, new_state = self.run(x.unsqueeze(1), state)
-        mean, spread = self.head(out[:, 0], x)
+        if self._can_fuse():
+            out, new_state = self._fused_step(x, state)
+        else:
+            out, new_state = self.run(x.unsqueeze(1), state)
+        mean, spread = self.head.forward(out[:, 0], x)
         return mean, spread, new_state
+
+    def _can_fuse(self) -> bool:
+        """Whether ``_fused_step`` equals ``run``: eval mode, no residuals, plain float ``nn.LSTM`` layers
+        (a dynamically quantized model's layers are another class)."""
+        if self.training or (self.residual and self.cfg.layers > 1):
+            return False
+        return all(type(layer) is nn.LSTM for layer in self.layers)
+
+    def _fused_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """``run`` over one step as a single multi-layer LSTM call: the same kernel per layer and, with
+        dropout off (eval) and no residuals, the same outputs bit for bit, without the per-layer module
+        calls, state slicing and concatenation."""
+        weights = [w for layer in self.layers for w in layer._flat_weights]
+        out, h, c = torch.lstm(
+            x.reshape(-1, 1, 1),
+            state,
+            weights,
+            has_biases=True,
+            num_layers=self.cfg.layers,
+            dropout=0.0,
+            train=False,
+            bidirectional=False,
+            batch_first=True,
+        )
+        return out, (h, c)
 
 
 def _window_lstm(cfg: ModelConfig, bidirectional: bool = False) -> nn.LSTM:

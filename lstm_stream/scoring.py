@@ -155,7 +155,7 @@ def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """log(1 + |residual| / spread): heavy tails tamed so a Gaussian fits its short averages."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.log1p(np.abs(residual) / spread)
-    return np.clip(np.nan_to_num(err, nan=0.0, posinf=MAX_ERR), 0.0, MAX_ERR)
+    return np.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
 
 
 def score(

@@ -105,4 +105,4 @@ def weight(mae_lstm: np.ndarray, mae_naive: np.ndarray, cap: float) -> np.ndarra
     keeps the LSTM."""
     with np.errstate(invalid="ignore", divide="ignore"):
         w = mae_lstm**2 / (mae_lstm**2 + mae_naive**2)
-    return np.clip(np.nan_to_num(w, nan=0.0), 0.0, cap)
+    return np.clip(np.where(np.isnan(w), 0.0, w), 0.0, cap)  # as nan_to_num: +-inf clip to cap / 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -93,8 +94,7 @@ class StreamTable:
 
     def lookup(self, names: Sequence[str]) -> np.ndarray:
         """Slots of ``names`` (-1 where unknown)."""
-        get = self.ids.get
-        return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
+        return np.fromiter(map(self.ids.get, names, repeat(-1)), dtype=np.int64, count=len(names))
 
     def touch(self, slots: np.ndarray, now: np.ndarray | float) -> None:
         """Mark slots as seen now (LRU order and idle expiry)."""
