@@ -218,25 +218,45 @@ def _stop_proc(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
         proc.wait(5)
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the daemon's receiver and fine-tune processes count as the daemon)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all threads), in seconds; NaN once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return math.nan
+    """utime + stime of a process and its descendants (all threads), in seconds; NaN once it is gone."""
+    total = 0.0
+    for i, p in enumerate(_tree(pid)):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            if i == 0:
+                return math.nan
+    return total
 
 
 def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return math.nan
+    """Resident memory of a process and its descendants, MB."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return round(total, 1) if total else math.nan
 
 
 def _toml(sections: dict[str, dict[str, Any]]) -> str:

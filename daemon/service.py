@@ -118,6 +118,7 @@ class Service:
         # the engine is used by the MQTT thread (due batches, under load) and the engine thread
         # (batches left waiting under light load, housekeeping): one at a time
         self._engine_lock = threading.Lock()
+        self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
         self._period = settings.ingest.batch_ms / 1000.0
         self._ckpt_thread: threading.Thread | None = None
         self._last_progress = 0.0
@@ -274,9 +275,7 @@ class Service:
         message comes to run them, so samples older than 1.5 ``batch_ms`` are processed here."""
         ingest = self.settings.ingest
         period = self._period
-        # OpenMP's thread count is per thread: without this, this thread's torch calls use every
-        # core and stall for tens of ms whenever paho or a scrape holds the other one
-        torch.set_num_threads(self.engine.config.torch_threads)
+        self._limit_torch_threads()
         try:
             while not self.stop_event.is_set():
                 if self.queue.wait(period):
@@ -293,6 +292,13 @@ class Service:
         except Exception as exc:  # the loop dying must be loud: the watchdog and /healthz see it too
             self._fail(exc)
 
+    def _limit_torch_threads(self) -> None:
+        """Once per thread that runs the engine: OpenMP's thread count is per thread, and with every
+        core a torch call stalls for tens of ms whenever another thread or process is busy."""
+        if not getattr(self._torch_threads, "set", False):
+            torch.set_num_threads(self.engine.config.torch_threads)
+            self._torch_threads.set = True
+
     def _fail(self, exc: Exception) -> None:
         """The engine failed (a bug): log it and stop the service with exit status 1."""
         self._loop_error = f"{type(exc).__name__}: {exc}"
@@ -307,6 +313,7 @@ class Service:
     def _process(self, samples: list) -> None:
         if not samples:
             return
+        self._limit_torch_threads()
         streams, ts, values = zip(*samples, strict=True)
         t0 = time.perf_counter()
         r = self.engine.process(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +144,42 @@ def test_a_backlog_larger_than_the_queue_waits_for_room_and_loses_nothing(broker
     assert m[("lstm_stream_queue_dropped_total", ())] == 0
     assert m[("lstm_stream_queue_blocked_seconds_total", ())] > 0  # the queue did fill: the test bites
     pub.close()
+
+
+def _children(pid: int, marker: str = "spawn_main") -> list[int]:
+    """Child processes of ``pid`` whose command line contains ``marker`` (default: multiprocessing
+    children, i.e. the receiver, not multiprocessing's resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if marker in Path(f"/proc/{child}/cmdline").read_text():
+                found.append(int(child))
+    return found
+
+
+def test_sigterm_to_the_whole_group_as_systemd_sends_it_still_drains(broker, daemon_factory) -> None:
+    """systemd signals every process of the unit: the receiver ignores it and hands over all it has."""
+    d = daemon_factory().start()
+    pub = Publisher(broker)
+    pub.publish_many(sine_messages(2, 0, 200, 1.7e9))
+    d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= 1)
+    receivers = _children(d.proc.pid)
+    assert receivers, "the receiver process is a child of the daemon"
+    for pid in [d.proc.pid, *receivers]:
+        os.kill(pid, signal.SIGTERM)
+    assert d.stop(timeout=60) == 0
+    log = d.log()
+    assert "checkpoint checkpoint-" in log
+    assert "Traceback" not in log
+    pub.close()
+
+
+def test_a_dead_receiver_fails_the_daemon_loudly(broker, daemon_factory) -> None:
+    d = daemon_factory().start()
+    (receiver,) = _children(d.proc.pid)
+    os.kill(receiver, signal.SIGKILL)
+    assert d.proc.wait(60) == 1  # systemd's Restart=on-failure starts it again
+    assert "receiver process ended unexpectedly" in d.log()
 
 
 def test_broker_outage_is_survived_and_seen_in_healthz(tmp_path, daemon_factory) -> None:
