@@ -7,6 +7,9 @@ LSTM can also run one step at a time with carried ``(h, c)``; the other two need
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,6 +39,21 @@ class Head(nn.Module):
         else:
             spread = torch.ones_like(mean)
         return mean, spread
+
+
+@contextmanager
+def native_lstm() -> Iterator[None]:
+    """Run LSTM calls on torch's native CPU kernel instead of oneDNN's. oneDNN builds a primitive
+    for every new batch size (about 1 ms), and a serving step sees a different size nearly every
+    call: for random sizes of 1-300 the native kernel took 0.41 ms a step against 1.04 ms
+    (median; equal from about 4000 up). The flag is process-wide, hence restored at once."""
+    mkldnn = torch.backends.mkldnn
+    before = mkldnn.enabled
+    mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        mkldnn.enabled = before
 
 
 class StackedLSTM(nn.Module):
@@ -90,10 +108,11 @@ class StackedLSTM(nn.Module):
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One step for a batch of streams: inputs ``(batch,)`` -> mean, spread, new state."""
-        if self._can_fuse():
-            out, new_state = self._fused_step(x, state)
-        else:
-            out, new_state = self.run(x.unsqueeze(1), state)
+        with native_lstm():
+            if self._can_fuse():
+                out, new_state = self._fused_step(x, state)
+            else:
+                out, new_state = self.run(x.unsqueeze(1), state)
         mean, spread = self.head.forward(out[:, 0], x)
         return mean, spread, new_state
 
