@@ -3,7 +3,9 @@
 ``Service(settings).run()`` owns the lifecycle: restore state, serve HTTP, connect to the broker in
 the background (a broker that is down only shows in STATUS and /healthz), run the engine loop until
 SIGTERM/SIGINT, then stop taking messages, drain the queue, write a final checkpoint and exit 0.
-One thread runs the engine; paho has its own network thread; HTTP scrapes are served from a cache.
+Samples arrive from the receiver process (or paho's thread with ``ingest.receiver = "thread"``); the
+thread that receives them runs the due micro-batches, the engine thread runs what light load leaves,
+housekeeping and the watchdog, under one engine lock; HTTP scrapes are served from a cache.
 """
 
 from __future__ import annotations
