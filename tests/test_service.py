@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,3 +20,10 @@ def test_history_is_kept_only_when_finetuning_reads_it(tmp_path: Path, enabled: 
     assert source == "pretrained model"
     assert engine.config.history_len == history
     assert ("hist_z" in engine.arrays) == enabled
+
+
+def test_the_receiver_process_does_not_load_torch() -> None:
+    """The receiver child imports the settings and the MQTT code only (about 200 MB less)."""
+    code = "import sys, daemon.receiver, daemon.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
