@@ -268,7 +268,7 @@ class IngestSettings(_Section):
     receiver: Literal["process", "thread"] = Field(
         "process", description="MQTT receive path in a child process (own GIL) or a thread of the daemon"
     )
-    batch_ms: float = Field(20.0, ge=0, le=10_000)
+    batch_ms: float = Field(10.0, ge=0, le=10_000)
 
 
 class HttpSettings(_Section):

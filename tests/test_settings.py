@@ -52,7 +52,7 @@ def test_defaults_without_any_file() -> None:
         "ts",
         65536,
     )
-    assert (s.ingest.queue_size, s.ingest.batch_max, s.ingest.batch_ms) == (100_000, 4096, 20)
+    assert (s.ingest.queue_size, s.ingest.batch_max, s.ingest.batch_ms) == (100_000, 4096, 10)
     assert (s.http.bind, s.http.port, s.http.per_stream) == ("127.0.0.1", 9464, "all")
     assert s.state.directory == Path("state") and s.state.keep == 3
     assert s.finetune.mode == "process" and s.log.level == "INFO"
