@@ -73,6 +73,7 @@ class Options:
     batch_size: int = 20
     batch_messages: int | None = None  # default: messages // 10
     protocol: str = "5"
+    finetune: str = "off"
     prometheus: bool = True
     drain: bool = True  # also measure both consumers draining a backlog (no publisher competing)
     poll_s: float = 0.2
@@ -99,6 +100,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help="e2e: samples per batched message (20)")
     g.add_argument("--batch-messages", type=int, default=None, help="e2e: batched messages (messages/10)")
     g.add_argument("--protocol", choices=["5", "3.1.1"], default=None, help="e2e: MQTT version (5)")
+    g.add_argument(
+        "--finetune",
+        choices=["off", "thread", "process"],
+        default=None,
+        help="e2e: the latency daemon fine-tunes back to back in this mode (default off)",
+    )
     g.add_argument(
         "--quick",
         action="store_true",
@@ -132,6 +139,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     pick("streams", "streams", lambda v: tuple(int(s) for s in str(v).split(",") if s.strip()))
     pick("qos", "qos", lambda v: tuple(int(s) for s in str(v).split(",") if s.strip()))
     pick("messages", "messages")
+    pick("finetune", "finetune")
     pick("publishers", "publishers")
     pick("rounds", "rounds")
     pick("latency_seconds", "latency_seconds")
@@ -413,7 +421,9 @@ class Daemon:
         per_stream: str,
         max_streams: int,
         protocol: str,
+        finetune: str = "off",
     ) -> None:
+        """``finetune``: "off", or the mode ("thread" / "process") to fine-tune in, back to back."""
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir()
@@ -435,7 +445,11 @@ class Daemon:
                     },
                     "http": {"bind": "127.0.0.1", "port": self.http_port, "per_stream": per_stream},
                     "state": {"directory": str(self.dir / "state"), "checkpoint_interval_s": 86400.0},
-                    "finetune": {"enabled": False},
+                    "finetune": (
+                        {"enabled": False}
+                        if finetune == "off"
+                        else {"enabled": True, "mode": finetune, "interval_s": 1, "min_new_samples": 1000}
+                    ),
                     "log": {"level": "INFO"},
                     "engine": {"max_streams": max_streams},
                 }
@@ -484,6 +498,11 @@ class Daemon:
     def scrape(self, timeout: float = 30.0) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=timeout) as r:
             return r.read()
+
+    def finetune_runs(self) -> float:
+        """Fine-tune runs finished so far, any outcome."""
+        s = parse_samples(self.scrape(), ["lstm_stream_finetune_runs_total"])
+        return float(sum(s.values()))
 
     def counters(self) -> dict[str, float]:
         """The totals the bench reads, from one scrape."""
@@ -714,9 +733,20 @@ def _publish_run(client: Any, sock: socket.socket, state: dict, cmd: dict, kcoun
     return res
 
 
-def _bare_main(conn: Any, host: str, port: int, qos: int, protocol: str, prefix: str, counter: Any) -> None:
-    """The ceiling: a paho subscriber (network thread, like the daemon's) that only counts."""
+BARE_LATENCY_EDGES = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1)
+BARE_LATENCY_EDGES += (0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # the daemon's ingest latency buckets
+_TS = re.compile(rb'"ts":\s*([0-9.eE+-]+)')
+
+
+def _bare_main(
+    conn: Any, host: str, port: int, qos: int, protocol: str, prefix: str, counter: Any, hist: Any
+) -> None:
+    """The ceiling: a paho subscriber (network thread, like the daemon's) that only counts. On the
+    command ``"latency"`` it also histograms publish-to-receive latency (the payload's ``ts``) into
+    ``hist`` (cumulative counts per ``BARE_LATENCY_EDGES``, then +Inf) until ``"count"``."""
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
+        import bisect
+
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -732,6 +762,14 @@ def _bare_main(conn: Any, host: str, port: int, qos: int, protocol: str, prefix:
         def on_message(c, u, msg):
             counter.value += 1
 
+        def on_message_timed(c, u, msg):
+            counter.value += 1
+            m = _TS.search(msg.payload)
+            if m:
+                lat = time.time() - float(m.group(1))
+                for i in range(bisect.bisect_left(BARE_LATENCY_EDGES, lat), len(BARE_LATENCY_EDGES) + 1):
+                    hist[i] += 1
+
         def on_connect(c, u, flags, rc, props):
             c.subscribe(_filter(prefix), qos)
 
@@ -744,8 +782,17 @@ def _bare_main(conn: Any, host: str, port: int, qos: int, protocol: str, prefix:
             conn.send({"error": "bare subscriber could not subscribe"})
             return
         conn.send({"ready": True, "pid": os.getpid()})
-        while not conn.poll(1.0):
-            pass
+        while True:
+            if not conn.poll(1.0):
+                continue
+            cmd = conn.recv()
+            if cmd == "latency":
+                client.on_message = on_message_timed
+            elif cmd == "count":
+                client.on_message = on_message
+            else:
+                break
+            conn.send("ok")
         client.disconnect()
         client.loop_stop()
 
@@ -844,10 +891,11 @@ class Publishers:
 class BareSubscriber:
     def __init__(self, ctx: Any, broker: Broker, qos: int, protocol: str, prefix: str) -> None:
         self.counter = ctx.RawValue("q", 0)
+        self.hist = ctx.RawArray("d", len(BARE_LATENCY_EDGES) + 1)
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_bare_main,
-            args=(child, "127.0.0.1", broker.port, qos, protocol, prefix, self.counter),
+            args=(child, "127.0.0.1", broker.port, qos, protocol, prefix, self.counter, self.hist),
             name="bare",
             daemon=True,
         )
@@ -858,6 +906,18 @@ class BareSubscriber:
 
     def count(self) -> float:
         return float(self.counter.value)
+
+    def timed(self, on: bool) -> None:
+        """Switch latency recording on (histogram reset) or off."""
+        if on:
+            for i in range(len(self.hist)):
+                self.hist[i] = 0.0
+        self.conn.send("latency" if on else "count")
+        Publishers._recv(self.conn, 30)
+
+    def latency_buckets(self) -> list[tuple[float, float]]:
+        """The recorded histogram as (le, cumulative count), +Inf last, like ``latency_buckets``."""
+        return list(zip((*BARE_LATENCY_EDGES, math.inf), list(self.hist), strict=True))
 
     def close(self) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):
@@ -961,14 +1021,17 @@ def throughput_run(
     timeout = 60 + total * samples_per_msg / 500.0
     t_cont = math.nan
     if drain:
-        os.kill(pid, signal.SIGSTOP)
+        frozen = _tree(pid)  # the daemon's receiver process too, or it would drain while "frozen"
+        for p in frozen:
+            os.kill(p, signal.SIGSTOP)
         try:
             c.pubs.start(prefix, n, total, qos, batch=batch)
             c.pubs.results(timeout)
             time.sleep(0.5)  # the broker has taken everything in
         finally:
             t_cont = time.time()
-            os.kill(pid, signal.SIGCONT)
+            for p in frozen:
+                os.kill(p, signal.SIGCONT)
     else:
         c.pubs.start(prefix, n, total, qos, batch=batch)
     count, t_done, timed_out = wait_count(read, target, c.pubs, c.opts.poll_s, c.opts.stall_s, timeout)
@@ -1052,7 +1115,9 @@ def stop_profilers(c: Ctx) -> None:
     c.profilers.clear()
 
 
-def latency_phase(c: Ctx, b: Daemon, n: int, qos: int, rate: float) -> dict:
+def latency_phase(
+    c: Ctx, b: Daemon, n: int, qos: int, rate: float, bare: BareSubscriber | None = None
+) -> dict:
     c.check_time()
     o = c.opts
     total = max(1, int(rate * o.latency_seconds))
@@ -1141,12 +1206,39 @@ def latency_phase(c: Ctx, b: Daemon, n: int, qos: int, rate: float) -> dict:
             out["scrapes"] = len(d)
             out["scrape_max_s"] = _r(max(d, default=math.nan), 3)
             out["scrape_avg_s"] = _r(_median(d), 3)
+        if bare is not None:
+            out.update(bare_latency(c, bare, n, qos, rate, total))
         return out
     finally:
         if scraper is not None:
             scraper.stop()
         if prom is not None:
             prom.stop()
+
+
+def bare_latency(c: Ctx, bare: BareSubscriber, n: int, qos: int, rate: float, total: int) -> dict:
+    """The floor: the same publishing (rate, count, topics) to the bare subscriber, which records
+    publish-to-receive latency; what the publishers, the broker and the busy CPU add by themselves."""
+    base = bare.count()
+    bare.timed(True)
+    try:
+        c.pubs.start("bare/s", n, total, qos, rate=rate)
+        pub = c.pubs.results(c.opts.latency_seconds * 3 + 60)
+        deadline = time.monotonic() + 30
+        while bare.count() - base < pub["published"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        bare.timed(False)
+    h = bare.latency_buckets()
+    observed = h[-1][1]
+    out = {
+        "bare_p50_ms": _r(1000 * histogram_quantile(0.5, h), 2),
+        "bare_p99_ms": _r(1000 * histogram_quantile(0.99, h), 2),
+    }
+    over = [cnt for le, cnt in h if le == 0.05]
+    if over and observed:
+        out["bare_share_over_50ms"] = round(1 - over[0] / observed, 5)
+    return out
 
 
 def scrape_cost(d: Daemon, tries: int = 2) -> float:
@@ -1182,6 +1274,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         per_stream="all",
         max_streams=max_streams,
         protocol=o.protocol,
+        finetune=o.finetune,
     )
     bare: BareSubscriber | None = None
     cells: dict[str, dict] = {}
@@ -1282,9 +1375,13 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                     )
                 cell["rss_mb_after_batched"] = _rss_mb(a.pid)
             c.log(f"qos {qos}, {n} streams: latency phase at {drate / 2:.0f} msgs/s")
-            lat = latency_phase(c, b, n, qos, drate / 2 if drate == drate else 1000.0)
+            ft_before = b.finetune_runs()
+            lat = latency_phase(c, b, n, qos, drate / 2 if drate == drate else 1000.0, bare)
+            lat["finetune"] = o.finetune
+            lat["finetune_runs_during_phase"] = b.finetune_runs() - ft_before
             cell["p50_latency_ms"] = lat["p50_ms"]
             cell["p99_latency_ms"] = lat["p99_ms"]
+            cell["bare_p99_latency_ms"] = lat.get("bare_p99_ms")  # the same publishing, bare subscriber
             cell["latency_phase"] = lat
             cell["latency_daemon_rss_mb"] = _rss_mb(b.pid)
             tries = 1 if o.rounds == 1 else 3
