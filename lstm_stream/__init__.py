@@ -27,4 +27,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(engine, name)
     raise AttributeError(f"module 'lstm_stream' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

@@ -58,6 +58,9 @@ class ScoringConfig(_Strict):
     mid_window: int | None = Field(
         None, ge=2, description="a second, longer average for sustained error (None = off)"
     )
+    seasonal_window: int | None = Field(
+        10, ge=1, description="EW span of the error vs the value one period ago (None = off)"
+    )
     long_winsor: float | None = Field(
         5.0, gt=0, description="long-run fit moves at most this many spreads per sample (None = off)"
     )
@@ -65,7 +68,10 @@ class ScoringConfig(_Strict):
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
     range_margin: float | None = Field(
-        0.05, ge=0.0, description="flag values beyond the seen range by this fraction of it"
+        0.01, ge=0.0, description="flag values beyond the seen range by this fraction of it"
+    )
+    range_warmup: int = Field(
+        700, ge=0, description="samples a stream must have seen before the range rule may flag"
     )
     flatline_window: int = Field(
         24, ge=3, description="a stuck run must last this many samples (and twice any before)"
@@ -82,7 +88,9 @@ class SeasonalConfig(_Strict):
     """Blend of the LSTM forecast with the value one detected period ago (0 = off)."""
 
     blend: float = Field(0.3, ge=0.0, le=1.0, description="weight of the seasonal-naive value")
-    learn: int = Field(1000, ge=16, description="samples before a stream's period is detected")
+    learn: int = Field(
+        256, ge=16, description="samples before a first guess of the period (checked at each doubling)"
+    )
     window: int = Field(1024, ge=16, description="ring of raw values; periods up to a third of it")
     redetect: int = Field(8000, ge=16, description="samples between later period detections")
 

@@ -276,7 +276,9 @@ class Engine:
         forecast, spread = a["fc_mean"][s], a["fc_spread"][s]
         residual = x - forecast
         self._write_target(s, x, count)
-        scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring)
+        naive = seasonal.expected(a, s, cfg.seasonal)
+        s_res, s_spread = (x - naive[0], naive[1]) if naive is not None else (None, None)
+        scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
         scaling.update(a, s, x, cfg.scaling)
         center, sc = scaling.stats(a, s, cfg.scaling)
         z = np.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)

@@ -3,8 +3,10 @@
 The likelihood stage follows Numenta's anomaly likelihood (see ``docs/detection.md`` in shared):
 a short exponentially weighted mean of the standardised error is compared with a Gaussian fitted to
 its own long-run history; the one-sided tail probability ``q`` becomes ``-log10(q) / 10`` clipped to
-[0, 1] (a tail of 1e-5 reads 0.5). Two rules add their own reasons: a value beyond the range seen so
-far, and a flat line far longer than any the stream showed before. Flags are suppressed during
+[0, 1] (a tail of 1e-5 reads 0.5). Where the stream has a period, the error against the value one
+period ago gets the same treatment (reason ``seasonal``: a day whose shape changes, though each step
+of it is easy to forecast). Two rules add their own reasons: a value beyond the range seen so far,
+and a flat line far longer than any the stream showed before. Flags are suppressed during
 warm-up, within one event, and for a while after a flag.
 """
 
@@ -18,8 +20,8 @@ from scipy.special import log_ndtr
 from .config import ScoringConfig
 from .state import Column
 
-REASONS = ("", "likelihood", "range", "flatline", "regime_change")
-NONE, LIKELIHOOD, RANGE, FLATLINE, REGIME = range(len(REASONS))
+REASONS = ("", "likelihood", "range", "flatline", "regime_change", "seasonal")
+NONE, LIKELIHOOD, RANGE, FLATLINE, REGIME, SEASONAL = range(len(REASONS))
 LOG_1E10 = np.log(1e10)
 MAX_ERR = 1e6  # standardised errors are clipped here: one wild value cannot poison the statistics
 SCORE_AFTER = 8  # errors of a stream's first samples (scaler not yet settled) are not scored
@@ -37,6 +39,11 @@ COLUMNS = {
     "mid_lr_mean": Column((), np.float64),
     "mid_lr_var": Column((), np.float64),
     "mid_lr_n": Column((), np.int64),
+    "sr_err_short": Column((), np.float64),
+    "sr_err_n": Column((), np.int64),
+    "sr_lr_mean": Column((), np.float64),
+    "sr_lr_var": Column((), np.float64),
+    "sr_lr_n": Column((), np.int64),
     "cond_prev": Column((), np.bool_),
     "since_flag": Column((), np.int64, 1 << 40),
     "run_len": Column((), np.int64),
@@ -62,9 +69,17 @@ class Scored:
 
 def likelihood(short: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     """Score in [0, 1] from the one-sided Gaussian tail of ``short`` under (mean, var)."""
-    std = np.maximum(np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6)
-    z = (short - mean) / std
+    return tail_score((short - mean) / _std(mean, var))
+
+
+def tail_score(z: np.ndarray) -> np.ndarray:
+    """Score in [0, 1] of a standardised deviation: -log10(one-sided tail) / 10."""
     return np.clip(-log_ndtr(-z) / LOG_1E10, 0.0, 1.0)
+
+
+def _std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Long-run spread, at least ``REL_STD_FLOOR`` of the mean (no 0-width fits)."""
+    return np.maximum(np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6)
 
 
 def _ew(n: np.ndarray, memory: int) -> np.ndarray:
@@ -75,35 +90,39 @@ def _ew(n: np.ndarray, memory: int) -> np.ndarray:
 def _likelihood_stage(
     cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
 ) -> np.ndarray:
-    """Update the recent and long-run error statistics of ``slots``; return the likelihood scores.
+    """Update the recent and long-run error statistics of ``slots``; return the deviation ``z``.
 
     Two horizons: the short average catches spikes and jumps, the optional mid one a sustained
-    drift of the error; the score is the larger of the two.
+    drift of the error; the deviation is the larger of the two.
     """
-    score = _horizon(cols, slots, err, valid, cfg.short_window, "", cfg)
+    z = _horizon(cols, slots, err, valid, cfg.short_window, "", cfg)
     if cfg.mid_window:
-        score = np.maximum(score, _horizon(cols, slots, err, valid, cfg.mid_window, "mid_", cfg))
-    return score
+        z = np.maximum(z, _horizon(cols, slots, err, valid, cfg.mid_window, "mid_", cfg))
+    return z
 
 
 def _horizon(
     cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, span: int, p: str, cfg: ScoringConfig
 ) -> np.ndarray:
-    """One horizon: EW average of ``err`` over ``span`` vs a Gaussian of its own long-run history."""
+    """One horizon: EW average of ``err`` over ``span`` vs a Gaussian of its own long-run history.
+
+    Returns the standardised deviation (-inf where there is nothing to score yet); the score is
+    monotonic in it, so horizons are combined by their largest deviation and the tail computed once.
+    """
     alpha_s = 2.0 / (span + 1.0)
     n_err = cols[p + "err_n"][slots]
     prev = cols[p + "err_short"][slots]
     short = np.where(n_err == 0, err, prev + alpha_s * (err - prev))
     mean, var, lr_n = cols[p + "lr_mean"][slots], cols[p + "lr_var"][slots], cols[p + "lr_n"][slots]
-    score = np.where(lr_n >= MIN_LONG_N, likelihood(short, mean, var), 0.0)
+    std = _std(mean, var)
+    delta = short - mean
+    fitted = lr_n >= MIN_LONG_N
+    z = np.where(valid & fitted, delta / std, -np.inf)
     n1 = lr_n + 1
     a = _ew(n1, cfg.long_memory)
-    delta = short - mean
     if cfg.long_winsor is not None:  # an anomaly moves the long-run fit by at most k spreads
-        bound = cfg.long_winsor * np.maximum(
-            np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6
-        )
-        delta = np.where(lr_n >= MIN_LONG_N, np.clip(delta, -bound, bound), delta)
+        bound = cfg.long_winsor * std
+        delta = np.where(fitted, np.clip(delta, -bound, bound), delta)
     new_mean = mean + a * delta
     new_var = np.where(n1 == 1, 0.0, (1.0 - a) * (var + a * delta * delta))
     cols[p + "err_short"][slots] = np.where(valid, short, prev)
@@ -111,7 +130,7 @@ def _horizon(
     cols[p + "lr_mean"][slots] = np.where(valid, new_mean, mean)
     cols[p + "lr_var"][slots] = np.where(valid, new_var, var)
     cols[p + "lr_n"][slots] = lr_n + valid
-    return np.where(valid, score, 0.0)
+    return z
 
 
 def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
@@ -166,16 +185,31 @@ def score(
     spread: np.ndarray,
     count: np.ndarray,
     cfg: ScoringConfig,
+    seasonal_residual: np.ndarray | None = None,
+    seasonal_spread: np.ndarray | None = None,
 ) -> Scored:
     """Score one sample per slot (slots unique): update statistics and decide flags.
 
     ``residual``/``spread`` compare the value with the forecast made one step earlier (NaN for a
     stream's first sample); ``count`` is how many samples each stream had before this one.
+    ``seasonal_residual``/``seasonal_spread`` compare it with the value one period earlier (NaN where
+    the stream has no period): a day whose shape changes shows there even when each step is easy.
     """
     has_forecast = count >= SCORE_AFTER
     err = standardised_error(residual, spread)
-    lik = _likelihood_stage(cols, slots, err, has_forecast, cfg)
-    out_of_range = _range_rule(cols, slots, x, cfg)
+    z = _likelihood_stage(cols, slots, err, has_forecast, cfg)
+    by_season = np.zeros(len(slots), dtype=bool)
+    if cfg.seasonal_window and seasonal_residual is not None and seasonal_spread is not None:
+        with np.errstate(invalid="ignore"):
+            ok = has_forecast & np.isfinite(seasonal_residual) & (seasonal_spread > 0)
+        if ok.any():  # streams without a period: their seasonal statistics would not change anyway
+            s_err = standardised_error(seasonal_residual, seasonal_spread)
+            z_season = _horizon(cols, slots, s_err, ok, cfg.seasonal_window, "sr_", cfg)
+            by_season = z_season > z
+            z = np.maximum(z, z_season)
+    lik = tail_score(z)
+    # a young stream is still exploring its range: its new records say little
+    out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
     flat = _flatline_rule(cols, slots, x, cfg)
     cond = (lik >= cfg.threshold) | out_of_range | flat
     value = np.where(out_of_range | flat, 1.0, lik)
@@ -183,7 +217,9 @@ def score(
     new_event = cond & ~cols["cond_prev"][slots]
     since = cols["since_flag"][slots]
     flag = eligible & new_event & (since >= cfg.suppress)
-    reason = np.where(out_of_range, RANGE, np.where(flat, FLATLINE, LIKELIHOOD)).astype(np.uint8)
+    reason = np.where(
+        out_of_range, RANGE, np.where(flat, FLATLINE, np.where(by_season, SEASONAL, LIKELIHOOD))
+    ).astype(np.uint8)
     run = np.where(cond, cols["run_len"][slots] + 1, 0)
     if cfg.regime_after is not None:
         regime = eligible & (run == cfg.regime_after)

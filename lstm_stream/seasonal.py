@@ -2,12 +2,14 @@
 
 The LSTM sees a short window and a carried state; a daily pattern of 288 five-minute samples is past
 what it learns online. So each stream keeps a ring of its recent raw values; once it has ``learn``
-samples, its dominant period is detected from the autocorrelation (and again every ``redetect``
-samples). Where there is one, the published forecast is ``(1 - w) * lstm + w * x[t+1-P]``, with
-``w`` from the running errors of both forecasts (inverse-variance, capped at ``blend``); its spread
-is the stream's own running absolute error of the blended forecast (the network's spread only knows
-the LSTM part). On the NAB development subset this took the standard score from 55.3 to 57.5
-(docs/tuning.md); streams without a period are untouched.
+samples, its dominant period is guessed from the autocorrelation, and detected again at each
+doubling while the ring fills, once it is full, and then every ``redetect`` samples. Where there is
+one, the published forecast is ``(1 - w) * lstm + w * x[t+1-P]``, with ``w`` from the running errors
+of both forecasts (inverse-variance, capped at ``blend``); its spread is the stream's own running
+absolute error of the blended forecast (the network's spread only knows the LSTM part). On the NAB
+development subset this took the standard score from 55.3 to 57.5 (docs/tuning.md); streams without
+a period are untouched. ``expected`` hands the scorer the seasonal-naive forecast itself, so a
+period that breaks is seen even where each step of it is easy to forecast.
 """
 
 from __future__ import annotations
@@ -52,9 +54,18 @@ def observe(
         _ew_abs(cols, "se_mae_naive", s, xs - cols["se_fc_naive"][s])
     cols["se_ring"][slots, count % cfg.window] = np.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
-    due = (seen == cfg.learn) | ((seen > cfg.learn) & (seen % cfg.redetect == 0))
+    due = detection_due(seen, cfg)
     for i in np.nonzero(due)[0].tolist():
         _detect(cols, int(slots[i]), int(seen[i]), cfg)
+
+
+def detection_due(seen: np.ndarray, cfg: SeasonalConfig) -> np.ndarray:
+    """True where a stream with ``seen`` samples (re-)detects its period: a first guess at ``learn``
+    samples, again at each doubling of that while the ring fills and once it is full (longer
+    periods become visible), then every ``redetect`` samples."""
+    ratio = seen // cfg.learn
+    doubling = (seen < cfg.window) & (seen % cfg.learn == 0) & (ratio > 0) & ((ratio & (ratio - 1)) == 0)
+    return doubling | (seen == cfg.window) | ((seen > cfg.window) & (seen % cfg.redetect == 0))
 
 
 def _ew_abs(cols: dict, name: str, s: np.ndarray, err: np.ndarray) -> None:
@@ -77,6 +88,14 @@ def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> None:
     cols["se_period"][slot] = period
 
 
+def expected(cols: dict, slots: np.ndarray, cfg: SeasonalConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """Seasonal-naive forecast of each slot's current sample (its value one period ago; NaN where
+    the stream has no period) and that forecast's spread; None when the blend is off."""
+    if not cfg.blend:
+        return None
+    return cols["se_fc_naive"][slots], MAD_TO_SIGMA * cols["se_mae_naive"][slots]
+
+
 def blend(
     cols: dict, slots: np.ndarray, seen: np.ndarray, mean: np.ndarray, spread: np.ndarray, cfg: SeasonalConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +105,7 @@ def blend(
     period = cols["se_period"][slots]
     use = (period > 1) & (seen >= period)
     if not use.any():
+        cols["se_fc_lstm"][slots] = cols["se_fc_naive"][slots] = np.nan
         return mean, spread
     past = cols["se_ring"][slots, (seen - np.where(use, period, 0)) % cfg.window].astype(np.float64)
     use &= np.isfinite(past)

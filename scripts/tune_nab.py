@@ -4,9 +4,10 @@
     python scripts/tune_nab.py sweep --cache /tmp/nabcache.npz threshold=0.4,0.5 short_window=3,5
 
 ``collect`` runs every file once through the shipped model (no fine-tuning) and keeps each row's
-value, forecast and spread; the forecasts do not depend on the scoring parameters, so ``sweep``
-replays only the scoring stage (all files in lockstep, vectorised) for every combination and prints
-NAB's three profiles (optimised threshold) and the standard score at the configured threshold.
+value, forecast and spread, and the seasonal-naive forecast and spread the scorer sees; these do
+not depend on the scoring parameters, so ``sweep`` replays only the scoring stage (all files in
+lockstep, vectorised) for every combination and prints NAB's three profiles (optimised threshold)
+and the standard score at the configured threshold.
 The numbers to report come from ``lstm-stream nab run`` + ``nab score``; this only ranks settings.
 """
 
@@ -29,19 +30,30 @@ from lstm_stream.nab_scoring import FileScores, load_windows, map_windows, proba
 from lstm_stream.state import SlotArrays
 
 
-def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.ndarray]:
+    """Run one file through the shipped model row by row (no fine-tuning), as ``detect_file`` does;
+    per row: value, forecast, spread, and the seasonal-naive forecast and spread the scorer saw."""
     import torch
 
-    from lstm_stream.nab import detect_file
+    from lstm_stream import seasonal
+    from lstm_stream.config import EngineConfig
     from lstm_stream.pretrained import pretrained_engine
 
     torch.set_num_threads(1)
     nab = read_nab_csv(Path(data) / key, key)
-    from lstm_stream.config import EngineConfig
-
-    cfg = EngineConfig.model_validate(json.loads(engine_json))
-    res = detect_file(nab, pretrained_engine(cfg))
-    return key, nab.values, res["forecast"], res["spread"]
+    engine = pretrained_engine(EngineConfig.model_validate(json.loads(engine_json)))
+    n = len(nab.values)
+    out = np.full((5, n), np.nan)
+    out[0] = nab.values
+    for i in range(n):
+        slot = engine.table.lookup([key])
+        if i and slot[0] >= 0:
+            naive = seasonal.expected(engine.arrays, slot, engine.config.seasonal)
+            if naive is not None:
+                out[3, i], out[4, i] = naive[0][0], naive[1][0]
+        r = engine.process([key], (float(i),), nab.values[i : i + 1], now=float(nab.clock[i]))
+        out[1, i], out[2, i] = r.forecast[0], r.spread[0]
+    return key, out
 
 
 def collect(args: argparse.Namespace) -> None:
@@ -49,8 +61,8 @@ def collect(args: argparse.Namespace) -> None:
     out = {}
     t0 = time.time()
     with ProcessPoolExecutor(2) as pool:
-        for key, x, f, s in pool.map(_collect_one, [args.data] * len(keys), keys, [args.engine] * len(keys)):
-            out[key] = np.stack([x, f, s])
+        for key, rows in pool.map(_collect_one, [args.data] * len(keys), keys, [args.engine] * len(keys)):
+            out[key] = rows
             print(f"{key} {time.time() - t0:.0f}s", file=sys.stderr)
     np.savez(args.cache, **{k.replace("/", "|"): v for k, v in out.items()})
 
@@ -65,15 +77,18 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
     f = np.full((k, n), np.nan)
     s = np.full((k, n), np.nan)
     lengths = np.array([series[key].shape[1] for key in keys])
+    rows = np.full((5, k, n), np.nan)
     for i, key in enumerate(keys):
-        x[i, : lengths[i]], f[i, : lengths[i]], s[i, : lengths[i]] = series[key]
+        rows[: series[key].shape[0], i, : lengths[i]] = series[key]
+    x, f, s, nf, ns = rows
     score = np.zeros((k, n))
     flag = np.zeros((k, n), dtype=bool)
     for t in range(n):
         live = np.nonzero(t < lengths)[0]
-        r = scoring.score(
-            cols, live, x[live, t], x[live, t] - f[live, t], s[live, t], np.full(len(live), t), cfg
-        )
+        xt = x[live, t]
+        count = np.full(len(live), t)
+        naive = (xt - nf[live, t], ns[live, t])
+        r = scoring.score(cols, live, xt, xt - f[live, t], s[live, t], count, cfg, *naive)
         score[live, t] = r.score
         flag[live, t] = r.flag
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lstm_stream.config import SeasonalConfig
 from lstm_stream.engine import Engine
@@ -58,3 +59,76 @@ def test_blend_does_not_hurt_where_last_periods_value_is_a_poor_guess(pretrained
         r = Engine(cfg, pretrained.model).process(["s"] * len(y), np.arange(float(len(y))), y)
         maes[blend] = forecast_metrics(y[3000:], r.forecast[3000:])["mae"]
     assert maes[0.3] <= 1.05 * maes[0.0], maes
+
+
+def test_period_is_guessed_early_and_checked_as_the_ring_fills() -> None:
+    from lstm_stream.seasonal import detection_due
+
+    seen = np.arange(1, 20001)
+    due = seen[detection_due(seen, SeasonalConfig(learn=256, window=1024, redetect=8000))]
+    assert due.tolist() == [256, 512, 1024, 8000, 16000]
+    due = seen[detection_due(seen, SeasonalConfig(learn=250, window=1024, redetect=8000))]
+    assert due.tolist() == [250, 500, 1000, 1024, 8000, 16000]
+
+
+def test_a_short_period_is_in_use_after_a_few_hundred_samples(pretrained) -> None:
+    e = Engine(pretrained.config, pretrained.model)
+    y = _daily(600, period=24)
+    e.process(["s"] * 600, np.arange(600.0), y)
+    assert e.arrays["se_period"][e.table.ids["s"]] == 24  # guessed at 256, confirmed at 512
+
+
+def _missing_plateau(seed: int) -> tuple[np.ndarray, slice]:
+    """A daily pattern whose high plateau does not come one day: every step of that day is easy."""
+    y = _daily(3000, seed=seed)
+    day = slice(2400, 2400 + 32)  # the plateau is the first third of the period (96)
+    y[day] = y[day] - 8.0
+    return y, day
+
+
+def test_a_missing_plateau_is_flagged_with_the_seasonal_reason(pretrained) -> None:
+    y, day = _missing_plateau(3)
+    r = Engine(pretrained.config, pretrained.model).process(["s"] * 3000, np.arange(3000.0), y)
+    hits = [i for i in np.nonzero(r.is_anomaly)[0] if day.start <= i < day.stop]
+    assert hits and r.reason_of(hits[0]) == "seasonal", [(i, r.reason_of(i)) for i in hits]
+
+
+def test_seasonal_score_sees_what_the_one_step_error_does_not() -> None:
+    from lstm_stream import scoring
+    from lstm_stream.config import ScoringConfig
+    from lstm_stream.state import SlotArrays
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    one_step = rng.normal(0.0, 1.0, n)  # the forecast stays as good as ever
+    season = rng.normal(0.0, 1.0, n)
+    season[1200:1240] += 12.0  # but the value is far from the one a period ago, for a while
+    flagged = {}
+    for window in (10, None):
+        cfg = ScoringConfig(seasonal_window=window)
+        cols = SlotArrays(scoring.COLUMNS, 1).data
+        slot = np.array([0])
+        flags = []
+        for t in range(n):
+            x = np.array([0.0])  # constant value: the range and flat-line rules stay quiet
+            out = scoring.score(
+                cols, slot, x, one_step[t : t + 1], np.ones(1), np.array([t]), cfg,
+                season[t : t + 1], np.ones(1),
+            )  # fmt: skip
+            if out.flag[0]:
+                flags.append((t, scoring.REASONS[out.reason[0]]))
+        flagged[window] = flags
+    assert any(1200 <= t < 1240 and why == "seasonal" for t, why in flagged[10]), flagged
+    assert not any(1200 <= t < 1240 for t, _ in flagged[None]), flagged
+
+
+def test_expected_is_the_value_one_period_ago(pretrained) -> None:
+    from lstm_stream import seasonal
+
+    e = Engine(pretrained.config, pretrained.model)
+    y = _daily(700, period=24)
+    e.process(["s"] * 700, np.arange(700.0), y)
+    slot = np.array([e.table.ids["s"]])
+    naive, spread = seasonal.expected(e.arrays, slot, e.config.seasonal)
+    assert naive[0] == pytest.approx(y[700 - 24], rel=1e-6)  # the forecast of sample 700
+    assert spread[0] > 0
