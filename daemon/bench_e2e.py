@@ -733,17 +733,23 @@ def _publish_run(client: Any, sock: socket.socket, state: dict, cmd: dict, kcoun
     return res
 
 
-BARE_LATENCY_EDGES = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1)
-BARE_LATENCY_EDGES += (0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # the daemon's ingest latency buckets
 _TS = re.compile(rb'"ts":\s*([0-9.eE+-]+)')
 
 
 def _bare_main(
-    conn: Any, host: str, port: int, qos: int, protocol: str, prefix: str, counter: Any, hist: Any
+    conn: Any,
+    host: str,
+    port: int,
+    qos: int,
+    protocol: str,
+    prefix: str,
+    counter: Any,
+    hist: Any,
+    edges: tuple[float, ...],
 ) -> None:
     """The ceiling: a paho subscriber (network thread, like the daemon's) that only counts. On the
     command ``"latency"`` it also histograms publish-to-receive latency (the payload's ``ts``) into
-    ``hist`` (cumulative counts per ``BARE_LATENCY_EDGES``, then +Inf) until ``"count"``."""
+    ``hist`` (cumulative counts per bucket ``edges``, then +Inf) until ``"count"``."""
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
         import bisect
 
@@ -767,7 +773,7 @@ def _bare_main(
             m = _TS.search(msg.payload)
             if m:
                 lat = time.time() - float(m.group(1))
-                for i in range(bisect.bisect_left(BARE_LATENCY_EDGES, lat), len(BARE_LATENCY_EDGES) + 1):
+                for i in range(bisect.bisect_left(edges, lat), len(edges) + 1):
                     hist[i] += 1
 
         def on_connect(c, u, flags, rc, props):
@@ -890,12 +896,16 @@ class Publishers:
 
 class BareSubscriber:
     def __init__(self, ctx: Any, broker: Broker, qos: int, protocol: str, prefix: str) -> None:
+        from daemon.metrics import INGEST_LATENCY_BUCKETS  # the daemon's buckets: the same interpolation
+
         self.counter = ctx.RawValue("q", 0)
-        self.hist = ctx.RawArray("d", len(BARE_LATENCY_EDGES) + 1)
+        self.edges = INGEST_LATENCY_BUCKETS
+        self.hist = ctx.RawArray("d", len(self.edges) + 1)
         self.conn, child = ctx.Pipe()
+        args = (child, "127.0.0.1", broker.port, qos, protocol, prefix, self.counter, self.hist, self.edges)
         self.proc = ctx.Process(
             target=_bare_main,
-            args=(child, "127.0.0.1", broker.port, qos, protocol, prefix, self.counter, self.hist),
+            args=args,
             name="bare",
             daemon=True,
         )
@@ -917,7 +927,7 @@ class BareSubscriber:
 
     def latency_buckets(self) -> list[tuple[float, float]]:
         """The recorded histogram as (le, cumulative count), +Inf last, like ``latency_buckets``."""
-        return list(zip((*BARE_LATENCY_EDGES, math.inf), list(self.hist), strict=True))
+        return list(zip((*self.edges, math.inf), list(self.hist), strict=True))
 
     def close(self) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):
@@ -1161,8 +1171,7 @@ def latency_phase(
             "messages": pub["published"],
             "lost": max(0.0, pub["published"] - got),
             "observed": observed,
-            "p50_ms": _r(1000 * histogram_quantile(0.5, delta), 2),
-            "p99_ms": _r(1000 * histogram_quantile(0.99, delta), 2),
+            **latency_summary(delta),
             "p99_bucket_ms": [_r(1000 * x, 1) for x in (_bucket_of(0.99, delta) or (math.nan, math.nan))],
         }
         engine = [
@@ -1183,9 +1192,6 @@ def latency_phase(
         )
         out["engine_batches"] = d_cnt
         out["mean_batch_size"] = _r(d_sum / d_cnt, 1) if d_cnt else None
-        over = [cnt for le, cnt in delta if le == 0.05]
-        if over and observed:
-            out["share_over_50ms"] = round(1 - over[0] / observed, 5)
         window = f"{max(2, int(phase_s) + 1)}s"
         if prom is not None:
             out["scraper"] = "prometheus"
@@ -1229,15 +1235,19 @@ def bare_latency(c: Ctx, bare: BareSubscriber, n: int, qos: int, rate: float, to
             time.sleep(0.2)
     finally:
         bare.timed(False)
-    h = bare.latency_buckets()
-    observed = h[-1][1]
+    return latency_summary(bare.latency_buckets(), "bare_")
+
+
+def latency_summary(h: list[tuple[float, float]], prefix: str = "") -> dict:
+    """p50, p99 and the share over 50 ms of a cumulative latency histogram (seconds), in ms."""
     out = {
-        "bare_p50_ms": _r(1000 * histogram_quantile(0.5, h), 2),
-        "bare_p99_ms": _r(1000 * histogram_quantile(0.99, h), 2),
+        prefix + "p50_ms": _r(1000 * histogram_quantile(0.5, h), 2),
+        prefix + "p99_ms": _r(1000 * histogram_quantile(0.99, h), 2),
     }
+    observed = h[-1][1] if h else 0.0
     over = [cnt for le, cnt in h if le == 0.05]
     if over and observed:
-        out["bare_share_over_50ms"] = round(1 - over[0] / observed, 5)
+        out[prefix + "share_over_50ms"] = round(1 - over[0] / observed, 5)
     return out
 
 

@@ -77,12 +77,8 @@ class IngestQueue:
 
     def put_many(self, samples: list[Sample]) -> int:
         """Append ``samples`` in order, waiting for room when full; return how many were dropped."""
-        q = self._q
-        if self._closed or len(samples) <= self.maxsize - len(q):  # the common case
-            if not q:
-                self.since = time.monotonic()
-            q.extend(samples)
-            self._wake()
+        if self._closed or len(samples) <= self.maxsize - len(self._q):  # the common case
+            self._append(samples)
             return 0
         return self._put_waiting(samples)
 
@@ -95,11 +91,8 @@ class IngestQueue:
         while done < n:
             free = n - done if self._closed else min(n - done, self.maxsize - len(q))
             if free > 0:
-                if not q:
-                    self.since = time.monotonic()
-                q.extend(samples[done : done + free])
+                self._append(samples[done : done + free])
                 done += free
-                self._wake()
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
@@ -113,10 +106,23 @@ class IngestQueue:
         self.dropped += n - done
         return n - done
 
+    def _append(self, samples: list[Sample]) -> None:
+        """Extend the queue (noting when an empty one got its oldest sample) and wake the consumer."""
+        q = self._q
+        if not q:
+            self.since = time.monotonic()
+        q.extend(samples)
+        self._wake()
+
     def _wake(self) -> None:
         # An attribute read in the common case; set() (a lock) only when the consumer cleared it.
         if not self._event.is_set():
             self._event.set()
+
+    def due(self, max_items: int, age_s: float) -> bool:
+        """A batch should go now: ``max_items`` are queued, or the oldest has waited ``age_s``."""
+        n = len(self._q)
+        return n >= max_items or (n > 0 and time.monotonic() - self.since >= age_s)
 
     def drain(self, max_items: int) -> list[Sample]:
         """Pop up to ``max_items`` samples, oldest first, and wake a producer waiting for room."""

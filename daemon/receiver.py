@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
 
 from daemon.mqtt import IngestQueue, LinkStats, MqttLink
 from daemon.payload import PayloadParser, RateLimitedLogger
@@ -55,12 +54,11 @@ class _Sender:
 
     def maybe_send(self) -> None:
         """Network thread, after each enqueue: send when a batch is full or its oldest is due."""
-        q = self.queue
-        if len(q) < SEND_MAX and time.monotonic() - q.since < FLUSH_S:
+        if not self.queue.due(SEND_MAX, FLUSH_S):
             return
         if self.lock.acquire(blocking=False):  # the main thread is sending: it takes these too
             try:
-                self._send(q.drain(SEND_MAX))
+                self._send(self.queue.drain(SEND_MAX))
             finally:
                 self.lock.release()
 
@@ -68,9 +66,8 @@ class _Sender:
         """Main thread, every ``FLUSH_S``: send what the network thread left (no message came to
         send it) and an empty send when due, to carry the counters. Under load the network thread
         sends everything itself and this costs one check, not a GIL hand-off with work on both sides."""
-        q, now = self.queue, time.monotonic()
-        pending = len(q) and now - q.since >= FLUSH_S and now - self.last_send >= FLUSH_S
-        if pending or now - self.last_send >= HEARTBEAT_S:
+        since_send = time.monotonic() - self.last_send
+        if (since_send >= FLUSH_S and self.queue.due(SEND_MAX, FLUSH_S)) or since_send >= HEARTBEAT_S:
             self.send_all()
 
     def send_all(self, heartbeat: bool = True) -> None:
@@ -201,7 +198,3 @@ class ReceiverProcess:
             self.process.kill()
             self.process.join(5.0)
         self._conn.close()
-
-    def describe(self) -> dict[str, Any]:
-        """pid and liveness, for logs and tests."""
-        return {"pid": self.process.pid, "alive": self.process.is_alive()}

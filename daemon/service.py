@@ -260,13 +260,11 @@ class Service:
         oldest sample ``batch_ms`` old) right here. Under load this keeps paho and the engine in one
         thread, so they do not hand the GIL to each other thousands of times a second. Skipped
         while the engine thread holds the engine: it will take the batch."""
-        q = self.queue
-        if len(q) < self.settings.ingest.batch_max and time.monotonic() - q.since < self._period:
-            return
-        if not self._engine_lock.acquire(blocking=False):
+        batch_max = self.settings.ingest.batch_max
+        if not self.queue.due(batch_max, self._period) or not self._engine_lock.acquire(blocking=False):
             return
         try:
-            self._process(q.drain(self.settings.ingest.batch_max))
+            self._process(self.queue.drain(batch_max))
         except Exception as exc:  # as loud as the engine loop dying: exit 1, systemd restarts
             self._fail(exc)
         finally:
@@ -284,7 +282,7 @@ class Service:
                     # give the MQTT thread its chance first; it runs due batches as messages arrive
                     time.sleep(max(0.0, self.queue.since + 1.5 * period - time.monotonic()))
                     with self._engine_lock:
-                        while len(self.queue) and time.monotonic() - self.queue.since >= period:
+                        while self.queue.due(ingest.batch_max, period):
                             batch = self.queue.drain(ingest.batch_max)
                             self._process(batch)
                             if len(batch) < ingest.batch_max or self.stop_event.is_set():

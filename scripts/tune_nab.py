@@ -73,9 +73,6 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
     n = max(v.shape[1] for v in series.values())
     k = len(keys)
     cols = SlotArrays(scoring.COLUMNS, k).data
-    x = np.full((k, n), np.nan)
-    f = np.full((k, n), np.nan)
-    s = np.full((k, n), np.nan)
     lengths = np.array([series[key].shape[1] for key in keys])
     rows = np.full((5, k, n), np.nan)
     for i, key in enumerate(keys):
