@@ -3,11 +3,13 @@ not share one GIL (``ingest.receiver = "process"``, the default).
 
 The child runs a receive-only :class:`~daemon.mqtt.MqttLink` (the persistent session, the
 subscriptions, payload parsing) into its own bounded queue and sends the samples to the parent in
-batches (a pickled ``(samples, stats)`` per send, at most every ``FLUSH_S`` or ``SEND_MAX``
-samples) over a pipe. A reader thread in the parent puts them into the service's
-:class:`~daemon.mqtt.IngestQueue`. Backpressure runs the whole way: a full parent queue stops the
-reader, the pipe fills, the child's sends block, its queue fills and paho stops reading and
-acknowledging, so QoS 1 messages wait at the broker.
+batches (a pickled ``(samples, stats)`` per send, at most every ``flush_s`` -- the service's
+``ingest.batch_ms`` -- or ``SEND_MAX`` samples) over a pipe. So the child does the micro-batching:
+a reader thread in the parent puts everything the pipe holds into the service's
+:class:`~daemon.mqtt.IngestQueue` and has it processed at once, without a second wait.
+Backpressure runs the whole way: a full parent queue stops the reader, the pipe fills, the child's
+sends block, its queue fills and paho stops reading and acknowledging, so QoS 1 messages wait at
+the broker.
 
 The child ignores SIGTERM/SIGINT (systemd signals the whole cgroup): it stops when the parent
 asks, after sending what it holds, or when the pipe closes (the parent died).
@@ -31,7 +33,6 @@ from daemon.settings import MqttSettings, PayloadSettings
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.005  # a sample waits at most this long in the child (plus one send)
 SEND_MAX = 4096  # samples per send
 HEARTBEAT_S = 0.1  # stats reach the parent at least this often (connected, counters)
 CHILD_QUEUE = 50_000  # samples the child holds while the parent is behind
@@ -45,16 +46,17 @@ def _stats_tuple(s: LinkStats) -> tuple:
 class _Sender:
     """Child side: ships queued samples (and the link's counters) to the parent, one send at a time."""
 
-    def __init__(self, conn: Connection, queue: IngestQueue, stats: LinkStats) -> None:
+    def __init__(self, conn: Connection, queue: IngestQueue, stats: LinkStats, flush_s: float) -> None:
         self.conn = conn
         self.queue = queue
         self.stats = stats
+        self.flush_s = flush_s
         self.lock = threading.Lock()
         self.last_send = 0.0
 
     def maybe_send(self) -> None:
         """Network thread, after each enqueue: send when a batch is full or its oldest is due."""
-        if not self.queue.due(SEND_MAX, FLUSH_S):
+        if not self.queue.due(SEND_MAX, self.flush_s):
             return
         if self.lock.acquire(blocking=False):  # the main thread is sending: it takes these too
             try:
@@ -63,11 +65,12 @@ class _Sender:
                 self.lock.release()
 
     def send_idle(self) -> None:
-        """Main thread, every ``FLUSH_S``: send what the network thread left (no message came to
+        """Main thread, every ``flush_s``: send what the network thread left (no message came to
         send it) and an empty send when due, to carry the counters. Under load the network thread
         sends everything itself and this costs one check, not a GIL hand-off with work on both sides."""
         since_send = time.monotonic() - self.last_send
-        if (since_send >= FLUSH_S and self.queue.due(SEND_MAX, FLUSH_S)) or since_send >= HEARTBEAT_S:
+        flush_s = self.flush_s
+        if (since_send >= flush_s and self.queue.due(SEND_MAX, flush_s)) or since_send >= HEARTBEAT_S:
             self.send_all()
 
     def send_all(self, heartbeat: bool = True) -> None:
@@ -84,7 +87,12 @@ class _Sender:
 
 
 def _child_main(
-    conn: Connection, mqtt: MqttSettings, payload: PayloadSettings, level: str, rate_limit_s: float
+    conn: Connection,
+    mqtt: MqttSettings,
+    payload: PayloadSettings,
+    level: str,
+    rate_limit_s: float,
+    flush_s: float,
 ) -> None:
     """The receiver process: link -> queue -> pipe until the parent says stop or goes away."""
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,7 +100,7 @@ def _child_main(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s (receiver): %(message)s")
     queue = IngestQueue(CHILD_QUEUE, block_s=float("inf"))
     stats = LinkStats()
-    sender = _Sender(conn, queue, stats)
+    sender = _Sender(conn, queue, stats, flush_s)
     link = MqttLink(
         mqtt,
         PayloadParser(payload),
@@ -104,7 +112,7 @@ def _child_main(
     )
     link.start()
     try:
-        while not conn.poll(FLUSH_S):
+        while not conn.poll(max(flush_s, 0.001)):
             sender.send_idle()
         conn.recv()  # STOP
     except (EOFError, OSError):  # the parent is gone: nothing to send to
@@ -121,7 +129,8 @@ def _child_main(
 
 class ReceiverProcess:
     """Parent side: starts the child, feeds its samples into ``queue``, mirrors its counters in
-    ``stats`` and calls ``on_enqueued()`` after each batch (the service's inline processing)."""
+    ``stats`` and calls ``on_enqueued()`` once the pipe is empty or ``batch_max`` samples are queued
+    (the service processes them there). ``flush_s``: how long a sample may wait in the child."""
 
     def __init__(
         self,
@@ -133,8 +142,11 @@ class ReceiverProcess:
         on_enqueued: Callable[[], None] | None = None,
         log_level: str = "INFO",
         rate_limit_s: float = 10.0,
+        flush_s: float = 0.01,
+        batch_max: int = 4096,
     ) -> None:
         self.queue = queue
+        self.batch_max = batch_max
         self.stats = stats
         self._on_enqueued = on_enqueued
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
@@ -142,7 +154,7 @@ class ReceiverProcess:
         self._child_conn = child_conn
         self.process = ctx.Process(
             target=_child_main,
-            args=(child_conn, mqtt, payload, log_level, rate_limit_s),
+            args=(child_conn, mqtt, payload, log_level, rate_limit_s, flush_s),
             name="lstm-stream-receiver",
             daemon=True,
         )
@@ -157,17 +169,22 @@ class ReceiverProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        conn, put = self._conn, self.queue.put_many
+        conn, queue = self._conn, self.queue
         try:
             while True:
-                samples, stats = pickle.loads(conn.recv_bytes())
-                self._mirror(stats)
-                if isinstance(samples, str):  # BYE: everything the child received is queued
-                    return
-                if samples:
-                    put(samples)
-                    if self._on_enqueued is not None:
-                        self._on_enqueued()
+                # what the pipe holds now goes in together: while a batch was processed, the child
+                # may have sent several, and one call for all of them costs less than one each
+                while True:
+                    samples, stats = pickle.loads(conn.recv_bytes())
+                    self._mirror(stats)
+                    if isinstance(samples, str):  # BYE: everything the child received is queued
+                        return
+                    if samples:
+                        queue.put_many(samples)
+                    if len(queue) >= self.batch_max or not conn.poll(0):
+                        break
+                if len(queue) and self._on_enqueued is not None:
+                    self._on_enqueued()
         except (EOFError, OSError) as exc:
             self.error = f"receiver process ended unexpectedly ({type(exc).__name__})"
         except Exception as exc:  # noqa: BLE001 - reported through ``error``; the service fails loudly

@@ -122,6 +122,7 @@ class Service:
         self._engine_lock = threading.Lock()
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
         self._period = settings.ingest.batch_ms / 1000.0
+        self._inline_age = self._period  # how old the oldest queued sample must be for an inline batch
         self._ckpt_thread: threading.Thread | None = None
         self._last_progress = 0.0
         self._loop_error: str = ""
@@ -182,7 +183,10 @@ class Service:
                 on_enqueued=self._process_inline,
                 log_level=s.log.level,
                 rate_limit_s=s.log.rate_limit_s,
+                flush_s=self._period,
+                batch_max=s.ingest.batch_max,
             )
+            self._inline_age = 0.0  # the child waited batch_ms already: process what arrives at once
             self.receiver.start()
         log.info("connecting to mqtt://%s:%d, topics %s", s.mqtt.host, s.mqtt.port, ", ".join(s.mqtt.topics))
 
@@ -256,12 +260,13 @@ class Service:
 
     # ------------------------------------------------------------- engine loop
     def _process_inline(self) -> None:
-        """On the MQTT thread after each enqueue: run a due micro-batch (``batch_max`` queued, or the
-        oldest sample ``batch_ms`` old) right here. Under load this keeps paho and the engine in one
-        thread, so they do not hand the GIL to each other thousands of times a second. Skipped
-        while the engine thread holds the engine: it will take the batch."""
+        """On the receiving thread after each enqueue: run a due micro-batch (``batch_max`` queued, or
+        the oldest sample ``batch_ms`` old; with the receiver process, whatever arrived) right here.
+        Under load this keeps receiving and the engine in one thread, so they do not hand the GIL to
+        each other thousands of times a second. Skipped while the engine thread holds the engine: it
+        will take the batch."""
         batch_max = self.settings.ingest.batch_max
-        if not self.queue.due(batch_max, self._period) or not self._engine_lock.acquire(blocking=False):
+        if not self.queue.due(batch_max, self._inline_age) or not self._engine_lock.acquire(blocking=False):
             return
         try:
             self._process(self.queue.drain(batch_max))
