@@ -34,6 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from daemon.mqtt_client import Client
 from daemon.payload import REASONS, PayloadParser, RateLimitedLogger, Sample
 from daemon.settings import MqttSettings
 
@@ -255,7 +256,7 @@ class MqttLink:
         """The paho client with session, credentials, TLS, will and callbacks configured."""
         s = self.settings
         protocol = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
-        client = paho.Client(
+        client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             # MQTT 5 takes clean start at connect time (and refuses clean_session here).

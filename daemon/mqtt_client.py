@@ -1,0 +1,104 @@
+"""paho's client with buffered socket reads: the receive path's per-message system calls, batched.
+
+paho reads each packet with at least three ``recv`` calls (the command byte, the length bytes one at
+a time, then the rest) and runs its whole loop (``select``, write check, keepalive) once per packet
+at QoS 0. At thousands of small messages a second that is most of a receiver's CPU beyond the
+message handling itself. :class:`Client` reads the socket in chunks of ``READ_SIZE`` and lets paho
+take its small reads from the chunk, and its ``loop_read`` keeps handling packets while whole ones
+are buffered, so ``select`` and the loop's bookkeeping run once per chunk.
+
+Everything else is paho's: the wrapper only stands between paho and its socket, and a paho that no
+longer creates sockets through ``_create_socket`` simply gets no buffering (the tests check that
+this one does).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+
+READ_SIZE = 65536  # bytes per recv: about a thousand small messages
+MAX_PACKETS = 1000  # packets per loop_read: a flood still leaves room for writes (PUBACKs) and pings
+# after a small read, wait this long before the next one so that messages arriving one by one are
+# read a few at a time: each wake-up (select, paho's loop pass, a GIL hand-off) costs about as much
+# as handling a message; the sample waits at most this much longer
+COALESCE_S = 0.002
+SMALL_READ = READ_SIZE // 4
+
+
+class BufferedSocket:
+    """A socket whose ``recv`` is served from a buffer filled by one large ``recv`` at a time.
+
+    Reads behave as on the socket (short reads, ``BlockingIOError`` or ``ssl.SSLWantReadError``
+    when nothing is there, ``b""`` at end of stream); every other attribute is the socket's.
+    ``pending()`` counts the buffered bytes (plus TLS's own), which paho's loop checks before
+    ``select``.
+    """
+
+    __slots__ = ("sock", "_buf", "_pos", "last_read")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = b""
+        self._pos = 0
+        self.last_read = 0  # bytes the last recv of the socket returned
+
+    def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes: from the buffer, else from one ``recv(READ_SIZE)`` of the socket."""
+        pos = self._pos
+        buf = self._buf
+        if pos >= len(buf):
+            data = self.sock.recv(max(n, READ_SIZE))
+            self.last_read = len(data)
+            if len(data) <= n:  # all of it wanted, or end of stream
+                return data
+            self._buf = buf = data
+            pos = 0
+        end = min(pos + n, len(buf))
+        self._pos = end
+        return buf[pos:end]
+
+    def buffered(self) -> int:
+        """Bytes read from the socket and not yet handed out."""
+        return len(self._buf) - self._pos
+
+    def pending(self) -> int:
+        """Bytes readable without waiting: ours plus the TLS layer's decrypted ones."""
+        inner = getattr(self.sock, "pending", None)
+        return self.buffered() + (inner() if inner is not None else 0)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+class Client(paho.Client):
+    """``paho.Client`` reading through a :class:`BufferedSocket` (TCP and TLS; websockets as is)."""
+
+    coalesce_s = COALESCE_S
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        return BufferedSocket(sock) if isinstance(sock, socket.socket) else sock
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho's ``loop_read``, repeated while buffered data remains (at most ``MAX_PACKETS``
+        times): one ``select`` and one pass of the loop's bookkeeping per chunk, not per packet.
+        After a small read it first waits ``COALESCE_S`` for more to arrive."""
+        sock = self._sock
+        if not isinstance(sock, BufferedSocket):
+            return super().loop_read(max_packets)
+        if self.coalesce_s and not sock.buffered() and sock.last_read < SMALL_READ:
+            time.sleep(self.coalesce_s)
+        rc = super().loop_read(max_packets)
+        for _ in range(MAX_PACKETS):
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock or not sock.buffered():
+                break
+            rc = super().loop_read(max_packets)
+        return rc
