@@ -11,7 +11,11 @@ Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder:
 - a bare paho subscriber process (same protocol and QoS, ``bare/#``) whose ``on_message`` only counts;
 - ``K`` long-lived publisher processes (spawned), each owning every K-th topic, so each stream's
   messages leave one connection in order. Payloads are ``{"value": v, "ts": <time.time()>}``, so
-  the daemon's ``lstm_stream_ingest_latency_seconds`` histogram measures publish -> scored.
+  the daemon's ``lstm_stream_ingest_latency_seconds`` histogram measures publish -> scored. They
+  write MQTT 3.1.1 PUBLISH packets themselves (:class:`RawPublisher`), a few microseconds a message,
+  so the load generator leaves the CPU to what is measured, as sensors on other machines would.
+- Nagle is off on every connection (the broker's ``set_tcp_nodelay true``, the clients' sockets),
+  as recommended for the daemon (README).
 
 Per QoS and stream count, ``rounds`` times (daemon and bare runs alternate, medians reported):
 ``N`` messages as fast as the publishers go; the rate is ``N / (done - first publish)``, where
@@ -612,94 +616,127 @@ class Scraper(threading.Thread):
 
 
 # ------------------------------------------------------------------------- child processes (spawn)
-def _pump(client: Any, sock: socket.socket, timeout: float) -> None:
-    import select
-
-    w = [sock] if client.want_write() else []
-    r, w, _ = select.select([sock], w, [], timeout)
-    if r:
-        client.loop_read()
-    if w:
-        client.loop_write()
-    client.loop_misc()
-
-
 def _nodelay(client: Any, userdata: Any, sock: socket.socket) -> None:
     """Nagle off on a bench client's socket, as the daemon has it (``daemon.mqtt.tcp_nodelay``,
     not imported here: the bench's child processes stay light)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _publisher_main(conn: Any, host: str, port: int, index: int) -> None:
-    """A publisher process: one MQTT 3.1.1 connection, driven without paho's thread or socketpair
-    (``loop_read``/``loop_write``), so a publish is one ``send``. Commands come over ``conn``."""
-    with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
-        _publisher_loop(conn, host, port, index)
-
-
-def _publisher_loop(conn: Any, host: str, port: int, index: int) -> None:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"lstm-bench-pub-{os.getpid()}-{index}",
-        protocol=MQTTProtocolVersion.MQTTv311,
-        clean_session=True,
-    )
-    client.max_inflight_messages_set(0)  # no client-side limit on unacknowledged QoS 1 messages
-    client.max_queued_messages_set(0)
-    state = {"connected": False, "acked": 0}
-
-    def on_connect(c, u, flags, rc, props):
-        state["connected"] = not rc.is_failure
-
-    def on_publish(c, u, mid, rc, props):
-        state["acked"] += 1
-
-    client.on_connect = on_connect
-    client.on_publish = on_publish
-    client.connect(host, port, keepalive=60)
-    sock = client.socket()
-    _nodelay(client, None, sock)
-    deadline = time.monotonic() + 15
-    while not state["connected"]:
-        if time.monotonic() > deadline:
-            conn.send({"error": "publisher could not connect"})
-            return
-        _pump(client, sock, 0.1)
-    conn.send({"ready": True, "pid": os.getpid()})
-    kcount: dict[str, list[int]] = {}
+def _remaining_length(n: int) -> bytes:
+    """MQTT's variable-length encoding of a packet's remaining length."""
+    out = bytearray()
     while True:
-        if not conn.poll(0.5):
-            _pump(client, sock, 0)
-            continue
-        cmd = conn.recv()
-        if cmd["op"] == "quit":
-            break
-        conn.send(_publish_run(client, sock, state, cmd, kcount))
-    client.disconnect()
-    with contextlib.suppress(Exception):
-        _pump(client, sock, 0.1)
+        n, digit = divmod(n, 128)
+        out.append(digit | (128 if n else 0))
+        if not n:
+            return bytes(out)
 
 
-def _publish_run(client: Any, sock: socket.socket, state: dict, cmd: dict, kcount: dict) -> dict:
+class RawPublisher:
+    """A minimal MQTT 3.1.1 publisher for load: CONNECT once, then PUBLISH packets written straight
+    to the socket, several per ``send``. paho's ``publish()`` costs tens of microseconds of Python a
+    message, so at the rates measured here Python publishers took about a third of this 2-core
+    machine, which real sensors (on other machines) do not; this one costs a few. QoS 1 PUBACKs are
+    read and counted. Keepalive is off, so an idle connection needs no pings."""
+
+    MAX_UNACKED = 20_000  # QoS 1 packets in flight before waiting for acks (ids wrap at 65535)
+
+    def __init__(self, host: str, port: int, client_id: str) -> None:
+        self.sock = socket.create_connection((host, port), timeout=15)
+        _nodelay(None, None, self.sock)
+        cid = client_id.encode()
+        var = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid  # clean session
+        self.sock.sendall(b"\x10" + _remaining_length(len(var)) + var)
+        ack = self._read_exactly(4)
+        if ack[0] != 0x20 or ack[3] != 0:
+            raise ConnectionError(f"broker refused the publisher: CONNACK {ack!r}")
+        self.sock.setblocking(False)
+        self.acked = 0
+        self._pending = b""
+        self._next_id = 0
+
+    def _read_exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("broker closed the publisher's connection")
+            data += chunk
+        return data
+
+    def packet(self, topic_field: bytes, payload: bytes, qos: int) -> bytes:
+        """One PUBLISH; ``topic_field`` is the length-prefixed topic."""
+        if qos:
+            self._next_id = self._next_id % 65535 + 1
+            body = topic_field + self._next_id.to_bytes(2, "big") + payload
+            return b"\x32" + _remaining_length(len(body)) + body
+        body = topic_field + payload
+        return b"\x30" + _remaining_length(len(body)) + body
+
+    def send(self, packets: list[bytes]) -> None:
+        data = b"".join(packets)
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.setblocking(False)
+
+    def read_acks(self, wait_s: float = 0.0) -> None:
+        """Count the PUBACKs that have arrived (waiting up to ``wait_s`` for the first)."""
+        import select
+
+        if wait_s and not select.select([self.sock], [], [], wait_s)[0]:
+            return
+        try:
+            data = self._pending + self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        whole = len(data) - len(data) % 4  # the broker sends this publisher only 4-byte PUBACKs
+        self.acked += whole // 4
+        self._pending = data[whole:]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.setblocking(True)
+            self.sock.sendall(b"\xe0\x00")  # DISCONNECT
+        self.sock.close()
+
+
+def _publisher_main(conn: Any, host: str, port: int, index: int) -> None:
+    """A publisher process (see :class:`RawPublisher`); commands come over ``conn``."""
+    with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
+        try:
+            pub = RawPublisher(host, port, f"lstm-bench-pub-{os.getpid()}-{index}")
+        except OSError as exc:
+            conn.send({"error": f"publisher could not connect: {exc}"})
+            return
+        conn.send({"ready": True, "pid": os.getpid()})
+        kcount: dict[str, list[int]] = {}
+        while True:
+            cmd = conn.recv()
+            if cmd["op"] == "quit":
+                break
+            conn.send(_publish_run(pub, cmd, kcount))
+        pub.close()
+
+
+def _publish_run(pub: RawPublisher, cmd: dict, kcount: dict) -> dict:
     prefix, n, step, first = cmd["prefix"], cmd["n"], cmd["step"], cmd["first"]
     count, qos, rate, batch = cmd["count"], cmd["qos"], cmd["rate"], cmd["batch"]
-    topics = [f"{prefix}{i}" for i in range(first, n, step)]
+    topics = [f"{prefix}{i}".encode() for i in range(first, n, step)]
     res = {"ok": 0, "errors": 0, "first": math.nan, "last": math.nan, "acked_at": math.nan}
     if not topics or count <= 0:
         return res
+    fields = [len(t).to_bytes(2, "big") + t for t in topics]
     key = f"{prefix}:{first}:{n}:{step}"
     ks = kcount.setdefault(key, [0] * len(topics))
     phases = [(i % 97) * 0.0647 for i in range(first, n, step)]
     bases = [20.0 + (i % 13) for i in range(first, n, step)]
     nt = len(topics)
-    pub = client.publish
+    packet = pub.packet
     now = time.time
     sin = math.sin
-    ok = errors = 0
-    acked0 = state["acked"]
+    acked0 = pub.acked
     while now() < cmd["start_at"]:
         time.sleep(0.001)
     t_start = now()
@@ -707,40 +744,41 @@ def _publish_run(client: Any, sock: socket.socket, state: dict, cmd: dict, kcoun
     m = 0
     while m < count:
         due = count if rate is None else min(count, int((now() - t_start) * rate) + 1)
+        due = min(due, m + 64)  # a send at least every 64 messages: timestamps stay fresh
+        parts = []
         while m < due:
             j = m % nt
             k = ks[j]
             ks[j] = k + 1
             if batch:
                 t = now()
-                parts = []
+                items = []
                 for b in range(batch):
                     kk = k * batch + b
                     v = bases[j] + 5.0 * sin(kk * 0.125 + phases[j])
-                    parts.append(f'{{"ts":{t - (batch - 1 - b) * 1e-5:.6f},"value":{v:.4f}}}')
-                payload = "[" + ",".join(parts) + "]"
+                    items.append(f'{{"ts":{t - (batch - 1 - b) * 1e-5:.6f},"value":{v:.4f}}}')
+                payload = "[" + ",".join(items) + "]"
             else:
                 v = bases[j] + 5.0 * sin(k * 0.125 + phases[j])
                 payload = f'{{"value":{v:.4f},"ts":{now():.6f}}}'
-            info = pub(topics[j], payload, qos)
-            if info.rc:
-                errors += 1
-            else:
-                ok += 1
+            parts.append(packet(fields[j], payload.encode(), qos))
             m += 1
-            if not m & 63:
-                _pump(client, sock, 0)
-        if m < count:
-            _pump(client, sock, 0)
+        if parts:
+            pub.send(parts)
+        if qos:
+            pub.read_acks()
+            while m - (pub.acked - acked0) > pub.MAX_UNACKED:
+                pub.read_acks(0.05)
+        if m < count and rate is not None:
             wait = t_start + m / rate - now()
             if wait > 0:
                 time.sleep(min(wait, 0.002))
     res["last"] = now()
-    # QoS 1: until every PUBACK is in; QoS 0: until paho wrote everything (on_publish on write)
+    # QoS 1: until every PUBACK is in (QoS 0: written is all there is)
     deadline = time.monotonic() + cmd.get("drain_s", 120.0)
-    while state["acked"] - acked0 < ok and time.monotonic() < deadline:
-        _pump(client, sock, 0.05)
-    res.update(ok=ok, errors=errors, acked=state["acked"] - acked0, acked_at=now())
+    while qos and pub.acked - acked0 < m and time.monotonic() < deadline:
+        pub.read_acks(0.05)
+    res.update(ok=m, errors=0, acked=(pub.acked - acked0) if qos else m, acked_at=now())
     return res
 
 

@@ -190,6 +190,7 @@ class MosquittoBroker:
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence false\n"
+            "set_tcp_nodelay true\n"  # no ~40 ms Nagle/delayed-ACK stalls towards subscribers
             "log_dest stderr\n"
             "log_type error\n"
         )
