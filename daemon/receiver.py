@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from daemon.heap import freeze_startup_objects
 from daemon.mqtt import IngestQueue, LinkStats, MqttLink
 from daemon.payload import PayloadParser, RateLimitedLogger
 from daemon.settings import MqttSettings, PayloadSettings
@@ -111,6 +112,7 @@ def _child_main(
         availability=False,
     )
     link.start()
+    freeze_startup_objects()
     try:
         while not conn.poll(max(flush_s, 0.001)):
             sender.send_idle()

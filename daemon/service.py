@@ -29,6 +29,7 @@ from lstm_stream.pretrained import load_pretrained
 from . import notify
 from .discovery import HomeAssistantDiscovery
 from .finetuner import Finetuner, Outcome
+from .heap import freeze_startup_objects
 from .metrics import Metrics, MetricsServer, StreamExporter, code_counts
 from .mqtt import IngestQueue, LinkStats, MqttLink
 from .payload import PayloadParser, RateLimitedLogger
@@ -195,6 +196,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         self.start()
+        freeze_startup_objects()  # the process lives on: keep full GC passes from walking start-up's heap
         notify.ready(self._status_line())
         last_status = ""
         while not self.stop_event.wait(1.0):
