@@ -771,8 +771,8 @@ def _publish_run(pub: RawPublisher, cmd: dict, kcount: dict) -> dict:
                 pub.read_acks(0.05)
         if m < count and rate is not None:
             wait = t_start + m / rate - now()
-            if wait > 0:
-                time.sleep(min(wait, 0.002))
+            if wait > 0:  # ahead: sleep at least 1 ms, so a send carries the messages due meanwhile
+                time.sleep(min(max(wait, 0.001), 0.002))  # (one send a message cost ~25 us of CPU each)
     res["last"] = now()
     # QoS 1: until every PUBACK is in (QoS 0: written is all there is)
     deadline = time.monotonic() + cmd.get("drain_s", 120.0)
