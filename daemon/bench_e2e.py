@@ -12,8 +12,9 @@ Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder:
 - ``K`` long-lived publisher processes (spawned), each owning every K-th topic, so each stream's
   messages leave one connection in order. Payloads are ``{"value": v, "ts": <time.time()>}``, so
   the daemon's ``lstm_stream_ingest_latency_seconds`` histogram measures publish -> scored. They
-  write MQTT 3.1.1 PUBLISH packets themselves (:class:`RawPublisher`), a few microseconds a message,
-  so the load generator leaves the CPU to what is measured, as sensors on other machines would.
+  write MQTT 3.1.1 PUBLISH packets themselves (:class:`RawPublisher`), 2-5 us of CPU a message
+  (paho's ``publish()`` cost tens), so the load generator leaves the CPU to what is measured, as
+  sensors on other machines would. Paced (the latency phase), they send at most every 1 ms.
 - Nagle is off on every connection (the broker's ``set_tcp_nodelay true``, the clients' sockets),
   as recommended for the daemon (README).
 
@@ -635,9 +636,9 @@ def _remaining_length(n: int) -> bytes:
 class RawPublisher:
     """A minimal MQTT 3.1.1 publisher for load: CONNECT once, then PUBLISH packets written straight
     to the socket, several per ``send``. paho's ``publish()`` costs tens of microseconds of Python a
-    message, so at the rates measured here Python publishers took about a third of this 2-core
-    machine, which real sensors (on other machines) do not; this one costs a few. QoS 1 PUBACKs are
-    read and counted. Keepalive is off, so an idle connection needs no pings."""
+    message, so at the rates measured here paho publishers took about a third of this 2-core
+    machine, which real sensors (on other machines) do not; this one costs 2-5 us. QoS 1
+    PUBACKs are read and counted. Keepalive is off, so an idle connection needs no pings."""
 
     MAX_UNACKED = 20_000  # QoS 1 packets in flight before waiting for acks (ids wrap at 65535)
 
@@ -1588,11 +1589,13 @@ def _assemble(by_qos: dict, opts: Options, notes: list[str], seconds: float, tmp
         "(histogram_quantile): with buckets 10, 25, 50, 100 ms a p99 in (25, 50] is only known to "
         "lie in that bucket (see p99_bucket_ms and share_over_50ms)",
         "publishers and Prometheus run on the same 2 cores as the daemon and the broker; compare "
-        "ratios from the same run, absolute rates wander. In the live runs the bare subscriber is "
-        "mostly limited by the publishers sharing the CPU (see bare_cpu_cores < 1), which flatters the "
-        "ratio; drain.* (subscriber frozen with SIGSTOP while the broker takes the backlog, timed "
-        "from SIGCONT) compares the two consumers at their own ceilings; *_cpu_us_per_msg is the "
-        "CPU each spends per message, the figure least disturbed by other load",
+        "ratios from the same run, absolute rates wander. The publishers write MQTT packets "
+        "themselves (2-5 us of CPU a message when not paced, publishers_cpu_s_per_run), so the "
+        "live runs measure the consumers, not the load generator; drain.* (subscriber frozen with "
+        "SIGSTOP while the broker takes the backlog, timed from SIGCONT) compares the two consumers "
+        "with no publisher competing; *_cpu_us_per_msg is the CPU each spends per message, the "
+        "figure least disturbed by other load. Nagle is off everywhere (broker set_tcp_nodelay); "
+        "with it on, subscribers get messages in bursts ~40 ms apart",
         *notes,
     ]
     return result
