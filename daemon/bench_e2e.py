@@ -734,6 +734,7 @@ def _publish_run(pub: RawPublisher, cmd: dict, kcount: dict) -> dict:
     phases = [(i % 97) * 0.0647 for i in range(first, n, step)]
     bases = [20.0 + (i % 13) for i in range(first, n, step)]
     nt = len(topics)
+    last_us = [0] * nt  # batched: the newest timestamp sent per stream, in microseconds
     packet = pub.packet
     now = time.time
     sin = math.sin
@@ -752,12 +753,17 @@ def _publish_run(pub: RawPublisher, cmd: dict, kcount: dict) -> dict:
             k = ks[j]
             ks[j] = k + 1
             if batch:
-                t = now()
+                # whole microseconds 1 apart ending now, and always after this stream's previous
+                # message: its next one can be built sooner than one batch's span, and the daemon
+                # rejects (rightly) a sample older than its stream's last or equal to a recent one
+                us0 = max(int(now() * 1e6) - batch + 1, last_us[j] + 1)
+                last_us[j] = us0 + batch - 1
                 items = []
                 for b in range(batch):
                     kk = k * batch + b
                     v = bases[j] + 5.0 * sin(kk * 0.125 + phases[j])
-                    items.append(f'{{"ts":{t - (batch - 1 - b) * 1e-5:.6f},"value":{v:.4f}}}')
+                    sec, us = divmod(us0 + b, 1_000_000)
+                    items.append(f'{{"ts":{sec}.{us:06d},"value":{v:.4f}}}')
                 payload = "[" + ",".join(items) + "]"
             else:
                 v = bases[j] + 5.0 * sin(k * 0.125 + phases[j])
