@@ -40,6 +40,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -56,6 +57,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from daemon.mqtt_client import tcp_nodelay  # paho only: the child processes stay light
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENCY_METRIC = "lstm_stream_ingest_latency_seconds"
@@ -617,12 +620,6 @@ class Scraper(threading.Thread):
 
 
 # ------------------------------------------------------------------------- child processes (spawn)
-def _nodelay(client: Any, userdata: Any, sock: socket.socket) -> None:
-    """Nagle off on a bench client's socket, as the daemon has it (``daemon.mqtt.tcp_nodelay``,
-    not imported here: the bench's child processes stay light)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _remaining_length(n: int) -> bytes:
     """MQTT's variable-length encoding of a packet's remaining length."""
     out = bytearray()
@@ -644,14 +641,14 @@ class RawPublisher:
 
     def __init__(self, host: str, port: int, client_id: str) -> None:
         self.sock = socket.create_connection((host, port), timeout=15)
-        _nodelay(None, None, self.sock)
+        tcp_nodelay(self.sock)
         cid = client_id.encode()
         var = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid  # clean session
         self.sock.sendall(b"\x10" + _remaining_length(len(var)) + var)
         ack = self._read_exactly(4)
         if ack[0] != 0x20 or ack[3] != 0:
             raise ConnectionError(f"broker refused the publisher: CONNACK {ack!r}")
-        self.sock.setblocking(False)
+        self.sock.settimeout(None)  # blocking sends; acks are read with MSG_DONTWAIT
         self.acked = 0
         self._pending = b""
         self._next_id = 0
@@ -675,21 +672,14 @@ class RawPublisher:
         return b"\x30" + _remaining_length(len(body)) + body
 
     def send(self, packets: list[bytes]) -> None:
-        data = b"".join(packets)
-        self.sock.setblocking(True)
-        try:
-            self.sock.sendall(data)
-        finally:
-            self.sock.setblocking(False)
+        self.sock.sendall(b"".join(packets))
 
     def read_acks(self, wait_s: float = 0.0) -> None:
         """Count the PUBACKs that have arrived (waiting up to ``wait_s`` for the first)."""
-        import select
-
         if wait_s and not select.select([self.sock], [], [], wait_s)[0]:
             return
         try:
-            data = self._pending + self.sock.recv(65536)
+            data = self._pending + self.sock.recv(65536, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         whole = len(data) - len(data) % 4  # the broker sends this publisher only 4-byte PUBACKs
@@ -698,7 +688,6 @@ class RawPublisher:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.setblocking(True)
             self.sock.sendall(b"\xe0\x00")  # DISCONNECT
         self.sock.close()
 
@@ -838,7 +827,7 @@ def _bare_main(
         client.on_message = on_message
         client.on_connect = on_connect
         client.on_subscribe = lambda *a: subscribed.set()
-        client.on_socket_open = _nodelay
+        client.on_socket_open = lambda c, u, sock: tcp_nodelay(sock)  # as the daemon's client
         client.connect(host, port, 60)
         client.loop_start()
         if not subscribed.wait(15):

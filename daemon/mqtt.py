@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import ssl
 import threading
 import time
@@ -199,16 +198,6 @@ def dumps(obj: Any) -> bytes:
     return text.encode()
 
 
-def tcp_nodelay(client: Any, userdata: Any, sock: Any) -> None:
-    """paho's ``on_socket_open``: send small packets at once (Nagle off). With Nagle on, a PUBACK or
-    an event waits for the broker's delayed ACK, up to ~40 ms. (Broker to us is the broker's
-    setting: ``set_tcp_nodelay true`` in mosquitto.conf.)"""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):  # a websocket wrapper or a socket that is not TCP
-        pass
-
-
 class MqttLink:
     """One paho client: persistent session in, availability, anomaly events and forecasts out.
 
@@ -274,7 +263,6 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.on_socket_open = tcp_nodelay
         return client
 
     def _apply_credentials(self, client: paho.Client) -> None:

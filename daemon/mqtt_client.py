@@ -30,6 +30,16 @@ COALESCE_S = 0.002
 SMALL_READ = READ_SIZE // 4
 
 
+def tcp_nodelay(sock: Any) -> None:
+    """Send small packets at once (Nagle off). With Nagle on, a PUBACK or an event waits for the
+    broker's delayed ACK, up to ~40 ms. (Broker to us is the broker's setting: ``set_tcp_nodelay
+    true`` in mosquitto.conf.)"""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # a socket that is not TCP
+        pass
+
+
 class BufferedSocket:
     """A socket whose ``recv`` is served from a buffer filled by one large ``recv`` at a time.
 
@@ -79,13 +89,17 @@ class BufferedSocket:
 
 
 class Client(paho.Client):
-    """``paho.Client`` reading through a :class:`BufferedSocket` (TCP and TLS; websockets as is)."""
+    """``paho.Client`` with Nagle off, reading through a :class:`BufferedSocket` (TCP and TLS;
+    websockets as paho makes them)."""
 
     coalesce_s = COALESCE_S
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
-        return BufferedSocket(sock) if isinstance(sock, socket.socket) else sock
+        if not isinstance(sock, socket.socket):  # websockets: as paho made it
+            return sock
+        tcp_nodelay(sock)
+        return BufferedSocket(sock)
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """paho's ``loop_read``, repeated while buffered data remains (at most ``MAX_PACKETS``

@@ -123,7 +123,9 @@ class Service:
         self._engine_lock = threading.Lock()
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
         self._period = settings.ingest.batch_ms / 1000.0
-        self._inline_age = self._period  # how old the oldest queued sample must be for an inline batch
+        # how old the oldest queued sample must be for an inline batch: the receiver process has
+        # waited batch_ms already, so what it sends is processed at once
+        self._inline_age = 0.0 if settings.ingest.receiver == "process" else self._period
         self._ckpt_thread: threading.Thread | None = None
         self._last_progress = 0.0
         self._loop_error: str = ""
@@ -187,7 +189,6 @@ class Service:
                 flush_s=self._period,
                 batch_max=s.ingest.batch_max,
             )
-            self._inline_age = 0.0  # the child waited batch_ms already: process what arrives at once
             self.receiver.start()
         log.info("connecting to mqtt://%s:%d, topics %s", s.mqtt.host, s.mqtt.port, ", ".join(s.mqtt.topics))
 

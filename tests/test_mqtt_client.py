@@ -69,11 +69,14 @@ def test_every_other_attribute_is_the_sockets(pair) -> None:
 
 
 def test_the_daemons_client_reads_through_the_buffer(broker, make_link) -> None:  # noqa: F811
-    """Guards a paho upgrade: if paho stops creating sockets via ``_create_socket``, this fails."""
+    """Guards a paho upgrade: if paho stops creating sockets via ``_create_socket``, this fails
+    (and so would Nagle's algorithm being off)."""
     link = make_link(settings_for(broker))
     link.start()
     wait_for(link.is_connected, what="connect")
-    assert isinstance(link.client.socket(), BufferedSocket)
+    sock = link.client.socket()
+    assert isinstance(sock, BufferedSocket)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # Nagle off
 
 
 @pytest.mark.parametrize(("qos", "protocol"), [(0, "5"), (1, "5"), (0, "3.1.1"), (1, "3.1.1")])
