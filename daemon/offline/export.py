@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_stream.csvdata import load_csv
+from lstm_stream.export import MAX_MAE_INCREASE
 
 from .common import (
     EX_FAILURE,
@@ -36,9 +37,12 @@ def _add_export(sub: Any) -> None:
         "Each graph is run through onnxruntime on random inputs and compared with torch; the "
         "command fails if the max abs difference exceeds --tolerance. --quantize writes an int8 "
         "ONNX graph (onnxruntime dynamic quantization of the LSTM and MatMul weights) of the graph "
-        "the engine runs, and reports sizes and test-part MAE before/after, measured by serving the "
-        "CSV through the engine; torch's dynamic int8 quantization is measured alongside (in "
-        "memory: it can only be saved with pickle, which this project never loads).",
+        "the engine runs, with 7-bit weights so that CPUs without VNNI (AVX2 only) compute it "
+        "without saturation, and reports sizes and test-part MAE before/after, measured by serving "
+        "the CSV through the engine; the graph is written only if its test MAE grows by at most "
+        "--max-mae-increase, and the command fails otherwise. torch's dynamic int8 quantization is "
+        "measured alongside (in memory: it can only be saved with pickle, which this project never "
+        "loads).",
     )
     p.add_argument("--model", type=Path, required=True, metavar="PATH", help="checkpoint from train")
     p.add_argument("--onnx", type=Path, metavar="OUT.onnx", help="window model (every architecture)")
@@ -57,6 +61,14 @@ def _add_export(sub: Any) -> None:
         default=1e-4,
         metavar="F",
         help="max abs difference onnxruntime vs torch accepted (default 1e-4)",
+    )
+    p.add_argument(
+        "--max-mae-increase",
+        type=_positive_float,
+        default=MAX_MAE_INCREASE,
+        metavar="F",
+        help="--quantize: refuse (write nothing, exit 1) an int8 graph whose test MAE grows by more "
+        f"than this fraction of the float model's (default {MAX_MAE_INCREASE:g})",
     )
     p.add_argument(
         "--test-fraction",
@@ -99,7 +111,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if step_path is None and args.onnx is not None and stateful_arch:
         step_path = args.onnx.with_name(args.onnx.stem + "_step.onnx")
 
-    from lstm_stream.export import export_step_onnx, export_window_onnx, quantize_and_measure
+    from lstm_stream.export import (
+        QuantizationRejected,
+        export_step_onnx,
+        export_window_onnx,
+        quantize_and_measure,
+    )
 
     report: dict[str, Any] = {"model": str(args.model), "tolerance": args.tolerance}
     failed = False
@@ -122,7 +139,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         y = data.series(0)
         start, part = _test_start(args, loaded.info, len(y))
         with _bar(args, 3 * len(y), "quantize", "sample") as bar:
-            q = quantize_and_measure(model, cfg, args.quantize, [y], [start], progress=bar.update)
+            try:
+                q = quantize_and_measure(
+                    model, cfg, args.quantize, [y], [start], bar.update, args.max_mae_increase
+                )
+            except QuantizationRejected as rejected:
+                q = rejected.args[0]
         report["quantize"] = q.as_dict() | {"csv": str(args.csv), "part": part}
     if args.json:
         print(_dumps(report))
@@ -137,8 +159,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(_quant_table(report["quantize"]))
     if failed:
         print("lstm-stream export: an ONNX graph differs from torch beyond the tolerance", file=sys.stderr)
-        return EX_FAILURE
-    return 0
+    stored = report.get("quantize", {}).get("stored")
+    if stored is not None and not stored["accepted"]:
+        print(
+            f"lstm-stream export: refused to write {args.quantize}: the int8 graph's test MAE "
+            f"{stored['test_mae']:.5g} is {100 * stored['mae_rel_change']:+.1f}% against the float model's "
+            f"{report['quantize']['test_mae_float']:.5g}, beyond --max-mae-increase "
+            f"{args.max_mae_increase:g}; keep serving the float model",
+            file=sys.stderr,
+        )
+        failed = True
+    return EX_FAILURE if failed else 0
 
 
 def _quant_table(q: dict[str, Any]) -> str:
@@ -155,8 +186,10 @@ def _quant_table(q: dict[str, Any]) -> str:
             f"int8 dynamic quantization, test MAE on {q['csv']} ({q['part']}, {q['test_points']} points); "
             f"float model MAE {q['test_mae_float']:.5g}",
             f"{'':<34}{'BEFORE':>11}{'AFTER':>11}{'RATIO':>8}{'TEST MAE':>12}{'CHANGE':>10}",
-            row("onnxruntime int8 (written)", s),
+            row("onnxruntime int8 (stored graph)", s),
             row("torch int8 (in memory only)", t),
-            f"written: {s['path']} ({s['format']})",
+            f"written: {s['path']} ({s['format']})"
+            if s["accepted"]
+            else f"not written: test MAE beyond the bound (+{100 * s['max_mae_increase']:g}%)",
         ]
     )
