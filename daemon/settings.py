@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -56,6 +64,16 @@ class _Section(BaseModel):
 
 
 # --- validation helpers ---------------------------------------------------------------------
+
+
+def _text_off(value: Any) -> Any:
+    """TOML ``false`` or an empty string (environment) switch a text setting's feature off (None)."""
+    if value is True:
+        raise ValueError("true is not a value here: give one, or false to switch it off")
+    return None if value is False or value == "" else value
+
+
+TextOff = BeforeValidator(_text_off)  # a text setting whose feature is off when false or ""
 
 
 def _check_filter(topic_filter: str) -> str:
@@ -143,8 +161,8 @@ class MqttSettings(_Section):
     reconnect_min_s: int = Field(1, ge=1)
     reconnect_max_s: int = Field(60, ge=1)
     anomaly_topic: str = "lstm-stream/anomalies"
-    forecast_topic: str | None = Field(
-        None, description="template with {stream}, e.g. lstm-stream/forecast/{stream}; None = off"
+    forecast_topic: Annotated[str | None, TextOff] = Field(
+        None, description="template with {stream}, e.g. lstm-stream/forecast/{stream}; false = off"
     )
     availability_topic: str = "lstm-stream/availability"
 
@@ -229,7 +247,9 @@ class PayloadSettings(_Section):
     """How MQTT payloads become samples (see ``daemon.payload``)."""
 
     value_key: str = Field("value", description="dotted path of the value in a JSON object")
-    timestamp_key: str | None = Field("ts", description="dotted path; None = arrival time")
+    timestamp_key: Annotated[str | None, TextOff] = Field(
+        "ts", description="dotted path; false = always the arrival time"
+    )
     max_bytes: int = Field(65536, ge=1)
     multi_field: bool = Field(True, description="objects without value_key: one stream per field")
     stream_name: str = Field(

@@ -7,9 +7,34 @@ Defaults are the product's defaults, tuned on the NAB development subset (see ``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_OFF_WORDS = ("false", "off", "none")
+
+
+def switch_off(value: Any, zero_is_off: bool = False) -> Any:
+    """``false`` (TOML), ``"false"``/``"off"``/``"none"`` (environment), and ``0`` where zero has no
+    other meaning, become None: the setting's feature is off. TOML has no null, so without this a
+    feature that is on by default could not be switched off from a file. ``true`` is refused."""
+    if value is True:
+        raise ValueError("true is not a value here: give one, or false to switch it off")
+    if value is False or value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in _OFF_WORDS:
+        return None
+    if zero_is_off and isinstance(value, (int, float)) and value == 0:
+        return None
+    if zero_is_off and isinstance(value, str) and value.strip() in ("0", "0.0"):
+        return None
+    return value
+
+
+# A number whose feature is off when the setting is false or 0 (None in Python).
+OffOrZero = BeforeValidator(lambda v: switch_off(v, zero_is_off=True))
+# A number whose 0 means something, so only false switches the feature off.
+OffOnly = BeforeValidator(switch_off)
 
 
 class _Strict(BaseModel):
@@ -55,20 +80,20 @@ class ScoringConfig(_Strict):
 
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="one global flag threshold")
     short_window: int = Field(5, ge=1, description="samples averaged into the recent error (EW span)")
-    mid_window: int | None = Field(
-        None, ge=2, description="a second, longer average for sustained error (None = off)"
+    mid_window: Annotated[int | None, OffOrZero] = Field(
+        None, ge=2, description="a second, longer average for sustained error (false or 0 = off)"
     )
-    seasonal_window: int | None = Field(
-        10, ge=1, description="EW span of the error vs the value one period ago (None = off)"
+    seasonal_window: Annotated[int | None, OffOrZero] = Field(
+        10, ge=1, description="EW span of the error vs the value one period ago (false or 0 = off)"
     )
-    long_winsor: float | None = Field(
-        5.0, gt=0, description="long-run fit moves at most this many spreads per sample (None = off)"
+    long_winsor: Annotated[float | None, OffOrZero] = Field(
+        5.0, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
     )
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
-    range_margin: float | None = Field(
-        0.01, ge=0.0, description="flag values beyond the seen range by this fraction of it"
+    range_margin: Annotated[float | None, OffOnly] = Field(
+        0.01, ge=0.0, description="flag values beyond the seen range by this fraction of it (false = off)"
     )
     range_warmup: int = Field(
         700, ge=0, description="samples a stream must have seen before the range rule may flag"
@@ -76,11 +101,11 @@ class ScoringConfig(_Strict):
     flatline_window: int = Field(
         24, ge=3, description="a stuck run must last this many samples (and twice any before)"
     )
-    flatline_ratio: float | None = Field(
-        0.01, ge=0.0, description="flag when recent spread < ratio * long-run spread"
+    flatline_ratio: Annotated[float | None, OffOrZero] = Field(
+        0.01, ge=0.0, description="flag when recent spread < ratio * long-run spread (false or 0 = off)"
     )
-    regime_after: int | None = Field(
-        None, ge=1, description="a condition lasting this many samples resets the statistics"
+    regime_after: Annotated[int | None, OffOrZero] = Field(
+        None, ge=1, description="a condition lasting this many samples resets statistics (false or 0 = never)"
     )
 
 
@@ -130,8 +155,8 @@ class EngineConfig(_Strict):
         "stateful", description="stateful: one step per sample; window: re-run the look-back"
     )
     max_streams: int = Field(10000, ge=1)
-    idle_expiry_s: float | None = Field(
-        86400.0, gt=0, description="streams unseen this long are dropped; None = never"
+    idle_expiry_s: Annotated[float | None, OffOrZero] = Field(
+        86400.0, gt=0, description="streams unseen this long are dropped; false or 0 = never"
     )
     history_len: int = Field(512, ge=0, description="per-stream buffer for fine-tuning")
     scaling: ScalerConfig = ScalerConfig()

@@ -285,3 +285,101 @@ def test_unreadable_password_file_is_a_config_error_with_username(tmp_path: Path
     assert message.startswith(f"config error: mqtt.password_file: cannot read {tmp_path}")
     s = load_settings(None, {"mqtt.password_file": str(missing)})  # no username: not used
     assert s.mqtt.password() is None
+
+
+# --- switching features off from TOML ----------------------------------------------------------
+
+# Settings whose None means something other than "this feature is off": a path or name that is not
+# given (the shipped model, no login, the system CA store) or an automatic choice.
+NONE_IS_NOT_OFF = {
+    "model_path",
+    "mqtt.username",
+    "mqtt.password_file",
+    "mqtt.tls.ca_file",
+    "mqtt.tls.cert_file",
+    "mqtt.tls.key_file",
+    "engine.model.residual",
+}
+
+
+def _optional_keys(model: type = Settings, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf setting whose type admits None."""
+    from tests.test_config_example import _models_in
+
+    keys = []
+    for name, field in model.model_fields.items():
+        nested = _models_in(field.annotation)
+        if nested:
+            for sub in nested:
+                keys += _optional_keys(sub, f"{prefix}{name}.")
+        elif not field.is_required() and type(None) in _union_args(field.annotation):
+            keys.append(prefix + name)
+    return keys
+
+
+def _union_args(annotation: object) -> tuple:
+    import typing
+
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return typing.get_args(annotation)
+
+
+def _get(settings: Settings, dotted: str) -> object:
+    value: object = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _toml_setting(dotted: str, literal: str) -> str:
+    *tables, leaf = dotted.split(".")
+    return (f"[{'.'.join(tables)}]\n" if tables else "") + f"{leaf} = {literal}\n"
+
+
+def test_every_optional_feature_switches_off_with_false_in_toml(tmp_path: Path) -> None:
+    keys = sorted(set(_optional_keys()) - NONE_IS_NOT_OFF)
+    assert {"payload.timestamp_key", "engine.idle_expiry_s", "engine.scoring.range_margin"} <= set(keys)
+    assert {"engine.scoring.flatline_ratio", "engine.scoring.long_winsor", "mqtt.forecast_topic"} <= set(keys)
+    for key in keys:
+        s = load_settings(write(tmp_path / "off.toml", _toml_setting(key, "false")))
+        assert _get(s, key) is None, key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "engine.idle_expiry_s",
+        "engine.scoring.long_winsor",
+        "engine.scoring.flatline_ratio",
+        "engine.scoring.mid_window",
+        "engine.scoring.seasonal_window",
+        "engine.scoring.regime_after",
+    ],
+)
+def test_zero_switches_off_where_it_means_nothing_else(key: str, tmp_path: Path) -> None:
+    assert _get(load_settings(write(tmp_path / "z.toml", _toml_setting(key, "0"))), key) is None
+
+
+def test_range_margin_zero_is_a_margin_and_false_is_off(tmp_path: Path, monkeypatch) -> None:
+    key = "engine.scoring.range_margin"
+    assert _get(load_settings(write(tmp_path / "z.toml", _toml_setting(key, "0"))), key) == 0.0
+    assert _get(load_settings(write(tmp_path / "f.toml", _toml_setting(key, "false"))), key) is None
+    monkeypatch.setenv("LSTM_STREAM_ENGINE__SCORING__RANGE_MARGIN", "off")
+    assert _get(load_settings(None, {}), key) is None
+
+
+def test_off_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LSTM_STREAM_ENGINE__IDLE_EXPIRY_S", "false")
+    monkeypatch.setenv("LSTM_STREAM_ENGINE__SCORING__LONG_WINSOR", "0")
+    monkeypatch.setenv("LSTM_STREAM_PAYLOAD__TIMESTAMP_KEY", "")
+    s = load_settings(None, {})
+    assert s.engine.idle_expiry_s is None and s.engine.scoring.long_winsor is None
+    assert s.payload.timestamp_key is None
+
+
+def test_true_is_not_a_number_or_a_name(tmp_path: Path) -> None:
+    msg = config_error(write(tmp_path / "t.toml", "[engine]\nidle_expiry_s = true\n"))
+    assert msg.startswith("config error: engine.idle_expiry_s: true is not a value here")
+    msg = config_error(write(tmp_path / "t.toml", "[payload]\ntimestamp_key = true\n"))
+    assert msg.startswith("config error: payload.timestamp_key: true is not a value here")
