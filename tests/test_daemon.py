@@ -49,6 +49,7 @@ def daemon_factory(tmp_path, broker):
         d.close()
 
 
+@pytest.mark.slow
 def test_spikes_become_events_and_forecasts_follow_the_sine(broker, daemon_factory) -> None:
     d = daemon_factory().start()
     events = Collector(broker, "lstm-stream/anomalies")
@@ -71,6 +72,7 @@ def test_spikes_become_events_and_forecasts_follow_the_sine(broker, daemon_facto
     pub.close()
 
 
+@pytest.mark.slow
 def test_malformed_payloads_are_counted_and_neighbours_unaffected(broker, daemon_factory) -> None:
     d = daemon_factory({"payload": {"max_bytes": 1024}}).start()
     pub = Publisher(broker)
@@ -104,6 +106,7 @@ def test_malformed_payloads_are_counted_and_neighbours_unaffected(broker, daemon
     pub.close()
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_restart_loses_and_doubles_nothing(broker, daemon_factory) -> None:
     d = daemon_factory().start()
     pub = Publisher(broker)
@@ -129,6 +132,7 @@ def test_sigterm_checkpoints_and_restart_loses_and_doubles_nothing(broker, daemo
     pub.close()
 
 
+@pytest.mark.slow
 def test_a_backlog_larger_than_the_queue_waits_for_room_and_loses_nothing(broker, daemon_factory) -> None:
     """QoS 1 is acknowledged when a message's samples are queued, so a full queue must hold paho
     back (backpressure) rather than drop acknowledged samples."""
@@ -182,6 +186,7 @@ def test_a_dead_receiver_fails_the_daemon_loudly(broker, daemon_factory) -> None
     assert "receiver process ended unexpectedly" in d.log()
 
 
+@pytest.mark.slow
 def test_broker_outage_is_survived_and_seen_in_healthz(tmp_path, daemon_factory) -> None:
     broker = Broker(tmp_path / "b").start()
     d = Daemon(tmp_path, broker, FAST, name="outage").start()
@@ -207,6 +212,7 @@ def test_broker_outage_is_survived_and_seen_in_healthz(tmp_path, daemon_factory)
         broker.stop()
 
 
+@pytest.mark.slow
 def test_daemon_starts_while_the_broker_is_down(tmp_path) -> None:
     broker = Broker(tmp_path / "b")  # configured, not started
     d = Daemon(tmp_path, broker, FAST, name="early").start()  # READY=1 without a broker
@@ -220,6 +226,7 @@ def test_daemon_starts_while_the_broker_is_down(tmp_path) -> None:
         broker.stop()
 
 
+@pytest.mark.slow
 def test_forced_diverging_finetune_keeps_the_live_model(broker, daemon_factory) -> None:
     cfg = {
         "finetune": {"enabled": True, "interval_s": 1, "min_new_samples": 100, "mode": "process"},
@@ -237,6 +244,7 @@ def test_forced_diverging_finetune_keeps_the_live_model(broker, daemon_factory) 
     pub.close()
 
 
+@pytest.mark.slow
 def test_finetune_is_swapped_in_when_it_beats_the_live_model(broker, daemon_factory) -> None:
     cfg = {
         "finetune": {"enabled": True, "interval_s": 1, "min_new_samples": 1000, "mode": "thread"},
@@ -258,6 +266,7 @@ def test_finetune_is_swapped_in_when_it_beats_the_live_model(broker, daemon_fact
     pub.close()
 
 
+@pytest.mark.slow
 def test_ready_status_and_watchdog_reach_the_notify_socket(daemon_factory) -> None:
     d = daemon_factory(env={"WATCHDOG_USEC": "1000000"}).start()
     d.notify.wait_for("WATCHDOG=1", timeout=10)
@@ -279,6 +288,7 @@ def test_invalid_config_exits_78_with_one_line(tmp_path) -> None:
     assert len(lines) == 1 and "engine.scoring.threshold" in lines[0]
 
 
+@pytest.mark.slow
 def test_forecasts_are_close_in_prometheus(broker, daemon_factory, prometheus) -> None:
     d = daemon_factory().start()
     prom = prometheus([f"127.0.0.1:{d.http_port}"])

@@ -260,6 +260,7 @@ def config_topics(name: str) -> tuple[str, str]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> None:
     watcher = Retained(broker, "homeassistant/#", "lstm-stream/#")
     cfg = {

@@ -118,6 +118,7 @@ def tls_broker(tmp_path: Path):
     b.stop()
 
 
+@pytest.mark.slow
 def test_a_burst_over_tls_arrives_whole_and_in_order(tls_broker, make_link) -> None:  # noqa: F811
     tls = TlsSettings(enabled=True, ca_file=tls_broker.cert)
     link = make_link(settings_for(tls_broker, qos=0, tls=tls), PayloadSettings(), queue_size=100_000)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lstm_stream import nab
 
@@ -57,6 +58,7 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_every_row_out_in_order_with_quirks(tmp_path) -> None:
     data = _folder(tmp_path)
     out = tmp_path / "out"
@@ -73,6 +75,7 @@ def test_every_row_out_in_order_with_quirks(tmp_path) -> None:
     assert max(scores[300:303]) > 0  # the spike is an alert
 
 
+@pytest.mark.slow
 def test_files_do_not_influence_each_other(tmp_path) -> None:
     data = _folder(tmp_path)
     both = tmp_path / "both"
@@ -82,6 +85,7 @@ def test_files_do_not_influence_each_other(tmp_path) -> None:
     assert _read(both / "catB" / "lstmstream_plain.csv") == _read(alone / "catB" / "lstmstream_plain.csv")
 
 
+@pytest.mark.slow
 def test_cli_run_and_score_json(tmp_path) -> None:
     data = _folder(tmp_path)
     out = tmp_path / "res"

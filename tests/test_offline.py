@@ -438,6 +438,7 @@ def test_csv_options_for_nab_quirks(tmp_path: Path) -> None:
     assert list(load_csv(csv, unsorted="keep", duplicates="keep").series()) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     cases = [
         ["train", "--csv", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "m.safetensors")],

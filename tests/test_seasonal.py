@@ -46,6 +46,7 @@ def test_a_day_that_breaks_the_pattern_is_flagged(pretrained) -> None:
     assert ((flagged >= 2400) & (flagged < 2496)).any(), flagged
 
 
+@pytest.mark.slow
 def test_blend_does_not_hurt_where_last_periods_value_is_a_poor_guess(pretrained) -> None:
     from lstm_stream.nab import read_nab_csv
     from tests.conftest import nab_file
