@@ -89,7 +89,7 @@ def test_cli_run_and_score_json(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "daemon.cli",
+            "daemon",
             "nab",
             "run",
             "--data",
@@ -109,7 +109,7 @@ def test_cli_run_and_score_json(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "daemon.cli",
+            "daemon",
             "nab",
             "score",
             "--results",
