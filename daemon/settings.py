@@ -226,7 +226,7 @@ class MqttSettings(_Section):
 
 
 class PayloadSettings(_Section):
-    """How MQTT payloads become samples (see ``daemon.payload``)."""
+    """How MQTT payloads become samples (see ``daemon.ingest.payload``)."""
 
     value_key: str = Field("value", description="dotted path of the value in a JSON object")
     timestamp_key: str | None = Field("ts", description="dotted path; None = arrival time")
@@ -304,7 +304,7 @@ class FinetuneSettings(_Section):
 
 
 class HomeAssistantSettings(_Section):
-    """Home Assistant MQTT discovery (off by default; see ``daemon.discovery``).
+    """Home Assistant MQTT discovery (off by default; see ``daemon.outputs.discovery``).
 
     Each stream gets a forecast ``sensor`` and an anomaly ``binary_sensor`` under one device, with
     retained configs on ``<prefix>/<component>/<node_id>/<object_id>/config`` and states on

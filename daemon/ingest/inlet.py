@@ -17,7 +17,7 @@ from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import INTERNAL, IngestQueue, LinkStats
 from daemon.ratelog import RateLimitedLogger
 
-log = logging.getLogger("daemon.mqtt")  # the name log lines have always carried
+log = logging.getLogger(__name__)
 
 
 class Inlet:

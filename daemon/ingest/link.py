@@ -36,7 +36,7 @@ from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ratelog import RateLimitedLogger
 from daemon.settings import MqttSettings
 
-log = logging.getLogger("daemon.mqtt")  # the name log lines have always carried
+log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = b"online", b"offline"
 MAX_OUTGOING = 10_000  # QoS > 0 publishes paho may hold unacknowledged; beyond: a publish failure

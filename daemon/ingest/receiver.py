@@ -34,7 +34,7 @@ from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ratelog import RateLimitedLogger
 from daemon.settings import MqttSettings, PayloadSettings
 
-log = logging.getLogger("daemon.receiver")  # the name log lines have always carried
+log = logging.getLogger(__name__)
 
 SEND_MAX = 4096  # samples per send
 HEARTBEAT_S = 0.1  # stats reach the parent at least this often (connected, counters)

@@ -40,7 +40,7 @@ from daemon.outputs.metrics import package_version
 from daemon.ratelog import RateLimitedLogger
 from daemon.settings import HomeAssistantSettings
 
-log = logging.getLogger("daemon.discovery")  # the name log lines have always carried
+log = logging.getLogger(__name__)
 
 COMPONENTS = ("sensor", "binary_sensor")
 STATES = ("forecast", "anomaly")  # state topic leaves, in the order of COMPONENTS

@@ -20,7 +20,7 @@ from daemon.ratelog import RateLimitedLogger
 if TYPE_CHECKING:
     from lstm_stream.engine import Results
 
-log = logging.getLogger("daemon.mqtt")  # the name these log lines have always carried
+log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, int, bool], bool]  # (topic, payload, qos, retain) -> sent
 SCHEMA = 1  # the "schema" field of every anomaly event

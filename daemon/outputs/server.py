@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.outputs.exposition import StreamExporter
 
-log = logging.getLogger("daemon.metrics")  # the name log lines have always carried
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HealthCheck = Callable[[], tuple[bool, str]]  # (ok, detail shown on failure)

@@ -25,7 +25,7 @@ from lstm_stream.config import EngineConfig
 from lstm_stream.models import Forecaster
 from lstm_stream.training import FinetuneResult, Triple, finetune
 
-log = logging.getLogger("daemon.finetuner")  # the name log lines have always carried
+log = logging.getLogger(__name__)
 
 
 @dataclass

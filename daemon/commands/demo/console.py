@@ -49,12 +49,15 @@ def demo_logging(console: Console):
     handler = _ConsoleHandler(console)
     handler.setFormatter(logging.Formatter("  daemon | %(message)s"))
     root = logging.getLogger()
-    levels = {name: logging.getLogger(name).level for name in ("", "lstm_stream.service", "daemon.finetuner")}
+    levels = {
+        name: logging.getLogger(name).level
+        for name in ("", "lstm_stream.service", "daemon.service.finetuner")
+    }
     quiet = {name: logging.getLogger(name).level for name in ("amqtt", "transitions")}
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("lstm_stream.service").setLevel(logging.INFO)
-    logging.getLogger("daemon.finetuner").setLevel(logging.INFO)
+    logging.getLogger("daemon.service.finetuner").setLevel(logging.INFO)
     for name in quiet:  # amqtt logs every connect and disconnect; its errors still show
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
