@@ -244,7 +244,7 @@ class MqttSettings(_Section):
 
 
 class PayloadSettings(_Section):
-    """How MQTT payloads become samples (see ``daemon.payload``)."""
+    """How MQTT payloads become samples (see ``daemon.ingest.payload``)."""
 
     value_key: str = Field("value", description="dotted path of the value in a JSON object")
     timestamp_key: Annotated[str | None, TextOff] = Field(
@@ -324,7 +324,7 @@ class FinetuneSettings(_Section):
 
 
 class HomeAssistantSettings(_Section):
-    """Home Assistant MQTT discovery (off by default; see ``daemon.discovery``).
+    """Home Assistant MQTT discovery (off by default; see ``daemon.outputs.discovery``).
 
     Each stream gets a forecast ``sensor`` and an anomaly ``binary_sensor`` under one device, with
     retained configs on ``<prefix>/<component>/<node_id>/<object_id>/config`` and states on

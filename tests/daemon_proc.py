@@ -135,7 +135,7 @@ class Daemon:
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.log_file = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "daemon", "run", "--config", str(self.config_path)],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             env=env,

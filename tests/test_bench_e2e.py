@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bench_e2e import find_mosquitto, histogram_quantile, parse_samples
+from daemon.commands.bench.broker import find_mosquitto
+from daemon.commands.bench.scrape import histogram_quantile, parse_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL_KEYS = {
@@ -47,7 +48,7 @@ def test_parse_samples_reads_plain_and_labelled_lines() -> None:
 @pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 def test_bench_e2e_smoke(tmp_path) -> None:
     cmd = [
-        sys.executable, "-m", "daemon.cli", "bench", "e2e",
+        sys.executable, "-m", "daemon", "bench", "e2e",
         "--streams", "20", "--qos", "0,1", "--messages", "600", "--publishers", "2", "--rounds", "1",
         "--latency-seconds", "1", "--batch-messages", "30", "--no-prometheus", "--timeout", "150",
     ]  # fmt: skip

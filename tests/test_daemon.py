@@ -278,7 +278,7 @@ def test_invalid_config_exits_78_with_one_line(tmp_path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[engine.scoring]\nthreshold = 3\n")
     r = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "daemon", "run", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo import amqtt_available, find_mosquitto
+from daemon.commands.demo.brokers import amqtt_available, find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION_S = 30  # injections start at t=10 s at 30 steps/s; the first flags come near t=14 s
@@ -27,7 +27,7 @@ def run_demo(tmp_path: Path, *extra: str) -> tuple[int, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env = {k: v for k, v in env.items() if not k.startswith("LSTM_STREAM_")}
-    cmd = [sys.executable, "-m", "daemon.cli", "demo", "--duration", str(DURATION_S), "--rate", "30"]
+    cmd = [sys.executable, "-m", "daemon", "demo", "--duration", str(DURATION_S), "--rate", "30"]
     cmd += ["--port", "0", "--http-port", "0", *extra]
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=150
@@ -70,11 +70,11 @@ def test_demo_with_embedded_broker(tmp_path):
 
 def test_demo_without_any_broker_says_what_to_install(tmp_path, monkeypatch):
     """No Mosquitto and no amqtt: one line naming the extra to install, and a non-zero status."""
-    from daemon import demo
+    from daemon.commands.demo import brokers, run
 
-    monkeypatch.setattr(demo, "find_mosquitto", lambda: None)
-    monkeypatch.setattr(demo, "amqtt_available", lambda: False)
+    monkeypatch.setattr(brokers, "find_mosquitto", lambda: None)
+    monkeypatch.setattr(brokers, "amqtt_available", lambda: False)
     lines: list[str] = []
-    rc = demo.run_demo(duration=1, port=0, http_port=0, write=lines.append)
-    assert rc == demo.EX_UNAVAILABLE
+    rc = run.run_demo(duration=1, port=0, http_port=0, write=lines.append)
+    assert rc == run.EX_UNAVAILABLE
     assert any('pip install "lstm-stream[demo]"' in line for line in lines), lines

@@ -10,9 +10,10 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from daemon.discovery import HomeAssistantDiscovery, object_id
-from daemon.mqtt import IngestQueue, MqttLink
-from daemon.payload import PayloadParser
+from daemon.ingest.link import MqttLink
+from daemon.ingest.payload import PayloadParser
+from daemon.ingest.queue import IngestQueue
+from daemon.outputs.discovery import HomeAssistantDiscovery, object_id
 from daemon.settings import ConfigError, HomeAssistantSettings, MqttSettings, load_settings
 from tests.daemon_proc import Daemon, Publisher
 
@@ -192,11 +193,11 @@ def test_link_routes_the_status_topic_to_the_callback_not_the_parser() -> None:
     assert ("homeassistant/status", 1) in [(f, o.QoS) for f, o in link._subscriptions()]
     msg = mqtt.MQTTMessage(topic=b"homeassistant/status")
     msg.payload = b"online"
-    link._on_message(link.client, None, msg)
+    link.inlet.on_message(link.client, None, msg)
     assert seen == [b"online"] and link.stats.received == 0 and len(link.queue) == 0
     sample = mqtt.MQTTMessage(topic=b"sensors/x")
     sample.payload = b"1.5"
-    link._on_message(link.client, None, sample)
+    link.inlet.on_message(link.client, None, sample)
     assert link.stats.received == 1 and len(link.queue) == 1
     plain = MqttLink(MqttSettings(client_id="no-broker-2"), PayloadParser(), IngestQueue(10))
     assert [f for f, _ in plain._subscriptions()] == ["sensors/#"]

@@ -14,8 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import metrics as m
-from daemon.metrics import BulkHistogram, Metrics, MetricsServer, StreamExporter, code_counts
+from daemon.outputs import metrics as m
+from daemon.outputs.exposition import StreamExporter, format_values
+from daemon.outputs.histogram import BulkHistogram
+from daemon.outputs.metrics import Metrics, code_counts
+from daemon.outputs.server import MetricsServer
 from lstm_stream.engine import REJECTS, StreamView
 
 AWKWARD = [
@@ -252,9 +255,9 @@ def test_awkward_stream_names_round_trip_exactly() -> None:
 
 def test_value_formatting() -> None:
     a = np.array([np.nan, np.inf, -np.inf, 0.1, -2.0, 1e22, 123456789.125])
-    assert m.format_values(a) == ["NaN", "+Inf", "-Inf", "0.1", "-2.0", "1e+22", "123456789.125"]
-    assert m.format_values(np.array([True, False])) == ["1", "0"]
-    assert m.format_values(np.array([0, 7], dtype=np.int64)) == ["0", "7"]
+    assert format_values(a) == ["NaN", "+Inf", "-Inf", "0.1", "-2.0", "1e+22", "123456789.125"]
+    assert format_values(np.array([True, False])) == ["1", "0"]
+    assert format_values(np.array([0, 7], dtype=np.int64)) == ["0", "7"]
 
 
 def test_modes() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import metrics
+from daemon.outputs import metrics
 from tests.daemon_proc import Daemon, Publisher
 
 ROOT = Path(__file__).resolve().parents[1]

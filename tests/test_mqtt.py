@@ -1,4 +1,5 @@
-"""daemon.mqtt against a real Mosquitto: ingest, rejects, outages, persistent sessions, availability.
+"""daemon.ingest (link, inlet, queue) and daemon.outputs.events against a real Mosquitto: ingest,
+rejects, outages, persistent sessions, availability.
 
 Every wait polls with a deadline; reconnect backoff is 1-2 s so outages resolve quickly.
 """
@@ -16,8 +17,10 @@ import paho.mqtt.publish as publish
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from daemon.mqtt import INTERNAL, IngestQueue, LinkStats, MqttLink
-from daemon.payload import PayloadParser
+from daemon.ingest.link import MqttLink
+from daemon.ingest.payload import PayloadParser
+from daemon.ingest.queue import INTERNAL, IngestQueue, LinkStats
+from daemon.outputs.events import EventPublisher
 from daemon.settings import MqttSettings, PayloadSettings
 from tests.broker import wait_port
 
@@ -206,17 +209,19 @@ def test_on_message_never_raises_and_counts_internal_errors() -> None:
 
     msg = paho.MQTTMessage(topic=b"sensors/x")
     msg.payload = b"1.5"
-    link._on_message(link.client, None, msg)
+    link.inlet.on_message(link.client, None, msg)
     assert values(link) == [("sensors/x", 1.5)]
-    link._parse = boom
-    link._on_message(link.client, None, msg)
+    link.inlet._parse = boom
+    link.inlet.on_message(link.client, None, msg)
     assert link.stats.rejected[INTERNAL] == 1 and link.stats.received == 2
 
 
 def test_publish_while_disconnected_fails_without_raising() -> None:
-    link = MqttLink(MqttSettings(client_id="offline-link"), PayloadParser(), IngestQueue(10))
-    assert link.publish_event({"stream": "s"}) is False
-    assert link.publish_forecast("s", 1.0, 2.0) is False  # no forecast topic configured
+    settings = MqttSettings(client_id="offline-link")
+    link = MqttLink(settings, PayloadParser(), IngestQueue(10))
+    events = EventPublisher(link.publish, settings.anomaly_topic, settings.forecast_topic)
+    assert events.publish_event({"stream": "s"}) is False
+    assert events.publish_forecast("s", 1.0, 2.0) is False  # no forecast topic configured
     assert link.stats.publish_failures == 1
     link.close()
 
@@ -350,8 +355,9 @@ def test_publish_event_and_forecast_arrive_as_json(broker, make_link) -> None:
     col = Collector(broker, "lstm-stream/#")
     try:
         event = {"stream": "sensors/a", "ts": 1732700000.5, "value": 9.5, "score": 0.97, "nan": float("nan")}
-        assert link.publish_event(event)
-        assert link.publish_forecast("sensors/a", 1732700001.0, 9.25)
+        events = EventPublisher(link.publish, settings.anomaly_topic, settings.forecast_topic)
+        assert events.publish_event(event)
+        assert events.publish_forecast("sensors/a", 1732700001.0, 9.25)
         wait_for(lambda: len([m for m in col.messages if not m[3]]) == 2, what="event and forecast")
     finally:
         col.close()

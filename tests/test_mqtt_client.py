@@ -1,4 +1,4 @@
-"""daemon.mqtt_client: buffered reads give paho the same bytes, and a real broker's bursts (plain
+"""daemon.ingest.mqtt_client: buffered reads give paho the same bytes, and a real broker's bursts (plain
 TCP and TLS, QoS 0 and 1, MQTT 5 and 3.1.1) arrive whole and in order through it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import paho.mqtt.client as paho
 import paho.mqtt.publish as publish
 import pytest
 
-from daemon.mqtt_client import READ_SIZE, BufferedSocket
+from daemon.ingest.mqtt_client import READ_SIZE, BufferedSocket
 from daemon.settings import PayloadSettings, TlsSettings
 from tests.broker import Broker
 from tests.test_mqtt import make_link, settings_for, values, wait_for  # noqa: F401 (fixture)

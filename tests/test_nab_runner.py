@@ -93,7 +93,7 @@ def test_cli_run_and_score_json(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "daemon.cli",
+            "daemon",
             "nab",
             "run",
             "--data",
@@ -113,7 +113,7 @@ def test_cli_run_and_score_json(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "daemon.cli",
+            "daemon",
             "nab",
             "score",
             "--results",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import notify
+from daemon.service import notify
 
 
 @pytest.fixture(autouse=True)

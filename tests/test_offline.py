@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.offline import build_parser, main
+from daemon.commands.offline import build_parser, main
 from lstm_stream.checkpoint import load_model, save_model
 from lstm_stream.config import EngineConfig, ModelConfig
 from lstm_stream.csvdata import DataError, load_csv
@@ -305,7 +305,7 @@ def _wait_for(got: list, n: int, timeout: float = 10.0) -> None:
 def test_replay_arrives_in_order_and_complete(
     broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from daemon.payload import parse_payload
+    from daemon.ingest.payload import parse_payload
 
     csv = sine_csv(tmp_path / "s.csv", n=300)
     data = load_csv(csv)
@@ -446,7 +446,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     ]
     for argv in cases:
         proc = subprocess.run(
-            [sys.executable, "-m", "daemon.offline", *argv],
+            [sys.executable, "-m", "daemon.commands.offline", *argv],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -457,7 +457,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     assert (
         "absent.csv: no such file"
         in subprocess.run(
-            [sys.executable, "-m", "daemon.offline", *cases[0]],
+            [sys.executable, "-m", "daemon.commands.offline", *cases[0]],
             cwd=ROOT,
             capture_output=True,
             text=True,

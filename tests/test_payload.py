@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import payload as payload_mod
-from daemon.payload import REASONS, PayloadParser, RateLimitedLogger, Reject, parse_payload
+from daemon.ingest import payload as payload_mod
+from daemon.ingest.payload import REASONS, PayloadParser, Reject, parse_payload
+from daemon.ratelog import RateLimitedLogger
 from daemon.settings import PayloadSettings
 
 T = "plant/line1/motor7/temp"

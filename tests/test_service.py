@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.service import build_engine
+from daemon.service.restore import build_engine
 from daemon.settings import Settings
 from lstm_stream.checkpoint import CheckpointStore
 
@@ -24,6 +24,6 @@ def test_history_is_kept_only_when_finetuning_reads_it(tmp_path: Path, enabled: 
 
 def test_the_receiver_process_does_not_load_torch() -> None:
     """The receiver child imports the settings and the MQTT code only (about 200 MB less)."""
-    code = "import sys, daemon.receiver, daemon.cli; print('torch' in sys.modules)"
+    code = "import sys, daemon.ingest.receiver, daemon.commands.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import ConfigError, load_settings
+from daemon.settings import ConfigError, load_settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

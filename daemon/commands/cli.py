@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .settings import EX_CONFIG, ConfigError, load_settings, masked_dump
+from daemon.settings import EX_CONFIG, ConfigError, load_settings, masked_dump
 
 
 def _setup_logging(level: str) -> None:
@@ -43,13 +43,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EX_CONFIG
     _setup_logging(settings.log.level)
-    from .service import Service
+    from daemon.service.service import Service
 
     return Service(settings).run()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from daemon.commands.demo.run import run_demo
 
     return run_demo(
         duration=args.duration,
@@ -78,7 +78,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(per_call(n_streams=n_streams), indent=2))
         return 0
     if args.what == "e2e":
-        from .bench_e2e import run_cli
+        from daemon.commands.bench.e2e import run_cli
 
         return run_cli(args)
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     bench.add_argument("--streams", default="1000,10000", help="comma-separated stream counts")
     bench.add_argument("--look-back", type=int, default=32)
-    from .bench_e2e import add_arguments as add_e2e_arguments
+    from daemon.commands.bench.options import add_arguments as add_e2e_arguments
 
     add_e2e_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
@@ -162,10 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--config", help="TOML file (default /etc/lstm-stream/config.toml)")
     cfg.set_defaults(func=_cmd_config)
 
-    from .offline import add_offline_commands
+    from daemon.commands.offline import add_offline_commands
 
     add_offline_commands(sub)
-    from .nab_cli import add_nab_commands
+    from daemon.commands.nab import add_nab_commands
 
     add_nab_commands(sub)
     return p

@@ -170,7 +170,7 @@ class Finetuner:
         try:
             checkpoint.write_atomic(job, pack_job(model, history, cfg))
             proc = subprocess.run(
-                [sys.executable, "-m", "daemon.finetuner", str(job), str(out)],
+                [sys.executable, "-m", "daemon.service.finetuner", str(job), str(out)],
                 env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
                 preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,  # noqa: PLW1509 - sets priority only
                 capture_output=True,

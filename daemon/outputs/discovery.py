@@ -35,17 +35,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.metrics import _package_version
-from daemon.payload import RateLimitedLogger
+from daemon.outputs.events import Publish
+from daemon.outputs.metrics import package_version
+from daemon.ratelog import RateLimitedLogger
 from daemon.settings import HomeAssistantSettings
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes, int, bool], bool]  # (topic, payload, qos, retain) -> sent
 COMPONENTS = ("sensor", "binary_sensor")
 STATES = ("forecast", "anomaly")  # state topic leaves, in the order of COMPONENTS
 ON, OFF = b"ON", b"OFF"
-ONLINE, OFFLINE = "online", "offline"  # the daemon's availability payloads (daemon.mqtt)
+ONLINE, OFFLINE = "online", "offline"  # the daemon's availability payloads (daemon.ingest.link)
 MAX_SLUG = 48
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -66,47 +66,24 @@ class _Entry:
     forecast_at: float = -math.inf  # when the forecast was last published (clock seconds)
 
 
-class HomeAssistantDiscovery:
-    """Announces, updates and removes the Home Assistant entities of the daemon's streams.
-
-    ``publish(topic, payload, qos, retain)`` sends one message and returns False when it could not
-    (e.g. disconnected): removals that fail are retried at the next republish; configs and states
-    are republished after every reconnect anyway.
-    """
+class EntityConfigs:
+    """The topics and retained discovery configs of the two entities per stream (no publishing)."""
 
     def __init__(
-        self,
-        settings: HomeAssistantSettings,
-        publish: Publish,
-        *,
-        availability_topic: str,
-        model: str = "LSTM forecaster",
-        sw_version: str | None = None,
-        rate_log: RateLimitedLogger | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        self, settings: HomeAssistantSettings, availability_topic: str, model: str, sw_version: str
     ) -> None:
         self.settings = settings
-        self._publish = publish
         self.availability_topic = availability_topic
-        self.status_topic = f"{settings.prefix}/status"
-        self._clock = clock
-        self._rlog = rate_log if rate_log is not None else RateLimitedLogger(log)
-        version = sw_version or _package_version()
         node = settings.node_id
         self.device = {
             "identifiers": [node],
             "name": "lstm-stream" if node == "lstm_stream" else f"lstm-stream {node}",
             "manufacturer": "lstm-stream",
             "model": model,
-            "sw_version": version,
+            "sw_version": sw_version,
         }
-        self.origin = {"name": "lstm-stream", "sw_version": version}
-        self.announced: dict[str, _Entry] = {}  # stream -> entry, in announcement order
-        self._waiting: dict[str, None] = {}  # streams over the cap, announced when room frees up
-        self._pending_removal: dict[str, None] = {}  # object ids whose removal did not go out
-        self._republish = threading.Event()
+        self.origin = {"name": "lstm-stream", "sw_version": sw_version}
 
-    # --- topics and payloads ------------------------------------------------------------------
     def config_topic(self, component: str, oid: str) -> str:
         """``<prefix>/<component>/<node_id>/<object_id>/config``."""
         return f"{self.settings.prefix}/{component}/{self.settings.node_id}/{oid}/config"
@@ -147,11 +124,44 @@ class HomeAssistantDiscovery:
         }
         return {self.config_topic("sensor", oid): sensor, self.config_topic("binary_sensor", oid): binary}
 
+
+class HomeAssistantDiscovery:
+    """Announces, updates and removes the Home Assistant entities of the daemon's streams (which are
+    announced, which wait over the cap, which removals are still owed; what goes out when).
+
+    ``publish(topic, payload, qos, retain)`` sends one message and returns False when it could not
+    (e.g. disconnected): removals that fail are retried at the next republish; configs and states
+    are republished after every reconnect anyway.
+    """
+
+    def __init__(
+        self,
+        settings: HomeAssistantSettings,
+        publish: Publish,
+        *,
+        availability_topic: str,
+        model: str = "LSTM forecaster",
+        sw_version: str | None = None,
+        rate_log: RateLimitedLogger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._publish = publish
+        self.availability_topic = availability_topic
+        self.status_topic = f"{settings.prefix}/status"
+        self._clock = clock
+        self._rlog = rate_log if rate_log is not None else RateLimitedLogger(log)
+        self.entities = EntityConfigs(settings, availability_topic, model, sw_version or package_version())
+        self.announced: dict[str, _Entry] = {}  # stream -> entry, in announcement order
+        self._waiting: dict[str, None] = {}  # streams over the cap, announced when room frees up
+        self._pending_removal: dict[str, None] = {}  # object ids whose removal did not go out
+        self._republish = threading.Event()
+
     def _send(self, topic: str, payload: bytes, qos: int) -> bool:
         return self._publish(topic, payload, qos, True)
 
     def _announce(self, stream: str) -> None:
-        for topic, config in self.configs(stream).items():
+        for topic, config in self.entities.configs(stream).items():
             self._send(topic, _dumps(config), 1)
 
     # --- streams come and go --------------------------------------------------------------------
@@ -214,8 +224,8 @@ class HomeAssistantDiscovery:
         """Empty retained payloads on the config and state topics of ``oid``; True if all went out."""
         ok = True
         for component, leaf in zip(COMPONENTS, STATES, strict=True):
-            ok &= self._send(self.config_topic(component, oid), b"", 1)
-            ok &= self._send(self.state_topic(oid, leaf), b"", 1)
+            ok &= self._send(self.entities.config_topic(component, oid), b"", 1)
+            ok &= self._send(self.entities.state_topic(oid, leaf), b"", 1)
         return ok
 
     # --- states ----------------------------------------------------------------------------------
@@ -227,16 +237,17 @@ class HomeAssistantDiscovery:
         """
         now = self._clock()
         interval = self.settings.state_interval_s
+        state_topic = self.entities.state_topic
         for name, flag, fc in zip(names, anomaly, forecast, strict=True):
             entry = self.announced.get(name)
             if entry is None:
                 continue
             flag = bool(flag)
             if flag is not entry.anomaly:
-                if self._send(self.state_topic(entry.object_id, "anomaly"), ON if flag else OFF, 1):
+                if self._send(state_topic(entry.object_id, "anomaly"), ON if flag else OFF, 1):
                     entry.anomaly = flag
             if now - entry.forecast_at >= interval and math.isfinite(fc):
-                if self._send(self.state_topic(entry.object_id, "forecast"), f"{fc:.6g}".encode(), 0):
+                if self._send(state_topic(entry.object_id, "forecast"), f"{fc:.6g}".encode(), 0):
                     entry.forecast_at = now
 
     # --- Home Assistant restarts, broker reconnects ------------------------------------------------

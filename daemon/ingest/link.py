@@ -1,10 +1,11 @@
-"""The MQTT side of the daemon: payloads in (paho network thread -> :class:`IngestQueue`), JSON out.
+"""The daemon's MQTT connection: session, subscriptions, availability and raw publishes.
 
 :class:`MqttLink` owns one paho client with a persistent session (fixed client id, clean start
 off, session expiry), resubscribes after every reconnect, keeps a retained availability topic
 (``online`` after connect, ``offline`` by last will or on :meth:`MqttLink.close`), and never lets
-an exception escape a paho callback. ``on_message`` runs on the network thread for every
-message, so it does O(1) work: parse, enqueue, count. The engine thread drains the queue.
+an exception escape a paho callback. Each message goes to its :class:`~daemon.ingest.inlet.Inlet`
+on the network thread (parse, enqueue, count: O(1) work); the engine thread drains the queue.
+Publishing is raw bytes (:meth:`MqttLink.publish`); what the payloads say is the outputs' business.
 
 Acknowledgements: paho acks a QoS 1 message after ``on_message`` returns, when its samples are
 already in the queue; a full queue makes ``on_message`` wait for room (bounded by
@@ -15,15 +16,10 @@ which the engine drops as duplicates per (stream, timestamp) against its checkpo
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import ssl
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -33,173 +29,22 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.mqtt_client import Client
-from daemon.payload import REASONS, PayloadParser, RateLimitedLogger, Sample
+from daemon.ingest.inlet import Inlet
+from daemon.ingest.mqtt_client import Client
+from daemon.ingest.payload import PayloadParser
+from daemon.ingest.queue import IngestQueue, LinkStats
+from daemon.ratelog import RateLimitedLogger
 from daemon.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
-INTERNAL = "internal"  # reject reason: an exception in the receive path (a bug, never a payload)
-REJECT_REASONS = (*REASONS, INTERNAL)
 ONLINE, OFFLINE = b"online", b"offline"
 MAX_OUTGOING = 10_000  # QoS > 0 publishes paho may hold unacknowledged; beyond: a publish failure
 CLOSE_TIMEOUT_S = 5.0
 
 
-class IngestQueue:
-    """Bounded FIFO of samples from the MQTT network thread (producer) to the engine (consumer).
-
-    One producer and one consumer: ``deque.extend``/``popleft`` are atomic under the GIL, and the
-    consumer only shrinks the queue while the producer only grows it, so the length checks need
-    no lock. When full, the producer waits up to ``block_s`` for the engine to make room
-    (backpressure: paho reads and acknowledges nothing meanwhile, so QoS 1 messages stay with the
-    broker); only what still does not fit is dropped and counted in :attr:`dropped`. After
-    :meth:`close` the producer never waits and nothing is dropped (the final drain takes it all).
-    """
-
-    __slots__ = ("_closed", "_event", "_q", "_space", "block_s", "blocked_s", "dropped", "maxsize", "since")
-
-    def __init__(self, maxsize: int, block_s: float = 0.0) -> None:
-        if maxsize < 1:
-            raise ValueError("maxsize must be >= 1")
-        self.maxsize = maxsize
-        self.block_s = block_s
-        self.dropped = 0  # samples refused because the queue was full (total); producer writes
-        self.blocked_s = 0.0  # seconds the producer waited for room (total); producer writes
-        self._q: deque[Sample] = deque()
-        self._event = threading.Event()  # set by the producer: something to drain
-        self._space = threading.Event()  # set by the consumer: room was made
-        self._space.set()
-        self._closed = False
-        self.since = 0.0  # time.monotonic() when a sample last went into an empty queue
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def put_many(self, samples: list[Sample]) -> int:
-        """Append ``samples`` in order, waiting for room when full; return how many were dropped."""
-        if self._closed or len(samples) <= self.maxsize - len(self._q):  # the common case
-            self._append(samples)
-            return 0
-        return self._put_waiting(samples)
-
-    def _put_waiting(self, samples: list[Sample]) -> int:
-        """Put what fits, wait for room (at most ``block_s`` in all), repeat; drop what is left."""
-        q = self._q
-        started = time.monotonic()
-        deadline = started + self.block_s
-        done, n = 0, len(samples)
-        while done < n:
-            free = n - done if self._closed else min(n - done, self.maxsize - len(q))
-            if free > 0:
-                self._append(samples[done : done + free])
-                done += free
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._space.clear()
-            if len(q) < self.maxsize:  # clear-then-check, as in wait()
-                continue
-            self._wake()
-            self._space.wait(min(left, 0.1))
-        self.blocked_s += time.monotonic() - started
-        self.dropped += n - done
-        return n - done
-
-    def _append(self, samples: list[Sample]) -> None:
-        """Extend the queue (noting when an empty one got its oldest sample) and wake the consumer."""
-        q = self._q
-        if not q:
-            self.since = time.monotonic()
-        q.extend(samples)
-        self._wake()
-
-    def _wake(self) -> None:
-        # An attribute read in the common case; set() (a lock) only when the consumer cleared it.
-        if not self._event.is_set():
-            self._event.set()
-
-    def due(self, max_items: int, age_s: float) -> bool:
-        """A batch should go now: ``max_items`` are queued, or the oldest has waited ``age_s``."""
-        n = len(self._q)
-        return n >= max_items or (n > 0 and time.monotonic() - self.since >= age_s)
-
-    def drain(self, max_items: int) -> list[Sample]:
-        """Pop up to ``max_items`` samples, oldest first, and wake a producer waiting for room."""
-        q = self._q
-        popleft = q.popleft
-        out = [popleft() for _ in range(min(max_items, len(q)))]
-        if out and not self._space.is_set():
-            self._space.set()
-        return out
-
-    def close(self) -> None:
-        """Stop bounding the queue: release a waiting producer and accept everything from now on."""
-        self._closed = True
-        self._space.set()
-
-    def wait(self, timeout: float) -> bool:
-        """Block until something is queued or ``timeout`` seconds pass; True if not empty.
-
-        Clear-then-check: a producer that appends after the check sees the flag cleared and sets it.
-        """
-        if self._q:
-            return True
-        self._event.clear()
-        if self._q:
-            return True
-        self._event.wait(timeout)
-        return bool(self._q)
-
-
-@dataclass(slots=True)
-class LinkStats:
-    """Counters the metrics code reads as plain attributes (each has one writer thread).
-
-    ``rejected`` holds every reason from the start, so readers may copy it while the network
-    thread counts (its size never changes). Queue overflow is ``IngestQueue.dropped``.
-    """
-
-    received: int = 0
-    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
-    connected: bool = False
-    connects: int = 0
-    disconnects: int = 0
-    publish_failures: int = 0
-
-
-def _finite(obj: Any) -> Any:
-    """``obj`` with NaN/inf floats replaced by None (JSON has no such numbers)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _plain(obj: Any) -> Any:
-    """JSON fallback for numpy scalars and arrays (``.item()``/``.tolist()``)."""
-    for attr in ("tolist", "item"):
-        method = getattr(obj, attr, None)
-        if callable(method):
-            return _finite(method())
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact JSON; non-finite floats become null so every consumer can parse it."""
-    try:
-        text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_plain)
-    except ValueError:
-        text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=_plain)
-    return text.encode()
-
-
 class MqttLink:
-    """One paho client: persistent session in, availability, anomaly events and forecasts out.
+    """One paho client: persistent session in (messages to its :class:`Inlet`), availability, raw publishes.
 
     Nothing here raises once constructed: a broker that is down at start, goes away, or refuses
     the connection is retried by paho with backoff while :meth:`is_connected` is False.
@@ -227,15 +72,20 @@ class MqttLink:
         self.queue = queue
         self.stats = stats if stats is not None else LinkStats()
         self._rlog = rate_log if rate_log is not None else RateLimitedLogger(log)
-        self._parse = parser.parse
-        self._put_many = queue.put_many
+        self.inlet = Inlet(
+            parser,
+            queue,
+            self.stats,
+            self._rlog,
+            status_topic=status_topic,
+            on_status=on_status,
+            on_enqueued=on_enqueued,
+        )
         self._v5 = settings.protocol == "5"
         self._connected = threading.Event()
         self._connect_error: str | None = None  # last refusal logged; reset on success
         self._closed = False
         self._status_topic = status_topic if on_status is not None else None
-        self._on_status = on_status
-        self._on_enqueued = on_enqueued
         self._availability = availability
         self.client = self._make_client()
 
@@ -262,7 +112,7 @@ class MqttLink:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
+        client.on_message = self.inlet.on_message
         return client
 
     def _apply_credentials(self, client: paho.Client) -> None:
@@ -449,55 +299,7 @@ class MqttLink:
         except Exception:  # see _on_connect
             log.exception("error in on_subscribe")
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        """Hot path, once per message: count, parse, enqueue or count the reject reason."""
-        if self._status_topic is not None and self._route_status(msg):
-            return
-        stats = self.stats
-        stats.received += 1
-        try:
-            result = self._parse(msg.topic, msg.payload, time.time())
-            if type(result) is list:
-                if self._put_many(result):
-                    self._rlog.log("queue_full", "ingest queue full: samples dropped (engine behind)")
-                if self._on_enqueued is not None:
-                    self._on_enqueued()
-                return
-            reason = result.reason
-            stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
-            self._rlog.log(reason, "rejected payload on %s: %s", msg.topic, reason)
-        except Exception as exc:  # never raise into paho's loop
-            stats.rejected[INTERNAL] += 1
-            self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)
-
-    def _route_status(self, msg: paho.MQTTMessage) -> bool:
-        """Hand a message on ``status_topic`` to ``on_status`` (it only sets a flag); True if it was one."""
-        try:
-            if msg.topic != self._status_topic:
-                return False
-        except UnicodeDecodeError:  # not the status topic; the sample path counts it
-            return False
-        try:
-            self._on_status(msg.payload)
-        except Exception:  # never raise into paho's loop
-            log.exception("error handling a message on %s", self._status_topic)
-        return True
-
     # --- publishing (any thread) ------------------------------------------------------------
-
-    def publish_json(self, topic: str, obj: Any, qos: int = 1, retain: bool = False) -> bool:
-        """Publish ``obj`` as compact JSON; False (counted in ``publish_failures``) when
-        disconnected, paho's outgoing queue is full, or the topic/object is invalid."""
-        if not self.stats.connected:
-            self.stats.publish_failures += 1
-            return False
-        try:
-            payload = dumps(obj)
-        except (ValueError, TypeError) as exc:  # not JSON serializable
-            self.stats.publish_failures += 1
-            self._rlog.log("publish_invalid", "cannot publish to %r: %s", topic, exc)
-            return False
-        return self.publish(topic, payload, qos=qos, retain=retain)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> bool:
         """Publish a raw payload (b"" with ``retain`` clears a retained topic); False (counted in
@@ -519,14 +321,3 @@ class MqttLink:
         self.stats.publish_failures += 1
         self._rlog.log("publish_failed", "publish to %s failed: %s", topic, paho.error_string(info.rc))
         return False
-
-    def publish_event(self, event: dict[str, Any]) -> bool:
-        """An anomaly event on ``anomaly_topic`` at QoS 1."""
-        return self.publish_json(self.settings.anomaly_topic, event, qos=1)
-
-    def publish_forecast(self, stream: str, ts: float, forecast: Any) -> bool:
-        """``{"ts", "forecast"}`` on ``forecast_topic`` (QoS 0) if configured; False otherwise."""
-        template = self.settings.forecast_topic
-        if template is None:
-            return False
-        return self.publish_json(template.format(stream=stream), {"ts": ts, "forecast": forecast}, qos=0)

@@ -5,7 +5,7 @@ as commands that hold data out honestly: every split is chronological, the test 
 seen in training, the scaler is the engine's causal one, and the model is evaluated by serving the
 series through the real :class:`~lstm_stream.engine.Engine`, sample by sample, exactly as the
 daemon would. ``add_offline_commands(subparsers)`` registers them on ``lstm-stream``'s parser;
-``python -m daemon.offline`` runs them on their own.
+``python -m daemon.commands.offline`` runs them on their own.
 
 A user error (bad CSV, missing file, bad option) prints one line and exits with status 2.
 """
@@ -58,7 +58,7 @@ def add_offline_commands(subparsers: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A parser with only the offline commands (``python -m daemon.offline``)."""
+    """A parser with only the offline commands (``python -m daemon.commands.offline``)."""
     p = argparse.ArgumentParser(prog="lstm-stream", description=__doc__)
     add_offline_commands(p.add_subparsers(dest="command", required=True))
     return p

@@ -1,12 +1,12 @@
 """The MQTT receive path in a child process, so paho's per-message Python work and the engine do
 not share one GIL (``ingest.receiver = "process"``, the default).
 
-The child runs a receive-only :class:`~daemon.mqtt.MqttLink` (the persistent session, the
+The child runs a receive-only :class:`~daemon.ingest.link.MqttLink` (the persistent session, the
 subscriptions, payload parsing) into its own bounded queue and sends the samples to the parent in
 batches (a pickled ``(samples, stats)`` per send, at most every ``flush_s`` -- the service's
 ``ingest.batch_ms`` -- or ``SEND_MAX`` samples) over a pipe. So the child does the micro-batching:
 a reader thread in the parent puts everything the pipe holds into the service's
-:class:`~daemon.mqtt.IngestQueue` and has it processed at once, without a second wait.
+:class:`~daemon.ingest.queue.IngestQueue` and has it processed at once, without a second wait.
 Backpressure runs the whole way: a full parent queue stops the reader, the pipe fills, the child's
 sends block, its queue fills and paho stops reading and acknowledging, so QoS 1 messages wait at
 the broker.
@@ -28,8 +28,10 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from daemon.heap import freeze_startup_objects
-from daemon.mqtt import IngestQueue, LinkStats, MqttLink
-from daemon.payload import PayloadParser, RateLimitedLogger
+from daemon.ingest.link import MqttLink
+from daemon.ingest.payload import PayloadParser
+from daemon.ingest.queue import IngestQueue, LinkStats
+from daemon.ratelog import RateLimitedLogger
 from daemon.settings import MqttSettings, PayloadSettings
 
 log = logging.getLogger(__name__)

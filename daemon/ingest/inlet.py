@@ -1,0 +1,80 @@
+"""The receive hot path: each MQTT message parsed into samples and queued, or counted as a reject.
+
+Split from the connection (:class:`~daemon.ingest.link.MqttLink`) because it is a different job: the
+link keeps the session up, the inlet handles what arrives, once per message on paho's network thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from daemon.ingest.payload import PayloadParser
+from daemon.ingest.queue import INTERNAL, IngestQueue, LinkStats
+from daemon.ratelog import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+
+
+class Inlet:
+    """``on_message`` for one link: parse, enqueue, count; a status-topic message goes to its callback.
+
+    Nothing here may raise into paho's loop: an exception is counted as the ``internal`` reject.
+    """
+
+    def __init__(
+        self,
+        parser: PayloadParser,
+        queue: IngestQueue,
+        stats: LinkStats,
+        rate_log: RateLimitedLogger,
+        *,
+        status_topic: str | None = None,
+        on_status: Callable[[bytes], None] | None = None,
+        on_enqueued: Callable[[], None] | None = None,
+    ) -> None:
+        self.stats = stats
+        self._rlog = rate_log
+        self._parse = parser.parse
+        self._put_many = queue.put_many
+        self._status_topic = status_topic if on_status is not None else None
+        self._on_status = on_status
+        self._on_enqueued = on_enqueued
+
+    def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        """Hot path, once per message: count, parse, enqueue or count the reject reason."""
+        if self._status_topic is not None and self._route_status(msg):
+            return
+        stats = self.stats
+        stats.received += 1
+        try:
+            result = self._parse(msg.topic, msg.payload, time.time())
+            if type(result) is list:
+                if self._put_many(result):
+                    self._rlog.log("queue_full", "ingest queue full: samples dropped (engine behind)")
+                if self._on_enqueued is not None:
+                    self._on_enqueued()
+                return
+            reason = result.reason
+            stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
+            self._rlog.log(reason, "rejected payload on %s: %s", msg.topic, reason)
+        except Exception as exc:  # never raise into paho's loop
+            stats.rejected[INTERNAL] += 1
+            self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)
+
+    def _route_status(self, msg: paho.MQTTMessage) -> bool:
+        """Hand a message on ``status_topic`` to ``on_status`` (it only sets a flag); True if it was one."""
+        try:
+            if msg.topic != self._status_topic:
+                return False
+        except UnicodeDecodeError:  # not the status topic; the sample path counts it
+            return False
+        try:
+            self._on_status(msg.payload)
+        except Exception:  # never raise into paho's loop
+            log.exception("error handling a message on %s", self._status_topic)
+        return True

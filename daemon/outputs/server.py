@@ -1,0 +1,131 @@
+"""``GET /metrics`` and ``GET /healthz`` on a threading HTTP server in a daemon thread."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from daemon.outputs.exposition import StreamExporter
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HealthCheck = Callable[[], tuple[bool, str]]  # (ok, detail shown on failure)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "lstm-stream"
+
+    def do_GET(self) -> None:  # http.server's naming
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def _respond(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        owner = self.server.owner
+        if path == "/metrics":
+            status, body = 200, owner.scrape()
+        elif path == "/healthz":
+            status, body = owner.health()
+        else:
+            status, body = 404, b"not found\n"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the scraper gave up; nothing to tell it
+
+    def log_message(self, format: str, *args: object) -> None:  # the base class's signature
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: MetricsServer
+
+
+class MetricsServer:
+    """``GET /metrics`` (registry + per-stream text) and ``GET /healthz`` on a daemon thread.
+
+    ``health`` returns ``(ok, detail)``: 200 ``ok`` or 503 ``detail``. Binding happens here (so a
+    port in use fails at start-up); ``port=0`` picks a free port, see :attr:`port`.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        exporter: StreamExporter | None = None,
+        health: HealthCheck | None = None,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.registry = registry
+        self.exporter = exporter
+        self._health = health
+        server_class = _Server
+        if ":" in bind:
+            server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        self._server = server_class((bind, port), _Handler)
+        self._server.owner = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        """Serve in a daemon thread; returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.2},
+                name="metrics-http",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def scrape(self) -> bytes:
+        """The full /metrics body."""
+        body = generate_latest(self.registry)
+        if self.exporter is not None:
+            body += self.exporter.render()
+        return body
+
+    def health(self) -> tuple[int, bytes]:
+        """Status and body of /healthz."""
+        if self._health is None:
+            return 200, b"ok\n"
+        try:
+            ok, detail = self._health()
+        except Exception as exc:  # a broken check is an unhealthy service, not a crashed server
+            ok, detail = False, f"health check failed: {exc!r}"
+        if ok:
+            return 200, b"ok\n"
+        return 503, (detail.rstrip("\n") + "\n").encode("utf-8", "replace")

@@ -1,0 +1,16 @@
+"""Why a payload was dropped before the engine: the reasons ingest counts and the metrics label.
+
+A shared leaf, so that outputs can pre-create one series per reason without importing ingest.
+"""
+
+from __future__ import annotations
+
+REASONS = (
+    "too_large",
+    "not_utf8",
+    "not_a_number",
+    "not_finite",
+    "bad_json",
+    "no_value",
+    "bad_timestamp",
+)

@@ -1,0 +1,133 @@
+"""Micro-batches through the engine, and their results out: metrics, anomaly events, forecasts, discovery.
+
+Two threads run batches, one at a time under :attr:`Batches.lock`: the thread that receives samples
+runs the due ones (under load), the engine thread what light load leaves waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from daemon.ingest.queue import IngestQueue
+from daemon.outputs.events import EventPublisher
+from daemon.outputs.metrics import Metrics, code_counts
+from daemon.service.homeassistant import DiscoveryFeed
+from daemon.service.tuning import Tuning
+from daemon.settings import Settings
+from lstm_stream import scoring
+from lstm_stream.engine import REJECTS, Engine
+
+LATENCY_SANE_S = 300.0  # sample timestamps further off than this are historic data, not latency
+
+
+class Batches:
+    """Takes micro-batches off the queue, runs them through the engine and sends the results out.
+
+    ``on_error(exc)`` is told when a batch run on the receiving thread fails (a bug): the service
+    stops with exit status 1, as when the engine loop dies.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        queue: IngestQueue,
+        metrics: Metrics,
+        events: EventPublisher,
+        tuning: Tuning,
+        clock: Callable[[], float],
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.metrics = metrics
+        self.events = events
+        self.tuning = tuning
+        self.clock = clock
+        self._on_error = on_error
+        self.feed: DiscoveryFeed | None = None  # Home Assistant discovery, once the link exists
+        self.batch_max = settings.ingest.batch_max
+        self.period = settings.ingest.batch_ms / 1000.0
+        # how old the oldest queued sample must be for an inline batch: the receiver process has
+        # waited batch_ms already, so what it sends is processed at once
+        self._inline_age = 0.0 if settings.ingest.receiver == "process" else self.period
+        self._forecasts = bool(settings.mqtt.forecast_topic)
+        # the engine is used by the MQTT thread (due batches, under load) and the engine thread
+        # (batches left waiting under light load, housekeeping): one at a time
+        self.lock = threading.Lock()
+        self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
+
+    def process_inline(self) -> None:
+        """On the receiving thread after each enqueue: run a due micro-batch (``batch_max`` queued, or
+        the oldest sample ``batch_ms`` old; with the receiver process, whatever arrived) right here.
+        Under load this keeps receiving and the engine in one thread, so they do not hand the GIL to
+        each other thousands of times a second. Skipped while the engine thread holds the engine: it
+        will take the batch."""
+        if not self.queue.due(self.batch_max, self._inline_age) or not self.lock.acquire(blocking=False):
+            return
+        try:
+            self.process(self.queue.drain(self.batch_max))
+        except Exception as exc:  # as loud as the engine loop dying: exit 1, systemd restarts
+            self._on_error(exc)
+        finally:
+            self.lock.release()
+
+    def process_waiting(self, stop: threading.Event) -> None:
+        """Engine thread, once something is queued: give the receiving thread its chance first (it
+        runs due batches as messages arrive), then process samples older than 1.5 ``batch_ms``."""
+        period, batch_max, queue = self.period, self.batch_max, self.queue
+        time.sleep(max(0.0, queue.since + 1.5 * period - time.monotonic()))
+        with self.lock:
+            while queue.due(batch_max, period):
+                batch = queue.drain(batch_max)
+                self.process(batch)
+                if len(batch) < batch_max or stop.is_set():
+                    break
+
+    def drain(self) -> None:
+        """At shutdown: process everything still queued."""
+        with self.lock:
+            while len(self.queue):
+                self.process(self.queue.drain(self.batch_max))
+
+    def limit_torch_threads(self) -> None:
+        """Once per thread that runs the engine: OpenMP's thread count is per thread, and with every
+        core a torch call stalls for tens of ms whenever another thread or process is busy."""
+        if not getattr(self._torch_threads, "set", False):
+            torch.set_num_threads(self.engine.config.torch_threads)
+            self._torch_threads.set = True
+
+    def process(self, samples: list) -> None:
+        """One micro-batch through the engine (caller holds :attr:`lock`), then its results out."""
+        if not samples:
+            return
+        self.limit_torch_threads()
+        streams, ts, values = zip(*samples, strict=True)
+        t0 = time.perf_counter()
+        r = self.engine.process(
+            streams,
+            np.fromiter(ts, np.float64, len(ts)),
+            np.fromiter(values, np.float64, len(values)),
+            now=self.clock(),
+        )
+        elapsed = time.perf_counter() - t0
+        done = self.clock()
+        lat = done - r.ts[r.accepted]
+        lat = lat[(lat >= 0) & (lat < LATENCY_SANE_S)]
+        self.metrics.observe_batch(
+            len(samples), elapsed, code_counts(r.reject, REJECTS), code_counts(r.reason, scoring.REASONS), lat
+        )
+        if r.evicted:
+            self.metrics.observe_streams(len(self.engine.streams), evicted=len(r.evicted))
+        self.tuning.count(int(r.accepted.sum()))
+        if r.is_anomaly.any():
+            self.metrics.observe_publish(*self.events.publish_anomalies(r, self.engine.model_version))
+        if self._forecasts:
+            self.events.publish_forecasts(r)
+        if self.feed is not None:
+            self.feed.batch(r)
