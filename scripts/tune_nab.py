@@ -1,6 +1,6 @@
 """Tuning harness for the scoring defaults on the NAB development subset (a dev tool, not a test).
 
-    python scripts/tune_nab.py collect --data ../shared/data/nab --cache /tmp/nabcache.npz
+    python scripts/tune_nab.py collect --data ../shared/data/nab-dev --cache /tmp/nabcache.npz
     python scripts/tune_nab.py sweep --cache /tmp/nabcache.npz threshold=0.4,0.5 short_window=3,5
 
 ``collect`` runs every file once through the shipped model (no fine-tuning) and keeps each row's
@@ -161,11 +161,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect")
-    c.add_argument("--data", default="../shared/data/nab")
+    c.add_argument("--data", default="../shared/data/nab-dev")
     c.add_argument("--cache", default="/tmp/nabcache.npz")
     c.add_argument("--engine", default="{}", help="EngineConfig overrides as JSON (forecast-side settings)")
     s = sub.add_parser("sweep")
-    s.add_argument("--data", default="../shared/data/nab")
+    s.add_argument("--data", default="../shared/data/nab-dev")
     s.add_argument("--cache", default="/tmp/nabcache.npz")
     s.add_argument("--details", action="store_true", help="per-file detections and false positives")
     s.add_argument("params", nargs="*", help="name=v1,v2 (ScoringConfig fields, JSON values)")

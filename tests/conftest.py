@@ -12,7 +12,7 @@ from lstm_stream.config import EngineConfig, ModelConfig
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NAB = SHARED / "data" / "nab"
+NAB = SHARED / "data" / "nab-dev"  # the 40-file NAB development set
 
 
 @pytest.fixture
