@@ -2,12 +2,19 @@
 
     python scripts/tune_nab.py collect --data ../shared/data/nab-dev --cache /tmp/nabcache.npz
     python scripts/tune_nab.py sweep --cache /tmp/nabcache.npz threshold=0.4,0.5 short_window=3,5
+    python scripts/tune_nab.py loco --cache /tmp/nabcache.npz short_window=3,5 suppress=50,100
 
 ``collect`` runs every file once through the shipped model (no fine-tuning) and keeps each row's
 value, forecast and spread, and the seasonal-naive forecast and spread the scorer sees; these do
 not depend on the scoring parameters, so ``sweep`` replays only the scoring stage (all files in
 lockstep, vectorised) for every combination and prints NAB's three profiles (optimised threshold)
 and the standard score at the configured threshold.
+
+``loco`` guards against fitting the development files (issue 11): for each category that has
+anomaly windows, it picks the best combination (and the threshold) on the other categories alone and
+scores that choice on the left-out one; the mean of those left-out scores is what a change must
+improve, not just the 40-file score. artificialNoAnomaly has no windows (its normalised score is
+undefined), so it is never left out and always counts among the files a choice is made on.
 The numbers to report come from ``lstm-stream nab run`` + ``nab score``; this only ranks settings.
 """
 
@@ -26,7 +33,17 @@ import numpy as np
 from lstm_stream import scoring
 from lstm_stream.config import ScoringConfig
 from lstm_stream.nab import find_files, read_nab_csv
-from lstm_stream.nab_scoring import FileScores, load_windows, map_windows, probation_length, score_corpus
+from lstm_stream.nab_scoring import (
+    PROFILES,
+    FileScores,
+    load_windows,
+    map_windows,
+    normalised,
+    optimise,
+    probation_length,
+    score_at,
+    score_corpus,
+)
 from lstm_stream.state import SlotArrays
 
 
@@ -128,16 +145,27 @@ def details(files: list[FileScores], threshold: float) -> None:
         print(f"  {f.key:60s} windows {found} fp {len(fps)} {fps[:8].tolist()}")
 
 
-def sweep(args: argparse.Namespace) -> None:
+def _load(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict, dict[str, list[str]]]:
+    """The cached per-row forecasts, the label windows and each file's timestamps."""
     cache = np.load(args.cache)
     series = {k.replace("|", "/"): cache[k] for k in cache.files}
     windows = load_windows(Path(args.data) / "combined_windows.json")
     timestamps = {k: read_nab_csv(Path(args.data) / k, k).timestamps for k in series}
-    grid = [kv.split("=", 1) for kv in args.params]
+    return series, windows, timestamps
+
+
+def _grid(params: list[str]) -> list[dict]:
+    """``name=v1,v2`` arguments -> every combination as a dict (one empty dict without arguments)."""
+    grid = [kv.split("=", 1) for kv in params]
     names = [g[0] for g in grid]
     values = [[json.loads(v) for v in g[1].split(",")] for g in grid]
-    for combo in itertools.product(*values):
-        cfg = ScoringConfig(**dict(zip(names, combo, strict=True)))
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def sweep(args: argparse.Namespace) -> None:
+    series, windows, timestamps = _load(args)
+    for combo in _grid(args.params):
+        cfg = ScoringConfig(**combo)
         scored = replay_scores(series, cfg)
         files = nab_files(series, scored, windows, timestamps)
         res = score_corpus(files, cfg.threshold)
@@ -147,7 +175,7 @@ def sweep(args: argparse.Namespace) -> None:
         print(
             json.dumps(
                 {
-                    **dict(zip(names, combo, strict=True)),
+                    **combo,
                     "flags": flags,
                     **{SHORT[p]: round(r["optimized"], 2) for p, r in res.items()},
                     "fixed_std": round(res["standard"]["fixed"], 2),
@@ -155,6 +183,50 @@ def sweep(args: argparse.Namespace) -> None:
             ),
             flush=True,
         )
+
+
+def leave_one_category_out(
+    files_by_combo: list[list[FileScores]], profile: str = "standard"
+) -> tuple[list[dict], float]:
+    """Per category with windows: the combination and threshold best on the other categories, and
+    that choice's normalised score on the left-out category; returns the folds and their mean."""
+    cats = sorted({f.category for f in files_by_combo[0] if f.windows})
+    folds = []
+    for cat in cats:
+        best = None
+        for i, files in enumerate(files_by_combo):
+            t, score = optimise([f for f in files if f.category != cat], profile)
+            if best is None or score > best[2]:
+                best = (i, t, score)
+        i, t, train = best
+        held = [f for f in files_by_combo[i] if f.category == cat]
+        folds.append(
+            {
+                "left_out": cat,
+                "combo": i,
+                "threshold": round(t, 4),
+                "train": round(train, 2),
+                "left_out_score": round(normalised(held, score_at(held, t, profile), profile), 2),
+            }
+        )
+    return folds, float(np.mean([f["left_out_score"] for f in folds]))
+
+
+def loco(args: argparse.Namespace) -> None:
+    series, windows, timestamps = _load(args)
+    combos = _grid(args.params)
+    files_by_combo = []
+    for combo in combos:
+        files = nab_files(series, replay_scores(series, ScoringConfig(**combo)), windows, timestamps)
+        files_by_combo.append(files)
+        whole = score_corpus(files)
+        print(json.dumps({**combo, **{SHORT[p]: round(r["optimized"], 2) for p, r in whole.items()}}))
+    for profile in PROFILES if args.all_profiles else ["standard"]:
+        folds, mean = leave_one_category_out(files_by_combo, profile)
+        for f in folds:
+            f["combo"] = combos[f["combo"]]
+            print(json.dumps({"profile": SHORT[profile], **f}))
+        print(json.dumps({"profile": SHORT[profile], "left_out_mean": round(mean, 2)}), flush=True)
 
 
 def main() -> None:
@@ -169,8 +241,13 @@ def main() -> None:
     s.add_argument("--cache", default="/tmp/nabcache.npz")
     s.add_argument("--details", action="store_true", help="per-file detections and false positives")
     s.add_argument("params", nargs="*", help="name=v1,v2 (ScoringConfig fields, JSON values)")
+    lo = sub.add_parser("loco", help="leave one category out: choose on the others, score the one left out")
+    lo.add_argument("--data", default="../shared/data/nab-dev")
+    lo.add_argument("--cache", default="/tmp/nabcache.npz")
+    lo.add_argument("--all-profiles", action="store_true", help="low FP and low FN too (default standard)")
+    lo.add_argument("params", nargs="*", help="name=v1,v2 (ScoringConfig fields, JSON values)")
     args = ap.parse_args()
-    collect(args) if args.cmd == "collect" else sweep(args)
+    {"collect": collect, "sweep": sweep, "loco": loco}[args.cmd](args)
 
 
 if __name__ == "__main__":
