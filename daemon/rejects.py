@@ -13,4 +13,9 @@ REASONS = (
     "bad_json",
     "no_value",
     "bad_timestamp",
+    "future",
+    "bad_name",
+    "topic_too_long",
+    "too_many_fields",
+    "too_many_samples",
 )
