@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from daemon.ingest import payload as payload_mod
 from daemon.ingest.inlet import Inlet
-from daemon.ingest.payload import REASONS, PayloadParser, Reject, valid_name
+from daemon.ingest.payload import REASONS, PayloadParser, Reject
 from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ratelog import RateLimitedLogger
+from daemon.rejects import valid_name
 from daemon.settings import PayloadSettings
 
 T = "sensors/a"

@@ -48,6 +48,7 @@ class Inlet:
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         self.stats = stats
+        self.parser = parser
         self._rlog = rate_log
         self._parse = parser.parse
         self._put_many = queue.put_many

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from daemon.rejects import REASONS
+from daemon.rejects import BAD_NAME_CHARS, REASONS
 
 
 def _stdlib_loads(payload: bytes) -> Any:
@@ -78,17 +77,6 @@ class Reject:
     TOO_MANY_FIELDS,
     TOO_MANY_SAMPLES,
 ) = (Reject(r) for r in REASONS)
-
-# Characters no stream name may hold: C0/C1 controls (brokers refuse them in topics, logs and
-# label values garble) and lone surrogates (not encodable as UTF-8: metrics, Home Assistant ids,
-# forecast topics and checkpoints would all fail on them). Only text that is not printable ASCII
-# is searched, so the common case costs two C calls.
-_BAD_NAME_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def valid_name(name: str) -> bool:
-    """A usable stream name: no control characters, no lone surrogates (so it encodes as UTF-8)."""
-    return (name.isascii() and name.isprintable()) or _BAD_NAME_CHARS.search(name) is None
 
 
 class _Refused(Exception):
@@ -263,7 +251,7 @@ class PayloadParser:
             n > self.max_topic_bytes or len(topic.encode("utf-8", "surrogatepass")) > self.max_topic_bytes
         ):
             return TOPIC_TOO_LONG
-        if not (topic.isascii() and topic.isprintable()) and _BAD_NAME_CHARS.search(topic) is not None:
+        if not (topic.isascii() and topic.isprintable()) and BAD_NAME_CHARS.search(topic) is not None:
             return BAD_NAME
         first = payload[0]
         if first != 0x7B and first != 0x5B:  # not "{" or "[": try a plain number first
@@ -354,7 +342,7 @@ class PayloadParser:
         non_finite = False
         max_fields = self.max_fields
         for key, x in node.items():
-            if not (key.isascii() and key.isprintable()) and _BAD_NAME_CHARS.search(key) is not None:
+            if not (key.isascii() and key.isprintable()) and BAD_NAME_CHARS.search(key) is not None:
                 raise _Refused(BAD_NAME)
             name = prefix + key
             t = type(x)
