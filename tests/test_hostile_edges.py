@@ -82,3 +82,17 @@ def test_restored_streams_with_invalid_names_are_dropped(tmp_path: Path) -> None
     settings = Settings(finetune={"enabled": False}, state={"directory": tmp_path}, engine=cfg)
     restored, _ = build_engine(settings, CheckpointStore(tmp_path))
     assert restored.streams == ["ok"]
+
+
+def test_notify_never_blocks_on_a_full_manager_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.service import notify
+
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))  # never read: its queue fills
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    t0 = time.monotonic()
+    results = [notify.status(f"line {i}") for i in range(2000)]
+    assert time.monotonic() - t0 < 5.0
+    assert results[0] and not results[-1]
+    sock.close()
