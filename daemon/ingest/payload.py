@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from daemon.rejects import BAD_NAME_CHARS, REASONS
+from daemon.rejects import REASONS, valid_name
 
 
 def _stdlib_loads(payload: bytes) -> Any:
@@ -49,6 +49,7 @@ MAX_DEPTH = 8  # nesting flattened in multi-field objects; deeper levels are ign
 # stops near the interpreter's recursion limit minus the current stack, so only a bound well below
 # both gives one answer. Only payloads with more brackets than this are walked to measure it.
 MAX_NESTING = 256
+GOOD_TOPICS = 65_536  # topics (and field keys) remembered as checked: a known one costs a set lookup
 # Array elements without their own timestamp: arrival order, this far apart, the last one at the
 # arrival time. Equal timestamps would make the engine drop all but the first as duplicates.
 ARRAY_SPACING_S = 1e-6
@@ -200,6 +201,8 @@ class PayloadParser:
     """Parses payloads with one :class:`PayloadConfig`, compiled once (paths split, template)."""
 
     __slots__ = (
+        "_good_keys",
+        "_good_topics",
         "max_bytes",
         "max_fields",
         "max_future_s",
@@ -224,6 +227,8 @@ class PayloadParser:
         self.ts_field = "/".join(self.ts_path) if self.ts_path else None
         self.template = None if cfg.stream_name == "{topic}" else cfg.stream_name
         self.max_topic_bytes = cfg.max_topic_bytes
+        self._good_topics: set[str] = set()  # topics that passed _check_topic (at most GOOD_TOPICS)
+        self._good_keys: set[str] = set()  # field keys that are valid names (likewise bounded)
         self.max_fields = cfg.max_fields
         self.max_samples = cfg.max_samples
         self.max_future_s = math.inf if cfg.max_future_s is None else cfg.max_future_s
@@ -246,13 +251,10 @@ class PayloadParser:
             return TOO_LARGE
         if size == 0:
             return NO_VALUE
-        n = len(topic)  # characters: at most 4 bytes each, so short topics need no encoding
-        if n * 4 > self.max_topic_bytes and (
-            n > self.max_topic_bytes or len(topic.encode("utf-8", "surrogatepass")) > self.max_topic_bytes
-        ):
-            return TOPIC_TOO_LONG
-        if not (topic.isascii() and topic.isprintable()) and BAD_NAME_CHARS.search(topic) is not None:
-            return BAD_NAME
+        if topic not in self._good_topics:  # one set lookup per message once a topic was checked
+            refused = self._check_topic(topic)
+            if refused is not None:
+                return refused
         first = payload[0]
         if first != 0x7B and first != 0x5B:  # not "{" or "[": try a plain number first
             try:
@@ -263,6 +265,20 @@ class PayloadParser:
                 return NOT_FINITE
             return [(self.stream(topic), arrival_ts, value)]
         return self._parse_json(topic, payload, arrival_ts)
+
+    def _check_topic(self, topic: str) -> Reject | None:
+        """``topic_too_long`` or ``bad_name`` for a topic not seen yet; a good one is remembered."""
+        n = len(topic)  # characters: at most 4 bytes each, so short topics need no encoding
+        limit = self.max_topic_bytes
+        if n * 4 > limit and (n > limit or len(topic.encode("utf-8", "surrogatepass")) > limit):
+            return TOPIC_TOO_LONG
+        if not valid_name(topic):
+            return BAD_NAME
+        good = self._good_topics
+        if len(good) >= GOOD_TOPICS:  # a flood of new topics: start over rather than grow
+            good.clear()
+        good.add(topic)
+        return None
 
     def _parse_text(self, topic: str, payload: bytes, arrival_ts: float) -> list[Sample] | Reject:
         try:
@@ -288,6 +304,7 @@ class PayloadParser:
         t = type(obj)
         if (
             (t is dict or t is list)
+            and len(payload) > 2 * MAX_NESTING  # deeper nesting takes more brackets than that
             and payload.count(b"[") + payload.count(b"{") > MAX_NESTING
             and _deeper_than(obj, MAX_NESTING)
         ):
@@ -329,6 +346,8 @@ class PayloadParser:
             non_finite = self._flatten(obj, "", self.stream(topic) + "/", ts, out, 0)
         except _Refused as refused:
             return refused.reject
+        if len(out) > self.max_fields:  # checked once: max_bytes already bounds the walk
+            return TOO_MANY_FIELDS
         if out:
             return out
         return NOT_FINITE if non_finite else NO_VALUE
@@ -338,12 +357,16 @@ class PayloadParser:
     ) -> bool:
         """Append one sample per numeric/boolean leaf; True if a leaf was NaN/inf (skipped).
 
-        Raises :class:`_Refused` for a key that is no valid name or past ``max_fields`` samples."""
+        Raises :class:`_Refused` for a key that is not a valid name."""
         non_finite = False
-        max_fields = self.max_fields
+        good_keys = self._good_keys
         for key, x in node.items():
-            if not (key.isascii() and key.isprintable()) and BAD_NAME_CHARS.search(key) is not None:
-                raise _Refused(BAD_NAME)
+            if key not in good_keys:
+                if not valid_name(key):
+                    raise _Refused(BAD_NAME)
+                if len(good_keys) >= GOOD_TOPICS:
+                    good_keys.clear()
+                good_keys.add(key)
             name = prefix + key
             t = type(x)
             if t is dict:
@@ -362,8 +385,6 @@ class PayloadParser:
                     non_finite = True
                     continue
             out.append((base + name, ts, value))
-            if len(out) > max_fields:
-                raise _Refused(TOO_MANY_FIELDS)
         return non_finite
 
     def _from_array(self, topic: str, items: list[Any], arrival_ts: float) -> list[Sample] | Reject:
