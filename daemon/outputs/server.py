@@ -67,6 +67,7 @@ class _Server(http.server.ThreadingHTTPServer):
     max_threads = MAX_THREADS
 
     def server_activate(self) -> None:
+        """Listen, and make the thread slots (here: ``max_threads`` is read once the class is set up)."""
         super().server_activate()
         self._slots = threading.BoundedSemaphore(self.max_threads)
         self.refused = 0  # connections closed because every thread was busy
@@ -85,6 +86,7 @@ class _Server(http.server.ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        """Serve one connection in its thread, then give the thread's slot back."""
         try:
             super().process_request_thread(request, client_address)
         finally:
