@@ -36,7 +36,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from lstm_stream.config import EngineConfig
+from lstm_stream.config import EngineConfig, OffOnly
 
 if sys.version_info >= (3, 11):
     from tomllib import TOMLDecodeError
@@ -254,6 +254,18 @@ class PayloadSettings(_Section):
     multi_field: bool = Field(True, description="objects without value_key: one stream per field")
     stream_name: str = Field(
         "{topic}", description="stream id template: {topic} or topic levels {0}, {1}, ..."
+    )
+    max_topic_bytes: int = Field(
+        256, ge=1, le=65535, description="longer topics are rejected (topic_too_long): names stay small"
+    )
+    max_fields: int = Field(
+        64, ge=1, description="a multi-field object with more numeric fields is rejected (too_many_fields)"
+    )
+    max_samples: int = Field(
+        1000, ge=1, description="a JSON array with more elements is rejected (too_many_samples)"
+    )
+    max_future_s: Annotated[float | None, OffOnly] = Field(
+        300.0, ge=0, description="timestamps further ahead of arrival are rejected (future); false = off"
     )
 
     @field_validator("value_key", "timestamp_key")

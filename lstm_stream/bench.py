@@ -75,7 +75,9 @@ def run(seconds: float = 3.0, streams: tuple[int, ...] = (1000, 10_000), look_ba
     """
     torch.set_num_threads(1)
     model = ModelConfig(hidden=64, layers=2)
-    base = EngineConfig(model=model, look_back=look_back, max_streams=max(streams), torch_threads=1)
+    base = EngineConfig(  # every stream is created in the first batch: no admission rate
+        model=model, look_back=look_back, max_streams=max(streams), torch_threads=1, new_streams_per_s=None
+    )
     window = base.model_copy(update={"mode": "window"})
     out: dict = {"hidden": 64, "layers": 2, "look_back": look_back, "torch_threads": 1, "by_streams": {}}
     for n in streams:

@@ -159,6 +159,15 @@ class EngineConfig(_Strict):
         86400.0, gt=0, description="streams unseen this long are dropped; false or 0 = never"
     )
     history_len: int = Field(512, ge=0, description="per-stream buffer for fine-tuning")
+    evict_idle_s: Annotated[float | None, OffOrZero] = Field(
+        3600.0,
+        gt=0,
+        description="a full table evicts only streams idle this long (else over_capacity); false or 0 = LRU",
+    )
+    new_streams_per_s: Annotated[float | None, OffOrZero] = Field(
+        100.0, gt=0, description="new streams admitted per second (else new_stream_rate); false or 0 = any"
+    )
+    new_streams_burst: int = Field(1000, ge=1, description="new streams admitted at once at full rate budget")
     scaling: ScalerConfig = ScalerConfig()
     scoring: ScoringConfig = ScoringConfig()
     seasonal: SeasonalConfig = SeasonalConfig()

@@ -21,8 +21,18 @@ from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
 
-REJECTS = ("", "not_finite", "not_a_number", "out_of_order", "duplicate", "over_capacity", "bad_timestamp")
-OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP = range(len(REJECTS))
+REJECTS = (
+    "",
+    "not_finite",
+    "not_a_number",
+    "out_of_order",
+    "duplicate",
+    "over_capacity",
+    "bad_timestamp",
+    "new_stream_rate",
+)
+OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP = range(7)
+NEW_STREAM_RATE = 7  # a new stream beyond the admission rate (engine.new_streams_per_s)
 TS_RING = 8  # recent timestamps kept per stream, to tell a redelivered duplicate from a late sample
 
 
@@ -49,6 +59,7 @@ class Results:
     reject: np.ndarray
     evicted: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # new streams not admitted (full table, rate)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -138,6 +149,8 @@ class Engine:
         self.stateful = cfg.mode == "stateful" and getattr(self.model, "stateful", False)
         self.table = StreamTable(self._columns(), cfg.max_streams)
         self.counters = {"processed": 0, "rejected": 0, "evicted": 0, "expired": 0, "flagged": 0}
+        self._admit_tokens = float(cfg.new_streams_burst)  # new streams admissible now (a token bucket)
+        self._admit_at: float | None = None  # when the bucket was last filled up (the ``now`` base)
 
     # ----------------------------------------------------------------- layout
     def _columns(self) -> dict[str, Column]:
@@ -194,7 +207,7 @@ class Engine:
         finite_ts = np.isfinite(ts)
         if not finite_ts.all():
             reject[(reject == OK) & ~finite_ts] = BAD_TIMESTAMP
-        slots, evicted, created = self._slots_for(streams, reject)
+        slots, evicted, created, refused = self._slots_for(streams, reject, ts, now)
         nan_out = np.full((6, n), np.nan)  # one allocation for the six NaN-initialised columns
         out = Results(
             stream=streams,
@@ -211,6 +224,7 @@ class Engine:
             reject=reject,
             evicted=evicted,
             created=created,
+            refused=refused,
         )
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
@@ -225,26 +239,53 @@ class Engine:
         return out
 
     def _slots_for(
-        self, streams: Sequence[str], reject: np.ndarray
-    ) -> tuple[np.ndarray, list[str], list[str]]:
-        """Slots of the batch's streams, creating new ones (and evicting) for valid unknown names.
+        self, streams: Sequence[str], reject: np.ndarray, ts: np.ndarray, now: float | None
+    ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+        """Slots of the batch's streams, admitting new ones for valid unknown names: at most the
+        admission budget (``new_streams_per_s``), and into a full table only by evicting a stream
+        idle over ``evict_idle_s``; the others are rejected (``new_stream_rate``, ``over_capacity``).
 
-        Returns the slots, the evicted names and the created names.
+        Returns the slots and the evicted, created and refused names.
         """
         slots = self.table.lookup(streams)
         unknown = slots < 0
         if not unknown.any():
-            return slots, [], []
+            return slots, [], [], []
         new = np.nonzero(unknown & (reject == OK))[0]
         if not len(new):
-            return slots, [], []
-        names = dict.fromkeys(streams[i] for i in new.tolist())
-        added, evicted = self.table.add(names, protect=np.unique(slots[slots >= 0]))
+            return slots, [], [], []
+        names = list(dict.fromkeys(streams[i] for i in new.tolist()))
+        t = float(now) if now is not None else float(np.max(ts[new]))
+        budget = self._admission_budget(t)
+        admit = names if budget >= len(names) else names[:budget]
+        idle_s = self.config.evict_idle_s
+        added, evicted = self.table.add(
+            admit, protect=np.unique(slots[slots >= 0]), idle_before=None if idle_s is None else t - idle_s
+        )
         self.counters["evicted"] += len(evicted)
+        created = [n for n, slot in zip(admit, added, strict=True) if slot >= 0]
+        self._admit_tokens -= len(created)
         slots = self.table.lookup(streams)
-        reject[(slots < 0) & (reject == OK)] = OVER_CAPACITY
-        created = [n for n, slot in zip(names, added, strict=True) if slot >= 0]
-        return slots, evicted, created
+        refused_at = np.nonzero((slots < 0) & (reject == OK))[0]
+        if not len(refused_at):
+            return slots, evicted, created, []
+        limited = set(names[len(admit) :])
+        for i in refused_at.tolist():
+            reject[i] = NEW_STREAM_RATE if streams[i] in limited else OVER_CAPACITY
+        return slots, evicted, created, [n for n in names if n not in self.table.ids]
+
+    def _admission_budget(self, t: float) -> int:
+        """New streams that may be created at time ``t`` (the token bucket refilled up to ``t``)."""
+        rate = self.config.new_streams_per_s
+        if rate is None:
+            return 1 << 62
+        burst = float(self.config.new_streams_burst)
+        if self._admit_at is None or t < self._admit_at:  # first call, or the clock went back
+            self._admit_at = t if self._admit_at is None else self._admit_at
+        else:
+            self._admit_tokens = min(burst, self._admit_tokens + (t - self._admit_at) * rate)
+            self._admit_at = t
+        return max(0, int(self._admit_tokens))
 
     def _check_order(self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, out: Results) -> np.ndarray:
         """Mask of samples newer than their stream's last; marks duplicates and late ones rejected."""

@@ -2,7 +2,8 @@
 
 Every per-stream quantity (LSTM state, windows, scaler and scoring statistics, ...) is a column in a
 :class:`SlotArrays`; a stream's name maps to its slot. New streams take a free slot (amortised O(1));
-``max_streams`` is enforced by evicting the least recently seen streams; idle streams expire.
+``max_streams`` is enforced by evicting the least recently seen streams (only those idle long enough,
+when the caller gives a bound, so live streams are never pushed out); idle streams expire.
 """
 
 from __future__ import annotations
@@ -103,8 +104,11 @@ class StreamTable:
         self.seq += len(slots)
         a["last_seen"][slots] = now
 
-    def add(self, names: Iterable[str], protect: np.ndarray) -> tuple[list[int], list[str]]:
-        """Create slots for new ``names``; evict the least recently seen streams not in ``protect``.
+    def add(
+        self, names: Iterable[str], protect: np.ndarray, idle_before: float | None = None
+    ) -> tuple[list[int], list[str]]:
+        """Create slots for new ``names``; evict the least recently seen streams not in ``protect``
+        (and, with ``idle_before``, only those last seen before it: a live stream is never evicted).
 
         Returns the new slots (-1 for a name that found no room) and the evicted names.
         """
@@ -112,7 +116,7 @@ class StreamTable:
         room = self.max_streams - len(self.ids)
         evicted: list[str] = []
         if len(names) > room:
-            evicted = self._evict_lru(len(names) - room, protect)
+            evicted = self._evict_lru(len(names) - room, protect, idle_before)
         slots: list[int] = []
         for name in names:
             if len(self.ids) >= self.max_streams:
@@ -132,10 +136,12 @@ class StreamTable:
         self.names.append(None)
         return slot
 
-    def _evict_lru(self, count: int, protect: np.ndarray) -> list[str]:
+    def _evict_lru(self, count: int, protect: np.ndarray, idle_before: float | None = None) -> list[str]:
         active = self.active_slots()
         if len(protect):
             active = active[~np.isin(active, protect)]
+        if idle_before is not None:
+            active = active[self.arrays["last_seen"][active] < idle_before]
         count = min(count, len(active))
         if count <= 0:
             return []

@@ -266,7 +266,7 @@ def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> N
     watcher = Retained(broker, "homeassistant/#", "lstm-stream/#")
     cfg = {
         "homeassistant": {"enabled": True, "max_streams": 2, "state_interval_s": 0.5},
-        "engine": {"max_streams": 3},
+        "engine": {"max_streams": 3, "evict_idle_s": False},  # the least recently seen may go
         "ingest": {"batch_ms": 10},
     }
     d = Daemon(tmp_path, broker, cfg, name="ha").start()

@@ -321,7 +321,7 @@ def test_replay_arrives_in_order_and_complete(
         sub.loop_stop()
         sub.disconnect()
     assert len(got) == 300
-    samples = [parse_payload(t, p, 0.0) for t, p in got]
+    samples = [parse_payload(t, p, time.time()) for t, p in got]  # arrival now: 2024 is not future
     assert [s[0][1] for s in samples] == pytest.approx(list(data.time))  # timestamps survive, in order
     assert [s[0][2] for s in samples] == pytest.approx(list(data.series(0)))
     assert {s[0][0] for s in samples} == {"replay/sine"}

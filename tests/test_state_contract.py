@@ -7,7 +7,7 @@ import pytest
 
 from lstm_stream import checkpoint
 from lstm_stream.config import EngineConfig
-from lstm_stream.engine import DUPLICATE, OUT_OF_ORDER, OVER_CAPACITY, Engine
+from lstm_stream.engine import DUPLICATE, NEW_STREAM_RATE, OUT_OF_ORDER, OVER_CAPACITY, Engine
 
 FIELDS = ("forecast", "spread", "residual", "score", "next_forecast", "next_spread")
 
@@ -103,7 +103,7 @@ def test_new_stream_gets_a_slot_on_first_sight(small_cfg: EngineConfig) -> None:
 
 
 def test_lru_eviction_frees_the_slot(small_cfg: EngineConfig) -> None:
-    cfg = small_cfg.model_copy(update={"max_streams": 3})
+    cfg = small_cfg.model_copy(update={"max_streams": 3, "evict_idle_s": None})  # any stream may go
     e = Engine(cfg)
     e.process(["a", "b", "c"], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
     e.process(["a", "c"], [2.0, 2.0], [1.0, 3.0])  # b is now the least recently seen
@@ -132,7 +132,7 @@ def test_idle_streams_expire(small_cfg: EngineConfig) -> None:
 
 
 def test_growth_is_amortised(small_cfg: EngineConfig) -> None:
-    e = Engine(small_cfg.model_copy(update={"max_streams": 5000}))
+    e = Engine(small_cfg.model_copy(update={"max_streams": 5000, "new_streams_per_s": None}))
     grows = 0
     cap = e.table.arrays.capacity
     for i in range(0, 5000, 50):
@@ -158,3 +158,42 @@ def test_duplicates_and_late_samples_are_rejected_without_state_change(small_cfg
     tb, _ = checkpoint.decode(after)
     for k in ta:
         np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
+
+
+# --- admission: a full table or a flood of new names never pushes live streams out -------------------
+
+
+def test_full_table_evicts_only_streams_idle_past_the_bound(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg.model_copy(update={"max_streams": 3, "evict_idle_s": 100.0}))
+    e.process(["a", "b", "c"], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0], now=1000.0)
+    e.process(["a", "c"], [2.0, 2.0], [1.0, 3.0], now=1050.0)
+    r = e.process(["d"], [3.0], [4.0], now=1090.0)  # b idle 90 s < 100 s: nobody may go
+    assert list(r.reject) == [OVER_CAPACITY] and r.refused == ["d"] and not r.evicted
+    assert sorted(e.streams) == ["a", "b", "c"]
+    r = e.process(["d"], [4.0], [4.0], now=1101.0)  # b idle 101 s: it goes, d takes its slot
+    assert r.evicted == ["b"] and r.created == ["d"] and list(r.reject) == [0]
+
+
+def test_new_streams_are_admitted_at_a_bounded_rate(small_cfg: EngineConfig) -> None:
+    cfg = small_cfg.model_copy(update={"max_streams": 64, "new_streams_per_s": 2.0, "new_streams_burst": 3})
+    e = Engine(cfg)
+    r = e.process(["a", "b", "c", "d", "d"], [1.0] * 5, [1.0] * 5, now=100.0)
+    assert r.created == ["a", "b", "c"] and r.refused == ["d"]
+    assert list(r.reject) == [0, 0, 0, NEW_STREAM_RATE, NEW_STREAM_RATE]
+    assert e.process(["e"], [2.0], [1.0], now=100.2).refused == ["e"]  # 0.4 tokens
+    r = e.process(["a", "e", "f", "g"], [3.0] * 4, [1.0] * 4, now=101.2)  # 2.4 tokens
+    assert r.created == ["e", "f"] and r.refused == ["g"] and r.reject[0] == 0  # known streams go on
+    e.process(["h"], [4.0], [1.0], now=1e6)  # the bucket refills to the burst, no further
+    assert e.process(["i", "j", "k", "l"], [5.0] * 4, [1.0] * 4, now=1e6).created == ["i", "j"]
+
+
+def test_a_flood_of_new_names_leaves_live_streams_warm(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg.model_copy(update={"max_streams": 32, "evict_idle_s": 60.0}))
+    live = [f"live{i}" for i in range(8)]
+    for k in range(30):
+        now = 1000.0 + k
+        flood = [f"junk{k}_{i}" for i in range(100)]
+        e.process(live + flood, [now] * 108, np.ones(108), now=now)
+    counts = e.arrays["count"][e.table.lookup(live)]
+    assert list(counts) == [30] * 8  # never evicted, never reset
+    assert len(e.streams) == 32

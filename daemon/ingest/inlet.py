@@ -13,11 +13,21 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from daemon.ingest.payload import BAD_NAME as _BAD_NAME
 from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import INTERNAL, IngestQueue, LinkStats
 from daemon.ratelog import RateLimitedLogger
 
 log = logging.getLogger(__name__)
+
+BAD_NAME = _BAD_NAME.reason
+SHOWN_CHARS = 120  # of a rejected topic in a log line (topics may be 64 KiB)
+
+
+def _shown(topic: str) -> str:
+    """``topic`` as a log line may hold it: shortened, control characters escaped."""
+    text = topic if len(topic) <= SHOWN_CHARS else topic[:SHOWN_CHARS] + "..."
+    return text if text.isprintable() else ascii(text)
 
 
 class Inlet:
@@ -38,6 +48,7 @@ class Inlet:
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         self.stats = stats
+        self.parser = parser
         self._rlog = rate_log
         self._parse = parser.parse
         self._put_many = queue.put_many
@@ -61,7 +72,10 @@ class Inlet:
                 return
             reason = result.reason
             stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
-            self._rlog.log(reason, "rejected payload on %s: %s", msg.topic, reason)
+            self._rlog.log(reason, "rejected payload on %s: %s", _shown(msg.topic), reason)
+        except UnicodeDecodeError:  # msg.topic: a topic that is not UTF-8 names no stream
+            stats.rejected[BAD_NAME] += 1
+            self._rlog.log(BAD_NAME, "rejected payload on a topic that is not UTF-8: %s", BAD_NAME)
         except Exception as exc:  # never raise into paho's loop
             stats.rejected[INTERNAL] += 1
             self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = b"online", b"offline"
 MAX_OUTGOING = 10_000  # QoS > 0 publishes paho may hold unacknowledged; beyond: a publish failure
+# MQTT 5 Maximum Packet Size beyond the payload and topic limits: fixed header, lengths, packet id and
+# properties of a PUBLISH. A larger packet the broker drops instead of sending (never buffered here).
+PACKET_OVERHEAD = 4096
+MQTT_MAX_PACKET = 268_435_455  # the protocol's largest (a four-byte remaining length)
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -143,7 +147,15 @@ class MqttLink:
             return None
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.MaximumPacketSize = self.max_packet_size()
         return props
+
+    def max_packet_size(self) -> int:
+        """The MQTT 5 Maximum Packet Size this client announces: ``payload.max_bytes`` plus the topic
+        limit and headers, so an oversized body stays at the broker (3.1.1 has no such property:
+        there the parser drops it, by size, before any parsing)."""
+        parser = self.inlet.parser
+        return min(MQTT_MAX_PACKET, parser.max_bytes + parser.max_topic_bytes + PACKET_OVERHEAD)
 
     def _subscriptions(self) -> list[tuple[str, Any]]:
         """(filter, qos) pairs; on MQTT 5 retained messages only for a new subscription, so a

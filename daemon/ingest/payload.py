@@ -12,6 +12,12 @@ Accepted forms (``value_key``/``timestamp_key`` are dotted paths, default ``valu
 Timestamps are epoch seconds, milliseconds (> 1e11), microseconds (> 1e14), nanoseconds (> 1e17)
 or ISO 8601 text (no offset = UTC); absent or null means the arrival time. The plain-number path
 never touches a JSON parser, since it runs on the MQTT network thread for every message.
+
+Hostile input is refused here, before it can name a stream or move a clock: topics over
+``max_topic_bytes`` (``topic_too_long``), names (topic, field keys) with control characters or lone
+surrogates (``bad_name``), objects with more than ``max_fields`` numeric fields, arrays of more than
+``max_samples`` elements, and timestamps more than ``max_future_s`` ahead of arrival (``future``). Both
+JSON parsers (orjson, and the stdlib one it falls back to) give the same answer on the same bytes.
 """
 
 from __future__ import annotations
@@ -23,16 +29,27 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from daemon.rejects import REASONS
+from daemon.rejects import REASONS, valid_name
+
+
+def _stdlib_loads(payload: bytes) -> Any:
+    """stdlib json on strict UTF-8 (``json.loads`` of bytes would also take UTF-16 and UTF-32)."""
+    return json.loads(payload.decode("utf-8"))
+
 
 try:
     import orjson
 
     _fast_loads: Callable[[bytes], Any] = orjson.loads
 except ImportError:  # pragma: no cover - orjson is optional
-    _fast_loads = json.loads
+    _fast_loads = _stdlib_loads
 
 MAX_DEPTH = 8  # nesting flattened in multi-field objects; deeper levels are ignored
+# Deeper JSON is bad_json whichever parser read it: orjson takes up to 1024 levels, the stdlib one
+# stops near the interpreter's recursion limit minus the current stack, so only a bound well below
+# both gives one answer. Only payloads with more brackets than this are walked to measure it.
+MAX_NESTING = 256
+GOOD_TOPICS = 65_536  # topics (and field keys) remembered as checked: a known one costs a set lookup
 # Array elements without their own timestamp: arrival order, this far apart, the last one at the
 # arrival time. Equal timestamps would make the engine drop all but the first as duplicates.
 ARRAY_SPACING_S = 1e-6
@@ -47,9 +64,28 @@ class Reject:
     reason: str
 
 
-TOO_LARGE, NOT_UTF8, NOT_A_NUMBER, NOT_FINITE, BAD_JSON, NO_VALUE, BAD_TIMESTAMP = (
-    Reject(r) for r in REASONS
-)
+(
+    TOO_LARGE,
+    NOT_UTF8,
+    NOT_A_NUMBER,
+    NOT_FINITE,
+    BAD_JSON,
+    NO_VALUE,
+    BAD_TIMESTAMP,
+    FUTURE,
+    BAD_NAME,
+    TOPIC_TOO_LONG,
+    TOO_MANY_FIELDS,
+    TOO_MANY_SAMPLES,
+) = (Reject(r) for r in REASONS)
+
+
+class _Refused(Exception):
+    """Raised inside the flattening walk to abandon a whole message with ``reject``."""
+
+    def __init__(self, reject: Reject) -> None:
+        self.reject = reject
+
 
 _WORDS = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0}
 _MISSING = object()
@@ -64,6 +100,10 @@ class PayloadConfig(Protocol):
     max_bytes: int
     multi_field: bool
     stream_name: str
+    max_topic_bytes: int
+    max_fields: int
+    max_samples: int
+    max_future_s: float | None
 
 
 def _lookup(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -133,7 +173,8 @@ def _to_timestamp(x: Any) -> float | Reject:
 
 
 def _slow_loads(payload: bytes) -> Any:
-    """stdlib json: accepts NaN/Infinity literals and big integers, which orjson refuses."""
+    """stdlib json: accepts NaN/Infinity literals, big integers and escaped lone surrogates, which
+    orjson refuses (the surrogates are then refused as names, or ignored as text)."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -144,10 +185,35 @@ def _slow_loads(payload: bytes) -> Any:
         return BAD_JSON
 
 
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """True if lists/objects nest more than ``limit`` levels (iterative: no recursion limit)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if type(node) is dict else node
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+    return False
+
+
 class PayloadParser:
     """Parses payloads with one :class:`PayloadConfig`, compiled once (paths split, template)."""
 
-    __slots__ = ("max_bytes", "multi_field", "template", "ts_field", "ts_path", "value_path")
+    __slots__ = (
+        "_good_keys",
+        "_good_topics",
+        "max_bytes",
+        "max_fields",
+        "max_future_s",
+        "max_samples",
+        "max_topic_bytes",
+        "multi_field",
+        "template",
+        "ts_field",
+        "ts_path",
+        "value_path",
+    )
 
     def __init__(self, cfg: PayloadConfig | None = None) -> None:
         if cfg is None:
@@ -160,6 +226,12 @@ class PayloadParser:
         self.ts_path = tuple(cfg.timestamp_key.split(".")) if cfg.timestamp_key else None
         self.ts_field = "/".join(self.ts_path) if self.ts_path else None
         self.template = None if cfg.stream_name == "{topic}" else cfg.stream_name
+        self.max_topic_bytes = cfg.max_topic_bytes
+        self._good_topics: set[str] = set()  # topics that passed _check_topic (at most GOOD_TOPICS)
+        self._good_keys: set[str] = set()  # field keys that are valid names (likewise bounded)
+        self.max_fields = cfg.max_fields
+        self.max_samples = cfg.max_samples
+        self.max_future_s = math.inf if cfg.max_future_s is None else cfg.max_future_s
 
     def stream(self, topic: str) -> str:
         """The stream id of a topic (``stream_name`` template; the topic if a level is missing)."""
@@ -179,6 +251,10 @@ class PayloadParser:
             return TOO_LARGE
         if size == 0:
             return NO_VALUE
+        if topic not in self._good_topics:  # one set lookup per message once a topic was checked
+            refused = self._check_topic(topic)
+            if refused is not None:
+                return refused
         first = payload[0]
         if first != 0x7B and first != 0x5B:  # not "{" or "[": try a plain number first
             try:
@@ -189,6 +265,20 @@ class PayloadParser:
                 return NOT_FINITE
             return [(self.stream(topic), arrival_ts, value)]
         return self._parse_json(topic, payload, arrival_ts)
+
+    def _check_topic(self, topic: str) -> Reject | None:
+        """``topic_too_long`` or ``bad_name`` for a topic not seen yet; a good one is remembered."""
+        n = len(topic)  # characters: at most 4 bytes each, so short topics need no encoding
+        limit = self.max_topic_bytes
+        if n * 4 > limit and (n > limit or len(topic.encode("utf-8", "surrogatepass")) > limit):
+            return TOPIC_TOO_LONG
+        if not valid_name(topic):
+            return BAD_NAME
+        good = self._good_topics
+        if len(good) >= GOOD_TOPICS:  # a flood of new topics: start over rather than grow
+            good.clear()
+        good.add(topic)
+        return None
 
     def _parse_text(self, topic: str, payload: bytes, arrival_ts: float) -> list[Sample] | Reject:
         try:
@@ -212,6 +302,13 @@ class PayloadParser:
             if type(obj) is Reject:
                 return obj
         t = type(obj)
+        if (
+            (t is dict or t is list)
+            and len(payload) > 2 * MAX_NESTING  # deeper nesting takes more brackets than that
+            and payload.count(b"[") + payload.count(b"{") > MAX_NESTING
+            and _deeper_than(obj, MAX_NESTING)
+        ):
+            return BAD_JSON
         if t is dict:
             return self._from_object(topic, obj, arrival_ts)
         if t is list:
@@ -227,7 +324,10 @@ class PayloadParser:
         raw = _lookup(obj, self.ts_path)
         if raw is _MISSING or raw is None:
             return arrival_ts
-        return _to_timestamp(raw)
+        ts = _to_timestamp(raw)
+        if type(ts) is float and ts > arrival_ts + self.max_future_s:
+            return FUTURE  # it would hold the stream's clock ahead: every later sample out of order
+        return ts
 
     def _from_object(self, topic: str, obj: dict[str, Any], arrival_ts: float) -> list[Sample] | Reject:
         ts = self._timestamp(obj, arrival_ts)
@@ -242,7 +342,12 @@ class PayloadParser:
         if not self.multi_field:
             return NO_VALUE
         out: list[Sample] = []
-        non_finite = self._flatten(obj, "", self.stream(topic) + "/", ts, out, 0)
+        try:
+            non_finite = self._flatten(obj, "", self.stream(topic) + "/", ts, out, 0)
+        except _Refused as refused:
+            return refused.reject
+        if len(out) > self.max_fields:  # checked once: max_bytes already bounds the walk
+            return TOO_MANY_FIELDS
         if out:
             return out
         return NOT_FINITE if non_finite else NO_VALUE
@@ -250,9 +355,18 @@ class PayloadParser:
     def _flatten(
         self, node: dict[str, Any], prefix: str, base: str, ts: float, out: list[Sample], depth: int
     ) -> bool:
-        """Append one sample per numeric/boolean leaf; True if a leaf was NaN/inf (skipped)."""
+        """Append one sample per numeric/boolean leaf; True if a leaf was NaN/inf (skipped).
+
+        Raises :class:`_Refused` for a key that is not a valid name."""
         non_finite = False
+        good_keys = self._good_keys
         for key, x in node.items():
+            if key not in good_keys:
+                if not valid_name(key):
+                    raise _Refused(BAD_NAME)
+                if len(good_keys) >= GOOD_TOPICS:
+                    good_keys.clear()
+                good_keys.add(key)
             name = prefix + key
             t = type(x)
             if t is dict:
@@ -277,6 +391,8 @@ class PayloadParser:
         """All elements or none: one bad element rejects the batch with its reason."""
         if not items:
             return NO_VALUE
+        if len(items) > self.max_samples:
+            return TOO_MANY_SAMPLES
         stream = self.stream(topic)
         out: list[Sample] = []
         last = len(items) - 1

@@ -38,6 +38,7 @@ from typing import Any
 from daemon.outputs.events import Publish
 from daemon.outputs.metrics import package_version
 from daemon.ratelog import RateLimitedLogger
+from daemon.rejects import valid_name
 from daemon.settings import HomeAssistantSettings
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class HomeAssistantDiscovery:
         added: list[str] = []
         over: list[str] = []
         for name in names:
-            if name in self.announced:
+            if name in self.announced or not valid_name(name):  # a name no config could carry
                 continue
             if len(self.announced) >= cap:
                 if name not in self._waiting:

@@ -1,4 +1,8 @@
-"""``GET /metrics`` and ``GET /healthz`` on a threading HTTP server in a daemon thread."""
+"""``GET /metrics`` and ``GET /healthz`` on a threading HTTP server in a daemon thread.
+
+Bounded against slow or hostile clients: each connection has a socket timeout (``TIMEOUT_S``), and at
+most ``MAX_THREADS`` are served at once; a connection beyond that is closed at once, unanswered.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,15 @@ from daemon.outputs.exposition import StreamExporter
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TIMEOUT_S = 10.0  # a connection that sends or reads nothing for this long is closed
+MAX_THREADS = 8  # connections served at once (Prometheus scrapes one at a time)
 HealthCheck = Callable[[], tuple[bool, str]]  # (ok, detail shown on failure)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
     server_version = "lstm-stream"
+    timeout = TIMEOUT_S  # socketserver sets it on the connection: a silent client cannot hold a thread
 
     def do_GET(self) -> None:  # http.server's naming
         self._respond(send_body=True)
@@ -52,8 +59,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _Server(http.server.ThreadingHTTPServer):
+    """A thread per connection, at most ``max_threads`` at once; the rest are closed unanswered."""
+
     daemon_threads = True
+    block_on_close = False
     owner: MetricsServer
+    max_threads = MAX_THREADS
+
+    def server_activate(self) -> None:
+        """Listen, and make the thread slots (here: ``max_threads`` is read once the class is set up)."""
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+        self.refused = 0  # connections closed because every thread was busy
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        """Serve in a thread if one is free, else close the connection now."""
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            log.debug("http: %d connections busy, closing one from %s", self.max_threads, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        """Serve one connection in its thread, then give the thread's slot back."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class MetricsServer:

@@ -6,6 +6,7 @@ runs the due ones (under load), the engine thread what light load leaves waiting
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,13 +17,16 @@ import torch
 from daemon.ingest.queue import IngestQueue
 from daemon.outputs.events import EventPublisher
 from daemon.outputs.metrics import Metrics, code_counts
+from daemon.ratelog import RateLimitedLogger
 from daemon.service.homeassistant import DiscoveryFeed
 from daemon.service.tuning import Tuning
 from daemon.settings import Settings
 from lstm_stream import scoring
-from lstm_stream.engine import REJECTS, Engine
+from lstm_stream.engine import NEW_STREAM_RATE, OVER_CAPACITY, REJECTS, Engine, Results
 
 LATENCY_SANE_S = 300.0  # sample timestamps further off than this are historic data, not latency
+
+log = logging.getLogger(__name__)
 
 
 class Batches:
@@ -61,6 +65,7 @@ class Batches:
         # (batches left waiting under light load, housekeeping): one at a time
         self.lock = threading.Lock()
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
+        self._rlog = RateLimitedLogger(log, settings.log.rate_limit_s)  # new streams not admitted
 
     def process_inline(self) -> None:
         """On the receiving thread after each enqueue: run a due micro-batch (``batch_max`` queued, or
@@ -109,12 +114,13 @@ class Batches:
         self.limit_torch_threads()
         streams, ts, values = zip(*samples, strict=True)
         t0 = time.perf_counter()
-        r = self.engine.process(
-            streams,
-            np.fromiter(ts, np.float64, len(ts)),
-            np.fromiter(values, np.float64, len(values)),
-            now=self.clock(),
-        )
+        with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way: no warnings
+            r = self.engine.process(
+                streams,
+                np.fromiter(ts, np.float64, len(ts)),
+                np.fromiter(values, np.float64, len(values)),
+                now=self.clock(),
+            )
         elapsed = time.perf_counter() - t0
         done = self.clock()
         lat = done - r.ts[r.accepted]
@@ -124,6 +130,8 @@ class Batches:
         )
         if r.evicted:
             self.metrics.observe_streams(len(self.engine.streams), evicted=len(r.evicted))
+        if r.refused:
+            self._log_refused(r)
         self.tuning.count(int(r.accepted.sum()))
         if r.is_anomaly.any():
             self.metrics.observe_publish(*self.events.publish_anomalies(r, self.engine.model_version))
@@ -131,3 +139,21 @@ class Batches:
             self.events.publish_forecasts(r)
         if self.feed is not None:
             self.feed.batch(r)
+
+    def _log_refused(self, r: Results) -> None:
+        """One rate-limited line per reason naming a stream that was not admitted (and how many)."""
+        for code, why in (
+            (OVER_CAPACITY, "the stream table is full of recently seen streams"),
+            (NEW_STREAM_RATE, "new streams arrive faster than engine.new_streams_per_s"),
+        ):
+            hit = r.reject == code
+            if hit.any():
+                name = r.stream[int(np.argmax(hit))]
+                self._rlog.log(
+                    REJECTS[code],
+                    "new stream %r not admitted (%s): %s; %d new streams refused in this batch",
+                    name[:120],
+                    REJECTS[code],
+                    why,
+                    len(r.refused),
+                )

@@ -15,7 +15,9 @@ def notify(state: str) -> bool:
     """Send ``state`` (``KEY=value`` lines) to the service manager; True if it was sent.
 
     A leading ``@`` in the socket path means Linux's abstract namespace. Send errors return
-    False rather than raise: a lost notification must not take the service down.
+    False rather than raise: a lost notification must not take the service down. The send never
+    waits: with the manager's queue full it fails at once instead of stalling the caller (the engine
+    loop sends the watchdog pings).
     """
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
@@ -25,7 +27,8 @@ def notify(state: str) -> bool:
     elif address[0] != "/":
         return False  # e.g. "vsock:..." (systemd 253+ in VMs): not supported here
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
             sock.sendall(state.encode("utf-8"))
     except OSError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from daemon.rejects import valid_name
 from daemon.settings import Settings
 from lstm_stream import checkpoint
 from lstm_stream.checkpoint import CheckpointStore
@@ -25,6 +26,7 @@ def build_engine(settings: Settings, store: CheckpointStore) -> tuple[Engine, st
         cfg = cfg.model_copy(update={"history_len": 0})
     if engine is not None:
         engine.config = _adopt_tunables(engine.config, cfg)
+        _forget_bad_names(engine)
         return (
             engine,
             f"restored {path.name} (model version {engine.model_version}, {len(engine.streams)} streams)",
@@ -50,3 +52,12 @@ def _adopt_tunables(restored: EngineConfig, configured: EngineConfig) -> EngineC
     if changed:
         log.warning("keeping the checkpoint's %s (the saved state depends on them)", ", ".join(changed))
     return configured.model_copy(update={k: getattr(restored, k) for k in fixed})
+
+
+def _forget_bad_names(engine: Engine) -> None:
+    """Drop restored streams whose names ingest now refuses (``bad_name``; saved by an older version):
+    announced or exported again, they would fail every time (a lone surrogate is not UTF-8)."""
+    bad = [name for name in engine.streams if not valid_name(name)]
+    if bad:
+        engine.forget(bad)
+        log.warning("dropped %d restored streams with invalid names, e.g. %s", len(bad), ascii(bad[0])[:120])

@@ -72,7 +72,8 @@ class Daemon:
                         else {"enabled": True, "mode": finetune, "interval_s": 1, "min_new_samples": 1000}
                     ),
                     "log": {"level": "INFO"},
-                    "engine": {"max_streams": max_streams},
+                    # the warm-up creates every stream at once: no admission rate
+                    "engine": {"max_streams": max_streams, "new_streams_per_s": False},
                 }
             )
         )
