@@ -2,7 +2,7 @@
 
     python scripts/forecast_summary.py --data /work/shared/data/nab-dev --out /tmp/fc-summary.json
 
-Runs ``python -m daemon.offline evaluate --whole --json --quiet`` on every CSV under ``--data`` (the
+Runs ``python -m daemon.offline evaluate --whole --json --quiet`` on every ``--data/*/*.csv`` (the
 folders whose name starts with ``artificial`` are skipped unless ``--all``), one file at a time, and
 prints per file the MASE of the served forecast (``model``) and of persistence, EWMA and seasonal
 naive, then the median and mean MASE of the served forecast, the files above 1 and the files where
@@ -51,14 +51,14 @@ def summarise(rows: list[dict]) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = Path(__file__).resolve().parent.parent
-    p.add_argument("--data", type=Path, required=True, help="folder of CSVs (searched recursively)")
+    p.add_argument("--data", type=Path, required=True, help="folder of category folders of CSVs")
     p.add_argument("--model", type=Path, default=here / "lstm_stream/data/pretrained.safetensors")
     p.add_argument("--root", type=Path, default=here, help="source tree to evaluate (PYTHONPATH)")
     p.add_argument("--all", action="store_true", help="also the artificial* folders")
     p.add_argument("--out", type=Path, help="write the table and summary here as JSON")
     args = p.parse_args()
     files = sorted(
-        f for f in args.data.rglob("*.csv") if args.all or not f.parent.name.startswith("artificial")
+        f for f in args.data.glob("*/*.csv") if args.all or not f.parent.name.startswith("artificial")
     )
     if not files:
         raise SystemExit(f"no CSV files under {args.data}")
