@@ -127,11 +127,11 @@ class SeasonalConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    """Per stream, serve the forecast (model, persistence, EWMA, seasonal naive or their blend) with
-    the lowest running error."""
+    """Per stream, serve the forecast (model, persistence, EWMA, seasonal naive, damped model or their
+    blend) with the lowest running error."""
 
     enabled: bool = Field(True, description="false: always serve the model's forecast")
-    memory: int = Field(100, ge=2, description="samples of memory of each candidate's running error")
+    memory: int = Field(200, ge=2, description="samples of memory of each candidate's running error")
     margin: float = Field(
         0.05, ge=0.0, lt=1.0, description="switch only to a candidate with this fraction less error"
     )

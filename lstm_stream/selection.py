@@ -8,15 +8,19 @@ period ago is. So each stream also keeps simple candidates beside the model's fo
 - ``persistence``: the last value;
 - ``ewma``: the exponentially weighted mean of the values (weight ``ewma_alpha``);
 - ``seasonal``: the value one detected period ago (only where the stream has a period);
+- ``damped``: the last value plus ``k`` times the change the model predicts, ``k`` in [0, 1] the
+  stream's running least-squares fit of the actual change on the predicted one (a model whose
+  predicted changes are mostly noise is damped towards persistence);
 - ``blend``: the others combined with weights inversely proportional to their squared running errors.
 
 Every candidate's absolute error is folded into its own running mean (exponentially weighted, the
 same ``memory`` for all, so they compare fairly), and the stream is served the candidate with the
 lowest one. It changes only when another is better by more than ``margin`` (a fraction of the served
-one's error), so it does not flap. A candidate is considered once it has ``MIN_ERRORS`` errors. The
-served candidate's forecast is what the engine publishes and scores against; its spread is the
-network's where the model is served, else the served candidate's own running error (as a sigma).
-Everything is vectorised over the slots of a batch.
+one's error), so it does not flap. A candidate is considered once it has ``MIN_ERRORS`` errors; until
+one has, a new stream is served persistence (the network's first forecasts, before the scaler settles,
+are its worst). The served candidate's forecast is what the engine publishes and scores against;
+its spread is the network's where the model is served, else the served candidate's own running error
+(as a sigma). Everything is vectorised over the slots of a batch.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import numpy as np
 from .config import SelectionConfig
 from .state import Column
 
-NAMES = ("model", "persistence", "ewma", "seasonal", "blend")
-MODEL, PERSISTENCE, EWMA, SEASONAL, BLEND = range(len(NAMES))
+NAMES = ("model", "persistence", "ewma", "seasonal", "damped", "blend")
+MODEL, PERSISTENCE, EWMA, SEASONAL, DAMPED, BLEND = range(len(NAMES))
 K = len(NAMES)
 MIN_ERRORS = 20  # errors a candidate needs before it can be served
 MAD_TO_SIGMA = 1.2533  # mean absolute error of a Gaussian -> its standard deviation
@@ -36,7 +40,7 @@ SPREAD_FLOOR = 0.01  # a served spread is at least this fraction of the stream's
 
 def columns(cfg: SelectionConfig) -> dict[str, Column]:
     """Per-stream arrays: each candidate's forecast of the next value and running error, the EWMA
-    level, the model's spread and the served candidate."""
+    level, the damping fit, the model's spread and the served candidate."""
     if not cfg.enabled:
         return {}
     return {
@@ -44,14 +48,17 @@ def columns(cfg: SelectionConfig) -> dict[str, Column]:
         "sel_mae": Column((K,), np.float64, np.nan),
         "sel_n": Column((K,), np.int64, 0),
         "sel_level": Column((), np.float64, np.nan),
+        "sel_dxy": Column((), np.float64),  # running mean of actual x predicted change
+        "sel_dxx": Column((), np.float64),  # running mean of squared predicted change
+        "sel_dn": Column((), np.int64),
         "sel_spread": Column((), np.float64, np.nan),  # the model's spread of its next-value forecast
-        "sel_choice": Column((), np.uint8, MODEL),
+        "sel_choice": Column((), np.uint8, PERSISTENCE),
     }
 
 
 def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: SelectionConfig) -> np.ndarray:
-    """Fold the value ``x`` into every candidate's running error and the EWMA level of slots ``s``;
-    returns the model candidate's residual (NaN where it made no forecast)."""
+    """Fold the value ``x`` into every candidate's running error, the EWMA level and the damping fit
+    of slots ``s``; returns the model candidate's residual (NaN where it made no forecast)."""
     fc = cols["sel_fc"][s]
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(x[:, None] - fc)
@@ -62,6 +69,15 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: SelectionConfig) -> n
     known = np.nan_to_num(cur)
     cols["sel_mae"][s] = np.where(ok, known + w * (np.where(ok, err, 0.0) - known), cur)
     cols["sel_n"][s] = n
+    with np.errstate(invalid="ignore", over="ignore"):
+        change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
+        xy, xx = change * predicted, predicted * predicted
+    fit = np.isfinite(xy) & np.isfinite(xx)
+    dn = cols["sel_dn"][s] + fit
+    wd = np.where(fit, np.maximum(1.0 / np.maximum(dn, 1), 1.0 / cfg.memory), 0.0)
+    cols["sel_dxy"][s] += wd * (np.where(fit, xy, 0.0) - cols["sel_dxy"][s])
+    cols["sel_dxx"][s] += wd * (np.where(fit, xx, 0.0) - cols["sel_dxx"][s])
+    cols["sel_dn"][s] = dn
     level = cols["sel_level"][s]
     cols["sel_level"][s] = np.where(np.isnan(level), x, level + cfg.ewma_alpha * (x - level))
     return x - fc[:, MODEL]
@@ -88,6 +104,10 @@ def serve(
     fc[:, PERSISTENCE] = last
     fc[:, EWMA] = cols["sel_level"][s]
     fc[:, SEASONAL] = np.nan if naive_fc is None else naive_fc
+    dxx = cols["sel_dxx"][s]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.where(dxx > 0, np.clip(cols["sel_dxy"][s] / dxx, 0.0, 1.0), 0.0)
+    fc[:, DAMPED] = last + k * (model_fc - last)
     mae, count = cols["sel_mae"][s], cols["sel_n"][s]
     ready = (count >= MIN_ERRORS) & np.isfinite(fc) & np.isfinite(mae)
     # the blend: inverse squared running errors (floored so an exact candidate does not divide by 0)
@@ -111,6 +131,7 @@ def serve(
     cols["sel_fc"][s] = fc
     cols["sel_spread"][s] = model_spread
     cols["sel_choice"][s] = choice
-    own = np.maximum(MAD_TO_SIGMA * mae[rows, choice], SPREAD_FLOOR * scale)
+    own = mae[rows, choice]  # NaN before the candidate's first error: the network's spread stands in
+    own = np.where(np.isfinite(own), np.maximum(MAD_TO_SIGMA * own, SPREAD_FLOOR * scale), model_spread)
     spread = np.where(choice == MODEL, model_spread, own)
     return fc[rows, choice], spread, choice.astype(np.uint8)
