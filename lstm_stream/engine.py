@@ -298,13 +298,13 @@ class Engine:
         sel = cfg.selection.enabled
         if sel:
             served = a["sel_choice"][s]
-            model_residual = selection.observe(a, s, x, cfg.selection)
-        seasonal.observe(a, s, x, model_residual if sel else residual, count, cfg.seasonal)
+        model_residual = selection.model_residual(a, s, x) if sel else residual
+        seasonal.observe(a, s, x, model_residual, count, cfg.seasonal)
         mean, spr = self._forecast(s, z, count + 1)
         next_fc, next_sp = seasonal.blend(a, s, count + 1, center + sc * mean, sc * spr, cfg.seasonal)
         if sel:
             naive = a["se_fc_naive"][s] if "se_fc_naive" in a else None
-            next_fc, next_sp, choice = selection.serve(a, s, x, next_fc, next_sp, naive, sc, cfg.selection)
+            next_fc, next_sp, choice = selection.update(a, s, x, next_fc, next_sp, naive, sc, cfg.selection)
             out.served[idx] = served
             out.next_served[idx] = choice
         a["fc_mean"][s] = next_fc
@@ -415,7 +415,7 @@ class Engine:
         if self.config.selection.enabled:
             naive = a["se_fc_naive"][s] if "se_fc_naive" in a else None
             last = a["last_value"][s]
-            fc, sp, _ = selection.serve(a, s, last, fc, sp, naive, sc, self.config.selection, choose=False)
+            fc, sp, _ = selection.serve(a, s, last, fc, sp, naive, sc, self.config.selection)
         a["fc_mean"][s] = np.where(count > 0, fc, np.nan)
         a["fc_spread"][s] = np.where(count > 0, sp, np.nan)
 

@@ -39,13 +39,13 @@ SPREAD_FLOOR = 0.01  # a served spread is at least this fraction of the stream's
 
 
 def columns(cfg: SelectionConfig) -> dict[str, Column]:
-    """Per-stream arrays: each candidate's forecast of the next value and running error, the EWMA
-    level, the damping fit, the model's spread and the served candidate."""
+    """Per-stream arrays: each candidate's forecast of the next value, running error and error count,
+    the EWMA level, the damping fit, the model's spread and the served candidate."""
     if not cfg.enabled:
         return {}
     return {
         "sel_fc": Column((K,), np.float64, np.nan),
-        "sel_mae": Column((K,), np.float64, np.nan),
+        "sel_mae": Column((K,), np.float64, 0.0),  # meaningful where sel_n > 0
         "sel_n": Column((K,), np.int64, 0),
         "sel_level": Column((), np.float64, np.nan),
         "sel_dxy": Column((), np.float64),  # running mean of actual x predicted change
@@ -56,31 +56,50 @@ def columns(cfg: SelectionConfig) -> dict[str, Column]:
     }
 
 
-def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: SelectionConfig) -> np.ndarray:
-    """Fold the value ``x`` into every candidate's running error, the EWMA level and the damping fit
-    of slots ``s``; returns the model candidate's residual (NaN where it made no forecast)."""
-    fc = cols["sel_fc"][s]
+def model_residual(cols: dict, s: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x`` minus the model candidate's forecast of it (NaN where it made none)."""
+    return x - cols["sel_fc"][s, MODEL]
+
+
+def update(
+    cols: dict,
+    s: np.ndarray,
+    x: np.ndarray,
+    model_fc: np.ndarray,
+    model_spread: np.ndarray,
+    naive_fc: np.ndarray | None,
+    scale: np.ndarray,
+    cfg: SelectionConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sample ``x`` per slot of ``s``: fold every candidate's error into its running error, the
+    value into the EWMA level and the damping fit; then :func:`serve` the next value (``model_fc``,
+    ``model_spread``: the model's forecast of it; ``naive_fc``: the value one period ago or NaN;
+    ``scale``: the stream's robust scale). Returns the served forecast, its spread and the choice."""
+    fc = np.take(cols["sel_fc"], s, axis=0)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(x[:, None] - fc)
-    ok = np.isfinite(err)
-    n = cols["sel_n"][s] + ok
-    w = np.maximum(1.0 / np.maximum(n, 1), 1.0 / cfg.memory)  # exact mean while young
-    cur = cols["sel_mae"][s]
-    known = np.nan_to_num(cur)
-    cols["sel_mae"][s] = np.where(ok, known + w * (np.where(ok, err, 0.0) - known), cur)
-    cols["sel_n"][s] = n
-    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.isfinite(err)  # False where a candidate made no forecast
+        count = np.take(cols["sel_n"], s, axis=0) + ok
+        w = 1.0 / np.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
+        mae = np.take(cols["sel_mae"], s, axis=0)
+        mae = np.where(ok, mae + w * (err - mae), mae)
         change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
         xy, xx = change * predicted, predicted * predicted
-    fit = np.isfinite(xy) & np.isfinite(xx)
-    dn = cols["sel_dn"][s] + fit
-    wd = np.where(fit, np.maximum(1.0 / np.maximum(dn, 1), 1.0 / cfg.memory), 0.0)
-    cols["sel_dxy"][s] += wd * (np.where(fit, xy, 0.0) - cols["sel_dxy"][s])
-    cols["sel_dxx"][s] += wd * (np.where(fit, xx, 0.0) - cols["sel_dxx"][s])
+        fit = np.isfinite(xy) & np.isfinite(xx)
+        dn = cols["sel_dn"][s] + fit
+        wd = np.where(fit, 1.0 / np.clip(dn, 1, cfg.memory), 0.0)
+        dxy, dxx = cols["sel_dxy"][s], cols["sel_dxx"][s]
+        dxy = dxy + wd * (np.where(fit, xy, 0.0) - dxy)
+        dxx = dxx + wd * (np.where(fit, xx, 0.0) - dxx)
+    cols["sel_mae"][s] = mae
+    cols["sel_n"][s] = count
+    cols["sel_dxy"][s] = dxy
+    cols["sel_dxx"][s] = dxx
     cols["sel_dn"][s] = dn
     level = cols["sel_level"][s]
-    cols["sel_level"][s] = np.where(np.isnan(level), x, level + cfg.ewma_alpha * (x - level))
-    return x - fc[:, MODEL]
+    level = np.where(np.isnan(level), x, level + cfg.ewma_alpha * (x - level))
+    cols["sel_level"][s] = level
+    return _serve(cols, s, x, model_fc, model_spread, naive_fc, scale, cfg, mae, count, level, dxy, dxx)
 
 
 def serve(
@@ -92,46 +111,72 @@ def serve(
     naive_fc: np.ndarray | None,
     scale: np.ndarray,
     cfg: SelectionConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates' forecasts of the next value after a new model forecast (a model swap), with
+    the current choice kept; returns the served forecast, its spread and the choice."""
+    return _serve(
+        cols, s, last, model_fc, model_spread, naive_fc, scale, cfg,
+        cols["sel_mae"][s], cols["sel_n"][s], cols["sel_level"][s], cols["sel_dxy"][s],
+        cols["sel_dxx"][s], choose=False,
+    )  # fmt: skip
+
+
+def _serve(
+    cols: dict,
+    s: np.ndarray,
+    last: np.ndarray,
+    model_fc: np.ndarray,
+    model_spread: np.ndarray,
+    naive_fc: np.ndarray | None,
+    scale: np.ndarray,
+    cfg: SelectionConfig,
+    mae: np.ndarray,
+    count: np.ndarray,
+    level: np.ndarray,
+    dxy: np.ndarray,
+    dxx: np.ndarray,
     choose: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Record every candidate's forecast of the next value of slots ``s`` (``last`` is the latest
-    value, ``naive_fc`` the value one period ago or NaN), pick the served one (unless ``choose`` is
-    False: keep the current choice) and return the served forecast, its spread and the choice."""
+    """Record every candidate's forecast of the next value, pick the served one (unless ``choose``
+    is False) and return the served forecast, its spread and the choice."""
     n = len(s)
-    rows = np.arange(n)
     fc = np.empty((n, K))
     fc[:, MODEL] = model_fc
     fc[:, PERSISTENCE] = last
-    fc[:, EWMA] = cols["sel_level"][s]
+    fc[:, EWMA] = level
     fc[:, SEASONAL] = np.nan if naive_fc is None else naive_fc
-    dxx = cols["sel_dxx"][s]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.where(dxx > 0, np.clip(cols["sel_dxy"][s] / dxx, 0.0, 1.0), 0.0)
-    fc[:, DAMPED] = last + k * (model_fc - last)
-    mae, count = cols["sel_mae"][s], cols["sel_n"][s]
-    ready = (count >= MIN_ERRORS) & np.isfinite(fc) & np.isfinite(mae)
-    # the blend: inverse squared running errors (floored so an exact candidate does not divide by 0)
-    floor = 1e-12 * (np.abs(last) + 1.0)
-    parts = np.maximum(np.nan_to_num(mae[:, :BLEND]), floor[:, None])
-    with np.errstate(over="ignore"):  # an error of 1e300 squares to inf: weight 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        k = np.where(dxx > 0, np.clip(dxy / dxx, 0.0, 1.0), 0.0)
+        fc[:, DAMPED] = last + k * (model_fc - last)
+        ready = (count >= MIN_ERRORS) & np.isfinite(fc)
+        # the blend: inverse squared running errors (floored: an exact candidate does not divide by 0;
+        # an error of 1e300 squares to inf: weight 0)
+        parts = np.maximum(mae[:, :BLEND], 1e-12 * (np.abs(last) + 1.0)[:, None])
         inv = np.where(ready[:, :BLEND], 1.0 / parts**2, 0.0)
-    total = inv.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fc[:, BLEND] = np.where(total > 0, (inv * np.nan_to_num(fc[:, :BLEND])).sum(axis=1) / total, np.nan)
-    ready[:, BLEND] &= np.isfinite(fc[:, BLEND])
-    choice = cols["sel_choice"][s].astype(np.int64)
+        total = inv.sum(axis=1)
+        blend = (inv * np.where(ready[:, :BLEND], fc[:, :BLEND], 0.0)).sum(axis=1) / total
+    fc[:, BLEND] = np.where(total > 0, blend, np.nan)
+    ready[:, BLEND] &= total > 0
+    choice = cols["sel_choice"][s].astype(np.intp)
     if choose:
         err = np.where(ready, mae, np.inf)
         best = np.argmin(err, axis=1)
-        current = err[rows, choice]
-        switch = err[rows, best] < (1.0 - cfg.margin) * current
-        choice = np.where(switch, best, choice)  # from an unready choice (inf) to any ready one
+        lowest = np.take_along_axis(err, best[:, None], axis=1)[:, 0]
+        current = np.take_along_axis(err, choice[:, None], axis=1)[:, 0]
+        with np.errstate(invalid="ignore"):
+            switch = lowest < (1.0 - cfg.margin) * current  # from an unready choice (inf) to a ready one
+        choice = np.where(switch, best, choice)
+    served = np.take_along_axis(fc, choice[:, None], axis=1)[:, 0]
     # a choice whose forecast is gone (the period was lost) falls back to the model
-    choice = np.where(np.isfinite(fc[rows, choice]), choice, MODEL)
+    lost = ~np.isfinite(served)
+    if lost.any():
+        choice = np.where(lost, MODEL, choice)
+        served = np.where(lost, model_fc, served)
     cols["sel_fc"][s] = fc
     cols["sel_spread"][s] = model_spread
     cols["sel_choice"][s] = choice
-    own = mae[rows, choice]  # NaN before the candidate's first error: the network's spread stands in
-    own = np.where(np.isfinite(own), np.maximum(MAD_TO_SIGMA * own, SPREAD_FLOOR * scale), model_spread)
-    spread = np.where(choice == MODEL, model_spread, own)
-    return fc[rows, choice], spread, choice.astype(np.uint8)
+    own = np.take_along_axis(mae, choice[:, None], axis=1)[:, 0]
+    known = np.take_along_axis(count, choice[:, None], axis=1)[:, 0] > 0
+    # before the candidate's first error the network's spread stands in
+    own = np.where(known, np.maximum(MAD_TO_SIGMA * own, SPREAD_FLOOR * scale), model_spread)
+    return served, np.where(choice == MODEL, model_spread, own), choice.astype(np.uint8)
