@@ -70,7 +70,7 @@ def test_served_residual_and_spread_are_the_served_candidates(cfg: EngineConfig)
         choice = int(r.next_served[0])
         seen.add(choice)
         assert r.next_forecast[0] == a["sel_fc"][0, choice]
-        if choice == selection.MODEL or np.isnan(a["sel_mae"][0, choice]):
+        if choice == selection.MODEL or a["sel_n"][0, choice] == 0:
             assert r.next_spread[0] == a["sel_spread"][0]
         else:
             _, sc = scaling.stats(a, np.array([0]), cfg.scaling)
