@@ -18,9 +18,15 @@ same ``memory`` for all, so they compare fairly), and the stream is served the c
 lowest one. It changes only when another is better by more than ``margin`` (a fraction of the served
 one's error), so it does not flap. A candidate is considered once it has ``MIN_ERRORS`` errors; until
 one has, a new stream is served persistence (the network's first forecasts, before the scaler settles,
-are its worst). The served candidate's forecast is what the engine publishes and scores against;
-its spread is the network's where the model is served, else the served candidate's own running error
-(as a sigma). Everything is vectorised over the slots of a batch.
+are its worst). Once known, one error counts at most ``WINSOR`` times a candidate's running error, so
+an anomaly that every candidate misses does not hand the stream to the youngest of them.
+
+The served candidate's forecast is what the engine publishes and scores against; its spread is the
+served candidate's own running error as a sigma, the model included (the network's spread only stands
+in before the first error): the standardised error the scorer fits then keeps one calibration when
+the served candidate changes (with the network's spread for the model, a switch from it to seasonal
+naive shifted the error distribution under the scorer's long-run fit and hid a spike right after).
+Everything is vectorised over the slots of a batch.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ NAMES = ("model", "persistence", "ewma", "seasonal", "damped", "blend")
 MODEL, PERSISTENCE, EWMA, SEASONAL, DAMPED, BLEND = range(len(NAMES))
 K = len(NAMES)
 MIN_ERRORS = 20  # errors a candidate needs before it can be served
+WINSOR = 5.0  # a known candidate's error counts at most this many times its running error
 MAD_TO_SIGMA = 1.2533  # mean absolute error of a Gaussian -> its standard deviation
-SPREAD_FLOOR = 0.01  # a served spread is at least this fraction of the stream's robust scale
+SPREAD_FLOOR = 0.001  # a served spread is at least this fraction of the stream's robust scale
 
 
 def columns(cfg: SelectionConfig) -> dict[str, Column]:
@@ -82,6 +89,9 @@ def update(
         count = np.take(cols["sel_n"], s, axis=0) + ok
         w = 1.0 / np.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
         mae = np.take(cols["sel_mae"], s, axis=0)
+        # once known, one error moves the running error at most as WINSOR times it would: an anomaly
+        # that every candidate misses must not hand the stream to whichever forecast is youngest
+        err = np.where(count > MIN_ERRORS, np.minimum(err, WINSOR * mae), err)
         mae = np.where(ok, mae + w * (err - mae), mae)
         change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
         xy, xx = change * predicted, predicted * predicted
@@ -177,6 +187,7 @@ def _serve(
     cols["sel_choice"][s] = choice
     own = np.take_along_axis(mae, choice[:, None], axis=1)[:, 0]
     known = np.take_along_axis(count, choice[:, None], axis=1)[:, 0] > 0
+    # the served candidate's own running error, the model's too (one calibration for the scorer);
     # before the candidate's first error the network's spread stands in
     own = np.where(known, np.maximum(MAD_TO_SIGMA * own, SPREAD_FLOOR * scale), model_spread)
-    return served, np.where(choice == MODEL, model_spread, own), choice.astype(np.uint8)
+    return served, own, choice.astype(np.uint8)

@@ -70,7 +70,7 @@ def test_served_residual_and_spread_are_the_served_candidates(cfg: EngineConfig)
         choice = int(r.next_served[0])
         seen.add(choice)
         assert r.next_forecast[0] == a["sel_fc"][0, choice]
-        if choice == selection.MODEL or a["sel_n"][0, choice] == 0:
+        if a["sel_n"][0, choice] == 0:  # before the first error, the network's spread stands in
             assert r.next_spread[0] == a["sel_spread"][0]
         else:
             _, sc = scaling.stats(a, np.array([0]), cfg.scaling)
@@ -147,3 +147,14 @@ def test_swap_model_keeps_serving_the_choice(cfg: EngineConfig) -> None:
     engine.swap_model(engine.copy_model())
     assert engine.arrays["fc_mean"][0] == y[-1]
     assert int(engine.arrays["sel_choice"][0]) == choice
+
+
+def test_a_spike_does_not_flip_the_choice_and_is_flagged(pretrained) -> None:
+    """A spike all candidates miss counts at most WINSOR times each one's running error: the clean
+    period stays served seasonal naive, and its small spread makes the spike an alert."""
+    t = np.arange(400)
+    y = 20 + 5 * np.sin(2 * np.pi * t / 50)
+    y[300] += 40
+    r = Engine(pretrained.config, pretrained.model).process(["a"] * 400, t.astype(float), y)
+    assert r.served_of(300) == "seasonal" and set(r.served[300:320].tolist()) == {selection.SEASONAL}
+    assert r.is_anomaly[300]
