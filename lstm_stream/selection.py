@@ -18,8 +18,8 @@ same ``memory`` for all, so they compare fairly), and the stream is served the c
 lowest one. It changes only when another is better by more than ``margin`` (a fraction of the served
 one's error), so it does not flap. A candidate is considered once it has ``MIN_ERRORS`` errors; until
 one has, a new stream is served persistence (the network's first forecasts, before the scaler settles,
-are its worst). Once known, one error counts at most ``WINSOR`` times a candidate's running error, so
-an anomaly that every candidate misses does not hand the stream to the youngest of them.
+are its worst). (Winsorising the errors at 5x the running error kept a spike from moving the choice,
+but cost forecast accuracy on spiky streams: MASE is a mean, so the big misses must count.)
 
 The served candidate's forecast is what the engine publishes and scores against; its spread is the
 served candidate's own running error as a sigma, the model included (the network's spread only stands
@@ -40,7 +40,6 @@ NAMES = ("model", "persistence", "ewma", "seasonal", "damped", "blend")
 MODEL, PERSISTENCE, EWMA, SEASONAL, DAMPED, BLEND = range(len(NAMES))
 K = len(NAMES)
 MIN_ERRORS = 20  # errors a candidate needs before it can be served
-WINSOR = 5.0  # a known candidate's error counts at most this many times its running error
 MAD_TO_SIGMA = 1.2533  # mean absolute error of a Gaussian -> its standard deviation
 SPREAD_FLOOR = 0.001  # a served spread is at least this fraction of the stream's robust scale
 
@@ -89,9 +88,6 @@ def update(
         count = np.take(cols["sel_n"], s, axis=0) + ok
         w = 1.0 / np.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
         mae = np.take(cols["sel_mae"], s, axis=0)
-        # once known, one error moves the running error at most as WINSOR times it would: an anomaly
-        # that every candidate misses must not hand the stream to whichever forecast is youngest
-        err = np.where(count > MIN_ERRORS, np.minimum(err, WINSOR * mae), err)
         mae = np.where(ok, mae + w * (err - mae), mae)
         change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
         xy, xx = change * predicted, predicted * predicted
