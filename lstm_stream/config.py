@@ -126,6 +126,18 @@ class SeasonalConfig(_Strict):
         return self
 
 
+class SelectionConfig(_Strict):
+    """Per stream, serve the forecast (model, persistence, EWMA, seasonal naive, damped model or their
+    blend) with the lowest running error."""
+
+    enabled: bool = Field(True, description="false: always serve the model's forecast")
+    memory: int = Field(200, ge=2, description="samples of memory of each candidate's running error")
+    margin: float = Field(
+        0.05, ge=0.0, lt=1.0, description="switch only to a candidate with this fraction less error"
+    )
+    ewma_alpha: float = Field(0.3, gt=0.0, le=1.0, description="weight of the newest value in the EWMA")
+
+
 class TrainConfig(_Strict):
     """Fitting and fine-tuning."""
 
@@ -171,6 +183,7 @@ class EngineConfig(_Strict):
     scaling: ScalerConfig = ScalerConfig()
     scoring: ScoringConfig = ScoringConfig()
     seasonal: SeasonalConfig = SeasonalConfig()
+    selection: SelectionConfig = SelectionConfig()
     train: TrainConfig = TrainConfig()
     torch_threads: int = Field(1, ge=1, description="torch threads in the serving path")
 

@@ -16,7 +16,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import scaling, scoring, seasonal
+from . import scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -40,9 +40,11 @@ TS_RING = 8  # recent timestamps kept per stream, to tell a redelivered duplicat
 class Results:
     """Per-sample outputs of one ``process`` call, as columns aligned with the input order.
 
-    ``forecast``/``spread`` are what the model predicted for this value one step earlier (NaN for a
-    stream's first sample); ``next_forecast``/``next_spread`` are its prediction of the next value.
-    Rejected samples (``reject != 0``) have NaN outputs and changed nothing.
+    ``forecast``/``spread`` are what was served for this value one step earlier (NaN for a stream's
+    first sample), and ``served`` names the forecaster that made it (an index into
+    ``selection.NAMES``; see :mod:`lstm_stream.selection`); ``next_forecast``/``next_spread`` are the
+    served prediction of the next value, made by ``next_served``. Rejected samples
+    (``reject != 0``) have NaN outputs and changed nothing.
     """
 
     stream: Sequence[str]
@@ -60,6 +62,8 @@ class Results:
     evicted: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # new streams not admitted (full table, rate)
+    served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    next_served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -72,6 +76,10 @@ class Results:
     def reason_of(self, i: int) -> str:
         """Reason name of sample ``i``'s flag ('' when not flagged)."""
         return scoring.REASONS[int(self.reason[i])]
+
+    def served_of(self, i: int) -> str:
+        """Name of the forecaster that made sample ``i``'s ``forecast`` (model, persistence, ...)."""
+        return selection.NAMES[int(self.served[i])]
 
     def reject_of(self, i: int) -> str:
         """Reject reason name of sample ``i`` ('' when accepted)."""
@@ -91,6 +99,7 @@ class StreamView:
     anomalies: np.ndarray  # flags raised since the stream was created
     last_seen: np.ndarray  # time of the last sample (the ``now`` passed to process)
     samples: np.ndarray  # samples applied
+    served: np.ndarray | None = None  # forecaster of next_forecast: index into selection.NAMES
 
 
 def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +179,7 @@ class Engine:
             **scaling.COLUMNS,
             **scoring.COLUMNS,
             **seasonal.columns(cfg.seasonal),
+            **selection.columns(cfg.selection),
         }
         if self.stateful:
             shape = (cfg.model.layers, cfg.model.hidden)
@@ -225,6 +235,8 @@ class Engine:
             evicted=evicted,
             created=created,
             refused=refused,
+            served=np.zeros(n, dtype=np.uint8),
+            next_served=np.zeros(n, dtype=np.uint8),
         )
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
@@ -324,9 +336,18 @@ class Engine:
         center, sc = scaling.stats(a, s, cfg.scaling)
         z = np.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
         self._write_inputs(s, z, ts, count, scored.condition)
-        seasonal.observe(a, s, x, residual, count, cfg.seasonal)
+        sel = cfg.selection.enabled
+        if sel:
+            served = a["sel_choice"][s]
+        model_residual = selection.model_residual(a, s, x) if sel else residual
+        seasonal.observe(a, s, x, model_residual, count, cfg.seasonal)
         mean, spr = self._forecast(s, z, count + 1)
         next_fc, next_sp = seasonal.blend(a, s, count + 1, center + sc * mean, sc * spr, cfg.seasonal)
+        if sel:
+            naive = a["se_fc_naive"][s] if "se_fc_naive" in a else None
+            next_fc, next_sp, choice = selection.update(a, s, x, next_fc, next_sp, naive, sc, cfg.selection)
+            out.served[idx] = served
+            out.next_served[idx] = choice
         a["fc_mean"][s] = next_fc
         a["fc_spread"][s] = next_sp
         a["count"][s] = count + 1
@@ -432,6 +453,10 @@ class Engine:
         count = a["count"][s]
         fc, sp = center + sc * mean.double().numpy(), sc * spread.double().numpy()
         fc, sp = seasonal.blend(a, s, count, fc, sp, self.config.seasonal)
+        if self.config.selection.enabled:
+            naive = a["se_fc_naive"][s] if "se_fc_naive" in a else None
+            last = a["last_value"][s]
+            fc, sp, _ = selection.serve(a, s, last, fc, sp, naive, sc, self.config.selection)
         a["fc_mean"][s] = np.where(count > 0, fc, np.nan)
         a["fc_spread"][s] = np.where(count > 0, sp, np.nan)
 
@@ -470,6 +495,7 @@ class Engine:
             anomalies=a["n_flags"][slots],
             last_seen=a["last_seen"][slots],
             samples=a["count"][slots],
+            served=a["sel_choice"][slots] if "sel_choice" in a else np.zeros(len(slots), dtype=np.uint8),
         )
 
     def copy_model(self) -> Forecaster:

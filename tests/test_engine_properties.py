@@ -48,6 +48,10 @@ def _finite_state(engine: Engine) -> bool:
                 "se_fc_naive",
                 "se_mae_lstm",
                 "se_mae_naive",
+                "sel_fc",
+                "sel_mae",
+                "sel_level",
+                "sel_spread",
             )
         ):
             continue  # NaN is a legitimate "unknown yet" marker in these columns

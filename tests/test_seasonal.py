@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_stream.config import SeasonalConfig
+from lstm_stream.config import SeasonalConfig, SelectionConfig
 from lstm_stream.engine import Engine
 from lstm_stream.evaluation import forecast_metrics
 
@@ -89,9 +89,14 @@ def _missing_plateau(seed: int) -> tuple[np.ndarray, slice]:
 
 def test_a_missing_plateau_is_flagged_with_the_seasonal_reason(pretrained) -> None:
     y, day = _missing_plateau(3)
-    r = Engine(pretrained.config, pretrained.model).process(["s"] * 3000, np.arange(3000.0), y)
+    # served the model's forecast, the one-step error does not see it: the seasonal score does
+    cfg = pretrained.config.model_copy(update={"selection": SelectionConfig(enabled=False)})
+    r = Engine(cfg, pretrained.model).process(["s"] * 3000, np.arange(3000.0), y)
     hits = [i for i in np.nonzero(r.is_anomaly)[0] if day.start <= i < day.stop]
     assert hits and r.reason_of(hits[0]) == "seasonal", [(i, r.reason_of(i)) for i in hits]
+    # served seasonal naive (the default picks it on so clean a day), the one-step error sees it too
+    r = Engine(pretrained.config, pretrained.model).process(["s"] * 3000, np.arange(3000.0), y)
+    assert [i for i in np.nonzero(r.is_anomaly)[0] if day.start <= i < day.stop]
 
 
 def test_seasonal_score_sees_what_the_one_step_error_does_not() -> None:

@@ -1,0 +1,189 @@
+"""Forecaster selection: per stream, serve whichever forecast has lately been the most accurate.
+
+The network (with its seasonal blend) is not the best forecaster of every stream: on a random walk
+the last value is, on a noisy level the EWMA is, on a stream whose day repeats exactly the value one
+period ago is. So each stream also keeps simple candidates beside the model's forecast:
+
+- ``model``: the engine's forecast (LSTM, blended with the value one period ago where there is one);
+- ``persistence``: the last value;
+- ``ewma``: the exponentially weighted mean of the values (weight ``ewma_alpha``);
+- ``seasonal``: the value one detected period ago (only where the stream has a period);
+- ``damped``: the last value plus ``k`` times the change the model predicts, ``k`` in [0, 1] the
+  stream's running least-squares fit of the actual change on the predicted one (a model whose
+  predicted changes are mostly noise is damped towards persistence);
+- ``blend``: the others combined with weights inversely proportional to their squared running errors.
+
+Every candidate's absolute error is folded into its own running mean (exponentially weighted, the
+same ``memory`` for all, so they compare fairly), and the stream is served the candidate with the
+lowest one. It changes only when another is better by more than ``margin`` (a fraction of the served
+one's error), so it does not flap. A candidate is considered once it has ``MIN_ERRORS`` errors; until
+one has, a new stream is served persistence (the network's first forecasts, before the scaler settles,
+are its worst). (Winsorising the errors at 5x the running error kept a spike from moving the choice,
+but cost forecast accuracy on spiky streams: MASE is a mean, so the big misses must count.)
+
+The served candidate's forecast is what the engine publishes and scores against; its spread is the
+served candidate's own running error as a sigma, the model included (the network's spread only stands
+in before the first error): the standardised error the scorer fits then keeps one calibration when
+the served candidate changes (with the network's spread for the model, a switch from it to seasonal
+naive shifted the error distribution under the scorer's long-run fit and hid a spike right after).
+Everything is vectorised over the slots of a batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import SelectionConfig
+from .state import Column
+
+NAMES = ("model", "persistence", "ewma", "seasonal", "damped", "blend")
+MODEL, PERSISTENCE, EWMA, SEASONAL, DAMPED, BLEND = range(len(NAMES))
+K = len(NAMES)
+MIN_ERRORS = 20  # errors a candidate needs before it can be served
+MAD_TO_SIGMA = 1.2533  # mean absolute error of a Gaussian -> its standard deviation
+SPREAD_FLOOR = 0.001  # a served spread is at least this fraction of the stream's robust scale
+
+
+def columns(cfg: SelectionConfig) -> dict[str, Column]:
+    """Per-stream arrays: each candidate's forecast of the next value, running error and error count,
+    the EWMA level, the damping fit, the model's spread and the served candidate."""
+    if not cfg.enabled:
+        return {}
+    return {
+        "sel_fc": Column((K,), np.float64, np.nan),
+        "sel_mae": Column((K,), np.float64, 0.0),  # meaningful where sel_n > 0
+        "sel_n": Column((K,), np.int64, 0),
+        "sel_level": Column((), np.float64, np.nan),
+        "sel_dxy": Column((), np.float64),  # running mean of actual x predicted change
+        "sel_dxx": Column((), np.float64),  # running mean of squared predicted change
+        "sel_dn": Column((), np.int64),
+        "sel_spread": Column((), np.float64, np.nan),  # the model's spread of its next-value forecast
+        "sel_choice": Column((), np.uint8, PERSISTENCE),
+    }
+
+
+def model_residual(cols: dict, s: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x`` minus the model candidate's forecast of it (NaN where it made none)."""
+    return x - cols["sel_fc"][s, MODEL]
+
+
+def update(
+    cols: dict,
+    s: np.ndarray,
+    x: np.ndarray,
+    model_fc: np.ndarray,
+    model_spread: np.ndarray,
+    naive_fc: np.ndarray | None,
+    scale: np.ndarray,
+    cfg: SelectionConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sample ``x`` per slot of ``s``: fold every candidate's error into its running error, the
+    value into the EWMA level and the damping fit; then :func:`serve` the next value (``model_fc``,
+    ``model_spread``: the model's forecast of it; ``naive_fc``: the value one period ago or NaN;
+    ``scale``: the stream's robust scale). Returns the served forecast, its spread and the choice."""
+    fc = np.take(cols["sel_fc"], s, axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(x[:, None] - fc)
+        ok = np.isfinite(err)  # False where a candidate made no forecast
+        count = np.take(cols["sel_n"], s, axis=0) + ok
+        w = 1.0 / np.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
+        mae = np.take(cols["sel_mae"], s, axis=0)
+        mae = np.where(ok, mae + w * (err - mae), mae)
+        change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
+        xy, xx = change * predicted, predicted * predicted
+        fit = np.isfinite(xy) & np.isfinite(xx)
+        dn = cols["sel_dn"][s] + fit
+        wd = np.where(fit, 1.0 / np.clip(dn, 1, cfg.memory), 0.0)
+        dxy, dxx = cols["sel_dxy"][s], cols["sel_dxx"][s]
+        dxy = dxy + wd * (np.where(fit, xy, 0.0) - dxy)
+        dxx = dxx + wd * (np.where(fit, xx, 0.0) - dxx)
+    cols["sel_mae"][s] = mae
+    cols["sel_n"][s] = count
+    cols["sel_dxy"][s] = dxy
+    cols["sel_dxx"][s] = dxx
+    cols["sel_dn"][s] = dn
+    level = cols["sel_level"][s]
+    level = np.where(np.isnan(level), x, level + cfg.ewma_alpha * (x - level))
+    cols["sel_level"][s] = level
+    return _serve(cols, s, x, model_fc, model_spread, naive_fc, scale, cfg, mae, count, level, dxy, dxx)
+
+
+def serve(
+    cols: dict,
+    s: np.ndarray,
+    last: np.ndarray,
+    model_fc: np.ndarray,
+    model_spread: np.ndarray,
+    naive_fc: np.ndarray | None,
+    scale: np.ndarray,
+    cfg: SelectionConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates' forecasts of the next value after a new model forecast (a model swap), with
+    the current choice kept; returns the served forecast, its spread and the choice."""
+    return _serve(
+        cols, s, last, model_fc, model_spread, naive_fc, scale, cfg,
+        cols["sel_mae"][s], cols["sel_n"][s], cols["sel_level"][s], cols["sel_dxy"][s],
+        cols["sel_dxx"][s], choose=False,
+    )  # fmt: skip
+
+
+def _serve(
+    cols: dict,
+    s: np.ndarray,
+    last: np.ndarray,
+    model_fc: np.ndarray,
+    model_spread: np.ndarray,
+    naive_fc: np.ndarray | None,
+    scale: np.ndarray,
+    cfg: SelectionConfig,
+    mae: np.ndarray,
+    count: np.ndarray,
+    level: np.ndarray,
+    dxy: np.ndarray,
+    dxx: np.ndarray,
+    choose: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Record every candidate's forecast of the next value, pick the served one (unless ``choose``
+    is False) and return the served forecast, its spread and the choice."""
+    n = len(s)
+    fc = np.empty((n, K))
+    fc[:, MODEL] = model_fc
+    fc[:, PERSISTENCE] = last
+    fc[:, EWMA] = level
+    fc[:, SEASONAL] = np.nan if naive_fc is None else naive_fc
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        k = np.where(dxx > 0, np.clip(dxy / dxx, 0.0, 1.0), 0.0)
+        fc[:, DAMPED] = last + k * (model_fc - last)
+        ready = (count >= MIN_ERRORS) & np.isfinite(fc)
+        # the blend: inverse squared running errors (floored: an exact candidate does not divide by 0;
+        # an error of 1e300 squares to inf: weight 0)
+        parts = np.maximum(mae[:, :BLEND], 1e-12 * (np.abs(last) + 1.0)[:, None])
+        inv = np.where(ready[:, :BLEND], 1.0 / parts**2, 0.0)
+        total = inv.sum(axis=1)
+        blend = (inv * np.where(ready[:, :BLEND], fc[:, :BLEND], 0.0)).sum(axis=1) / total
+    fc[:, BLEND] = np.where(total > 0, blend, np.nan)
+    ready[:, BLEND] &= total > 0
+    choice = cols["sel_choice"][s].astype(np.intp)
+    if choose:
+        err = np.where(ready, mae, np.inf)
+        best = np.argmin(err, axis=1)
+        lowest = np.take_along_axis(err, best[:, None], axis=1)[:, 0]
+        current = np.take_along_axis(err, choice[:, None], axis=1)[:, 0]
+        with np.errstate(invalid="ignore"):
+            switch = lowest < (1.0 - cfg.margin) * current  # from an unready choice (inf) to a ready one
+        choice = np.where(switch, best, choice)
+    served = np.take_along_axis(fc, choice[:, None], axis=1)[:, 0]
+    # a choice whose forecast is gone (the period was lost) falls back to the model
+    lost = ~np.isfinite(served)
+    if lost.any():
+        choice = np.where(lost, MODEL, choice)
+        served = np.where(lost, model_fc, served)
+    cols["sel_fc"][s] = fc
+    cols["sel_spread"][s] = model_spread
+    cols["sel_choice"][s] = choice
+    own = np.take_along_axis(mae, choice[:, None], axis=1)[:, 0]
+    known = np.take_along_axis(count, choice[:, None], axis=1)[:, 0] > 0
+    # the served candidate's own running error, the model's too (one calibration for the scorer);
+    # before the candidate's first error the network's spread stands in
+    own = np.where(known, np.maximum(MAD_TO_SIGMA * own, SPREAD_FLOOR * scale), model_spread)
+    return served, own, choice.astype(np.uint8)
