@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lstm_stream.selection import NAMES
 from tests.broker import Broker
 from tests.daemon_proc import Collector, Daemon, Publisher
 
@@ -64,7 +65,8 @@ def test_spikes_become_events_and_forecasts_follow_the_sine(broker, daemon_facto
     stray = {g for g in got if g[1] not in range(300, 306) and g[1] not in range(350, 356)}
     assert not stray, f"events away from the spikes: {stray}"
     for e in events.json():
-        assert {"stream", "ts", "value", "forecast", "score", "reason"} <= e.keys()
+        assert {"stream", "ts", "value", "forecast", "forecaster", "score", "reason"} <= e.keys()
+        assert e["forecaster"] in NAMES  # which forecaster the scored residual came from
     for s in range(3):
         fc = d.metric("lstm_stream_forecast_next", stream=f"sensors/machine{s}/temp")
         assert abs(fc - sine_value(s, 420)) < 0.15 * AMPLITUDE, (s, fc, sine_value(s, 420))

@@ -357,7 +357,7 @@ def test_publish_event_and_forecast_arrive_as_json(broker, make_link) -> None:
         event = {"stream": "sensors/a", "ts": 1732700000.5, "value": 9.5, "score": 0.97, "nan": float("nan")}
         events = EventPublisher(link.publish, settings.anomaly_topic, settings.forecast_topic)
         assert events.publish_event(event)
-        assert events.publish_forecast("sensors/a", 1732700001.0, 9.25)
+        assert events.publish_forecast("sensors/a", 1732700001.0, 9.25, "seasonal")
         wait_for(lambda: len([m for m in col.messages if not m[3]]) == 2, what="event and forecast")
     finally:
         col.close()
@@ -367,7 +367,7 @@ def test_publish_event_and_forecast_arrive_as_json(broker, make_link) -> None:
     assert b" " not in payload
     assert json.loads(payload) == {**event, "nan": None}
     _, payload, _, _ = live["lstm-stream/forecast/sensors/a"]
-    assert json.loads(payload) == {"ts": 1732700001.0, "forecast": 9.25}
+    assert json.loads(payload) == {"ts": 1732700001.0, "forecast": 9.25, "forecaster": "seasonal"}
     assert link.stats.publish_failures == 0
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from daemon.ratelog import RateLimitedLogger
+from lstm_stream.selection import NAMES
 
 if TYPE_CHECKING:
     from lstm_stream.engine import Results
@@ -88,12 +89,16 @@ class EventPublisher:
         """An anomaly event on ``anomaly_topic`` at QoS 1."""
         return self.publish_json(self.anomaly_topic, event, qos=1)
 
-    def publish_forecast(self, stream: str, ts: float, forecast: Any) -> bool:
-        """``{"ts", "forecast"}`` on ``forecast_topic`` (QoS 0) if configured; False otherwise."""
+    def publish_forecast(self, stream: str, ts: float, forecast: Any, forecaster: str | None = None) -> bool:
+        """``{"ts", "forecast", "forecaster"}`` on ``forecast_topic`` (QoS 0) if configured; False
+        otherwise. ``forecaster`` names what made the forecast (``lstm_stream.selection.NAMES``)."""
         template = self.forecast_topic
         if template is None:
             return False
-        return self.publish_json(template.format(stream=stream), {"ts": ts, "forecast": forecast}, qos=0)
+        body: dict[str, Any] = {"ts": ts, "forecast": forecast}
+        if forecaster is not None:
+            body["forecaster"] = forecaster
+        return self.publish_json(template.format(stream=stream), body, qos=0)
 
     def publish_anomalies(self, r: Results, model_version: int) -> tuple[int, int]:
         """One event per flagged sample of a batch's results; returns (published, failed)."""
@@ -104,6 +109,7 @@ class EventPublisher:
                 "ts": float(r.ts[i]),
                 "value": float(r.value[i]),
                 "forecast": float(r.forecast[i]),
+                "forecaster": r.served_of(i),  # what made the forecast the residual is scored from
                 "spread": float(r.spread[i]),
                 "score": round(float(r.score[i]), 6),
                 "reason": r.reason_of(i),
@@ -117,6 +123,7 @@ class EventPublisher:
         return ok, failed
 
     def publish_forecasts(self, r: Results) -> None:
-        """The next-value forecast of every accepted sample of a batch's results."""
+        """The next-value forecast of every accepted sample of a batch's results, with its forecaster."""
         for i in np.nonzero(r.accepted)[0].tolist():
-            self.publish_forecast(r.stream[i], float(r.ts[i]), float(r.next_forecast[i]))
+            forecaster = NAMES[int(r.next_served[i])]
+            self.publish_forecast(r.stream[i], float(r.ts[i]), float(r.next_forecast[i]), forecaster)
