@@ -50,6 +50,8 @@ class Broker:
             pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
         self.dir = Path(workdir) / f"mosquitto-{id(self)}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # started as root, mosquitto drops to its own user: it must be able to write its persistence
+        self.dir.chmod(0o777)
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.conf = self.dir / "mosquitto.conf"
