@@ -134,13 +134,16 @@ def wait_quiet(d: Daemon, quiet_s: float = 3.0, timeout: float = 120.0) -> None:
     """Wait until the daemon has processed nothing new for ``quiet_s`` and its queue is empty."""
     deadline = time.monotonic() + timeout
     last, since = -1.0, time.monotonic()
+    names = ("lstm_stream_samples_processed_total", "lstm_stream_samples_rejected_total")
     while time.monotonic() < deadline:
-        v = d.metric("lstm_stream_samples_processed_total") + d.metric("lstm_stream_samples_rejected_total")
+        m = d.metrics()
+        v = sum(value for (name, _), value in m.items() if name in names)  # every reason label
         if v != last:
             last, since = v, time.monotonic()
-        elif time.monotonic() - since >= quiet_s and d.metric("lstm_stream_queue_depth") == 0:
+        elif time.monotonic() - since >= quiet_s and m.get(("lstm_stream_queue_depth", ())) == 0:
             return
         time.sleep(0.2)
+    raise TimeoutError(f"still processing after {timeout}s")
 
 
 def applied_counts(state: Path) -> dict[str, int]:

@@ -53,6 +53,7 @@ SEND_MAX = 4096  # samples per send
 HEARTBEAT_S = 0.1  # stats reach the parent at least this often (connected, counters)
 CHILD_QUEUE = 50_000  # samples the child holds while the parent is behind
 STOP, BYE, ROTATE = "stop", "bye", "rotate"
+STATS_S = 0.25  # the parent copies the child's counters into the metrics this often
 RETRY_S = 0.5  # after a failed log write, wait this long before the next try
 
 
@@ -327,9 +328,12 @@ class ReceiverProcess:
         wal_dir: Path | None = None,
         next_index: int = 0,
         sync_s: float = 0.01,
+        on_stats: Callable[[], None] | None = None,
     ) -> None:
         """``wal_dir``: log what is received there, from index ``next_index``, one fsync per ``sync_s``
-        (None: acknowledge on receipt, as without the log)."""
+        (None: acknowledge on receipt, as without the log). ``on_stats()`` runs on the reader thread
+        at most every ``STATS_S`` after the child's counters were mirrored (metrics stay current
+        while the engine is busy)."""
         self.queue = queue
         self.batch_max = batch_max
         self.stats = stats
@@ -338,6 +342,8 @@ class ReceiverProcess:
         self.last_heard = time.monotonic()
         self._seen = LinkStats()  # the child's counters as last mirrored (they start at 0 in each child)
         self._send_lock = threading.Lock()
+        self._on_stats = on_stats
+        self._next_stats = 0.0
         self._on_enqueued = on_enqueued
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
         self._conn, child_conn = ctx.Pipe()
@@ -376,8 +382,11 @@ class ReceiverProcess:
                 # may have sent several, and one call for all of them costs less than one each
                 while True:
                     samples, stats, first = pickle.loads(conn.recv_bytes())
-                    self.last_heard = time.monotonic()
+                    self.last_heard = now = time.monotonic()
                     self._mirror(stats)
+                    if self._on_stats is not None and now >= self._next_stats:
+                        self._next_stats = now + STATS_S
+                        self._on_stats()
                     if isinstance(samples, str):  # BYE: everything the child received is queued
                         return
                     if samples:
@@ -446,7 +455,7 @@ class ReceiverProcess:
             with self._send_lock, contextlib.suppress(OSError):
                 self._conn.send(STOP)
             self.finished.wait(timeout)
-        self.process.join(5.0)
+        self.process.join(2.0)
         if self.process.is_alive():
             log.warning("receiver process did not stop: killing it")
             self.process.kill()
