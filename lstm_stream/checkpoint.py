@@ -282,5 +282,6 @@ class CheckpointStore:
             except CheckpointError as exc:
                 errors.append(str(exc))
             except Exception as exc:  # noqa: BLE001 - an older format or another shape: use the previous one
-                errors.append(f"{path}: cannot be loaded by this build ({type(exc).__name__}: {exc})"[:400])
+                why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]  # one log line
+                errors.append(f"{path}: cannot be loaded by this build ({why})")
         return None, None, errors
