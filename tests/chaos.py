@@ -58,6 +58,8 @@ class Load:
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(100)
         self.client.reconnect_delay_set(0.2, 1)
+        self.connects = 0
+        self.client.on_connect = self._on_connect
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         self.infos: list[tuple[int, mqtt.MQTTMessageInfo]] = []
@@ -65,9 +67,30 @@ class Load:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    def _on_connect(self, *args) -> None:
+        self.connects += 1
+
+    def _in_order(self, seen_connects: int, acked_upto: int) -> tuple[int, int]:
+        """After a reconnect, wait until everything published before it is acknowledged.
+
+        paho writes a new PUBLISH as soon as its socket is up, before it resends what the broker
+        did not acknowledge: a sensor's newer sample would reach the broker before older ones, and
+        the engine refuses a sample older than its stream's newest (``out_of_order``). A sensor
+        that publishes in order is what is measured here."""
+        while not self.client.is_connected() and not self.stop.is_set():
+            time.sleep(0.01)
+        if self.connects == seen_connects:
+            return seen_connects, acked_upto
+        for _, info in self.infos[acked_upto:]:
+            while not info._published and not self.stop.is_set():
+                time.sleep(0.01)
+        return self.connects, len(self.infos)
+
     def _run(self) -> None:
         period, k, started = 1.0 / self.rate, 0, time.monotonic()
+        seen_connects, acked_upto = 1, 0
         while not self.stop.is_set():
+            seen_connects, acked_upto = self._in_order(seen_connects, acked_upto)
             s = k % self.streams
             i = self.sent[s]
             payload = json.dumps({"value": 20.0 + (i % 50) / 5.0, "ts": T0 + i * 0.01})

@@ -158,11 +158,14 @@ class _Committer:
         if now < self.retry_at:
             self._heartbeat(heartbeat)
             return False
-        n = len(self._acks)
-        self._pending_acks.extend(self._acks.popleft() for _ in range(n))
+        n = len(self._acks)  # first the mids, then the queue: their samples are queued already
+        queued = len(self.queue)
         room = CHILD_QUEUE - len(self._pending)  # while the log fails, the queue holds the rest
-        if room > 0:
-            self._pending.extend(self.queue.drain(min(room, len(self.queue))))
+        if queued <= room:
+            self._pending_acks.extend(self._acks.popleft() for _ in range(n))
+            self._pending.extend(self.queue.drain(queued))
+        elif room > 0:  # not all of it: ack none of it yet
+            self._pending.extend(self.queue.drain(room))
         samples = self._pending
         first = self.writer.next_index
         try:
@@ -340,6 +343,7 @@ class ReceiverProcess:
         self.wal = WalStats()
         self.expected = next_index  # log index of the next sample the child sends
         self.last_heard = time.monotonic()
+        self._waiting = False  # the reader is waiting for the child (not busy queueing)
         self._seen = LinkStats()  # the child's counters as last mirrored (they start at 0 in each child)
         self._send_lock = threading.Lock()
         self._on_stats = on_stats
@@ -381,7 +385,11 @@ class ReceiverProcess:
                 # what the pipe holds now goes in together: while a batch was processed, the child
                 # may have sent several, and one call for all of them costs less than one each
                 while True:
-                    samples, stats, first = pickle.loads(conn.recv_bytes())
+                    self.last_heard = time.monotonic()  # silence counts from here
+                    self._waiting = True
+                    data = conn.recv_bytes()
+                    self._waiting = False
+                    samples, stats, first = pickle.loads(data)
                     self.last_heard = now = time.monotonic()
                     self._mirror(stats)
                     if self._on_stats is not None and now >= self._next_stats:
@@ -427,7 +435,10 @@ class ReceiverProcess:
         seen.wal_bytes, seen.wal_syncs, seen.wal_failures = w.bytes, w.syncs, w.failures
 
     def silent_s(self) -> float:
-        """Seconds since the child last sent anything (it sends at least every ``HEARTBEAT_S``)."""
+        """Seconds the child has kept the reader waiting (it sends at least every ``HEARTBEAT_S``);
+        0 while the reader is busy queueing (a full queue holds the child back, not a stall)."""
+        if not self._waiting:
+            return 0.0
         return time.monotonic() - self.last_heard
 
     def rotate(self) -> None:

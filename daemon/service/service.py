@@ -79,7 +79,11 @@ class Service:
         self.state_dir = Path(settings.state.directory)
         self.store = CheckpointStore(self.state_dir, settings.state.keep)
         self.registry = CollectorRegistry()
-        self.queue = IngestQueue(settings.ingest.queue_size, settings.ingest.block_s)
+        wal_on = settings.state.wal and settings.ingest.receiver == "process"
+        # with the log, queued samples are acknowledged already: wait for room, never drop them
+        self.queue = IngestQueue(
+            settings.ingest.queue_size, float("inf") if wal_on else settings.ingest.block_s
+        )
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
         self.exporter = StreamExporter(settings.http.per_stream)
@@ -102,7 +106,7 @@ class Service:
         self._loop_error: str = ""
         self._watchdog_s = notify.watchdog_interval_s()
         self.wal: Durability | None = None
-        if settings.state.wal and settings.ingest.receiver == "process":
+        if wal_on:
             self.wal = Durability(self.state_dir / "wal", settings.ingest.batch_max)
         self.receiver_restarts = 0
         self._receiver_why = ""  # why the receiver was last found dead or stalled
