@@ -235,6 +235,56 @@ def run(
         broker.stop()
 
 
+def recovery(workdir: Path, streams: int = 10_000, rounds: int = 5, checkpoint_s: float = 8.0) -> dict:
+    """SIGKILL -> healthy at ``streams`` streams: ``rounds`` samples per stream, a checkpoint, one more
+    round (in the log only), the kill, the restart; then the account of what was applied."""
+    broker = Broker(workdir).start()
+    config = daemon_config(checkpoint_s)
+    config["engine"]["max_streams"] = streams
+    d = Daemon(workdir, broker, config, name="recovery", session=True)
+    try:
+        d.start()
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="recovery-pub")
+        pub.max_queued_messages_set(0)
+        pub.max_inflight_messages_set(1000)
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+
+        def send(r: int) -> None:
+            infos = [
+                pub.publish(f"sensors/r{s}/v", json.dumps({"value": float(r), "ts": T0 + r}), qos=1)
+                for s in range(streams)
+            ]
+            for info in infos:
+                info.wait_for_publish(120)
+
+        for r in range(rounds):
+            send(r)
+        d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= rounds * streams, timeout=300)
+        time.sleep(checkpoint_s + 2)  # a checkpoint holds them
+        send(rounds)
+        d.wait_metric(
+            "lstm_stream_samples_processed_total", lambda v: v >= (rounds + 1) * streams, timeout=300
+        )
+        seconds = restart_after_kill(d)
+        log_lines = [ln for ln in d.log().splitlines() if "replayed" in ln or "restored" in ln]
+        wait_quiet(d)
+        assert d.stop() == 0
+        counts = applied_counts(d.state)
+        pub.loop_stop()
+        pub.disconnect()
+        return {
+            "streams": streams,
+            "kill_to_healthy_s": round(seconds, 2),
+            "applied": sum(counts.values()),
+            "expected": (rounds + 1) * streams,
+            "log": log_lines[-2:],
+        }
+    finally:
+        d.close()
+        broker.stop()
+
+
 def main() -> None:
     """The longer run, from the command line; prints the figures as JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -246,11 +296,17 @@ def main() -> None:
     ap.add_argument("--checkpoint-s", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="keep the logs and state here (default: a temporary folder)")
+    ap.add_argument(
+        "--recovery-streams", type=int, help="instead: time SIGKILL -> healthy at this many streams"
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if a.workdir:
             a.workdir.mkdir(parents=True, exist_ok=True)
             tmp = a.workdir
+        if a.recovery_streams:
+            print(json.dumps(recovery(Path(tmp), a.recovery_streams)))
+            return
         fig = run(
             Path(tmp),
             kills=a.kills,
