@@ -235,9 +235,9 @@ def run(
         broker.stop()
 
 
-def recovery(workdir: Path, streams: int = 10_000, rounds: int = 5, checkpoint_s: float = 8.0) -> dict:
-    """SIGKILL -> healthy at ``streams`` streams: ``rounds`` samples per stream, a checkpoint, one more
-    round (in the log only), the kill, the restart; then the account of what was applied."""
+def recovery(workdir: Path, streams: int = 10_000, rounds: int = 5, checkpoint_s: float = 30.0) -> dict:
+    """SIGKILL -> healthy at ``streams`` streams: ``rounds`` samples per stream, a checkpoint, two more
+    rounds (in the log only), the kill, the restart; then the account of what was applied."""
     broker = Broker(workdir).start()
     config = daemon_config(checkpoint_s)
     config["engine"]["max_streams"] = streams
@@ -261,11 +261,12 @@ def recovery(workdir: Path, streams: int = 10_000, rounds: int = 5, checkpoint_s
         for r in range(rounds):
             send(r)
         d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= rounds * streams, timeout=300)
-        time.sleep(checkpoint_s + 2)  # a checkpoint holds them
-        send(rounds)
-        d.wait_metric(
-            "lstm_stream_samples_processed_total", lambda v: v >= (rounds + 1) * streams, timeout=300
-        )
+        while not list(d.state.glob("checkpoint-*.safetensors")):  # a checkpoint holds them
+            time.sleep(0.1)
+        send(rounds)  # only in the log (the next checkpoint is checkpoint_s away)
+        send(rounds + 1)
+        total = (rounds + 2) * streams
+        d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= total, timeout=300)
         seconds = restart_after_kill(d)
         log_lines = [ln for ln in d.log().splitlines() if "replayed" in ln or "restored" in ln]
         wait_quiet(d)
@@ -277,7 +278,7 @@ def recovery(workdir: Path, streams: int = 10_000, rounds: int = 5, checkpoint_s
             "streams": streams,
             "kill_to_healthy_s": round(seconds, 2),
             "applied": sum(counts.values()),
-            "expected": (rounds + 1) * streams,
+            "expected": total,
             "log": log_lines[-2:],
         }
     finally:
