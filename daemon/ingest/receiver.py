@@ -3,9 +3,9 @@ not share one GIL (``ingest.receiver = "process"``, the default).
 
 The child runs a receive-only :class:`~daemon.ingest.link.MqttLink` (the persistent session, the
 subscriptions, payload parsing) into its own bounded queue and sends the samples to the parent in
-batches (a pickled ``(samples, stats)`` per send, at most every ``flush_s`` -- the service's
-``ingest.batch_ms`` -- or ``SEND_MAX`` samples) over a pipe. So the child does the micro-batching:
-a reader thread in the parent puts everything the pipe holds into the service's
+batches (one JSON ``[samples, stats, first log index]`` per send, no pickle, at most every
+``flush_s`` -- the service's ``ingest.batch_ms`` -- or ``SEND_MAX`` samples) over a pipe. So the
+child does the micro-batching: a reader thread in the parent puts everything the pipe holds into the service's
 :class:`~daemon.ingest.queue.IngestQueue` and has it processed at once, without a second wait.
 Backpressure runs the whole way: a full parent queue stops the reader, the pipe fills, the child's
 sends block, its queue fills and paho stops reading and acknowledging, so QoS 1 messages wait at
@@ -27,9 +27,9 @@ asks, after sending what it holds, or when the pipe closes (the parent died).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
-import pickle
 import signal
 import threading
 import time
@@ -65,6 +65,11 @@ class WalStats:
     bytes: int = 0
     syncs: int = 0
     failures: int = 0
+
+
+def _encode(samples: list | str, stats: tuple, first: int) -> bytes:
+    """One message to the parent: JSON (floats round-trip exactly; NaN as JSON's extension)."""
+    return json.dumps([samples, stats, first], separators=(",", ":")).encode()
 
 
 def _stats_tuple(s: LinkStats, w: WalStats | None = None) -> tuple:
@@ -121,7 +126,7 @@ class _Sender:
                 self._send([])
 
     def _send(self, samples: list) -> None:
-        self.conn.send_bytes(pickle.dumps((samples, _stats_tuple(self.stats), -1), pickle.HIGHEST_PROTOCOL))
+        self.conn.send_bytes(_encode(samples, _stats_tuple(self.stats), -1))
         self.last_send = time.monotonic()
 
 
@@ -210,7 +215,7 @@ class _Committer:
 
     def _send(self, samples: list, first: int) -> None:
         msg = (samples, _stats_tuple(self.stats, self.wal), first)
-        self.conn.send_bytes(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
+        self.conn.send_bytes(_encode(*msg))
         self.last_send = time.monotonic()
 
     def rotate(self) -> None:
@@ -253,7 +258,7 @@ def _child_main(
     try:
         while not conn.poll(max(flush_s, 0.001)):
             sender.send_idle()
-        conn.recv()  # STOP
+        conn.recv_bytes()  # STOP
     except (EOFError, OSError):  # the parent is gone: nothing to send to
         link.close(timeout=0.5)
         return
@@ -261,7 +266,7 @@ def _child_main(
     queue.close()
     try:
         sender.send_all(heartbeat=False)
-        conn.send_bytes(pickle.dumps((BYE, _stats_tuple(stats), -1)))
+        conn.send_bytes(_encode(BYE, _stats_tuple(stats), -1))
     except (BrokenPipeError, OSError):
         pass
 
@@ -298,7 +303,7 @@ def _child_wal(
             started = time.monotonic()
             committer.commit()
             if conn.poll(max(0.0, started + window - time.monotonic())):
-                if conn.recv() != ROTATE:
+                if conn.recv_bytes().decode() != ROTATE:
                     break  # STOP
                 committer.rotate()
         committer.commit(heartbeat=False)
@@ -308,7 +313,7 @@ def _child_wal(
     link.close()
     committer.writer.close()
     with contextlib.suppress(BrokenPipeError, OSError):
-        conn.send_bytes(pickle.dumps((BYE, _stats_tuple(stats, committer.wal), committer.writer.next_index)))
+        conn.send_bytes(_encode(BYE, _stats_tuple(stats, committer.wal), committer.writer.next_index))
 
 
 class ReceiverProcess:
@@ -389,7 +394,7 @@ class ReceiverProcess:
                     self._waiting = True
                     data = conn.recv_bytes()
                     self._waiting = False
-                    samples, stats, first = pickle.loads(data)
+                    samples, stats, first = json.loads(data)
                     self.last_heard = now = time.monotonic()
                     self._mirror(stats)
                     if self._on_stats is not None and now >= self._next_stats:
@@ -445,7 +450,7 @@ class ReceiverProcess:
         """Ask the child to start a new log segment (after a checkpoint: the old one can be cut)."""
         with self._send_lock, contextlib.suppress(OSError, ValueError):
             if not self.finished.is_set():
-                self._conn.send(ROTATE)
+                self._conn.send_bytes(ROTATE.encode())
 
     def kill(self) -> None:
         """Stop a stalled child at once (what it logged is read back from the log by the caller)."""
@@ -464,7 +469,7 @@ class ReceiverProcess:
         """Ask the child to stop; wait until everything it received is in ``queue``."""
         if not self.finished.is_set():
             with self._send_lock, contextlib.suppress(OSError):
-                self._conn.send(STOP)
+                self._conn.send_bytes(STOP.encode())
             self.finished.wait(timeout)
         self.process.join(2.0)
         if self.process.is_alive():
