@@ -61,11 +61,20 @@ def segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def encode_record(first: int, samples: list[Sample]) -> bytes:
-    """One record: header with checksum, then the samples as JSON."""
-    payload = json.dumps(samples, separators=(",", ":")).encode()
-    tail = struct.pack("<QI", first, len(samples)) + payload
+def encode_samples(samples: list[Sample]) -> bytes:
+    """A record's payload: the samples as compact JSON (the receiver also sends these bytes on)."""
+    return json.dumps(samples, separators=(",", ":")).encode()
+
+
+def frame(first: int, count: int, payload: bytes) -> bytes:
+    """One record: header with checksum, then ``payload`` (``count`` samples from index ``first``)."""
+    tail = struct.pack("<QI", first, count) + payload
     return struct.pack("<II", len(payload), zlib.crc32(tail)) + tail
+
+
+def encode_record(first: int, samples: list[Sample]) -> bytes:
+    """One record of ``samples`` from index ``first``."""
+    return frame(first, len(samples), encode_samples(samples))
 
 
 @dataclass
@@ -235,10 +244,14 @@ class SegmentWriter:
 
     def append(self, samples: list[Sample]) -> int:
         """Append one record of ``samples`` (not yet durable); returns the index of its first sample."""
+        return self.append_encoded(encode_samples(samples), len(samples))
+
+    def append_encoded(self, payload: bytes, count: int) -> int:
+        """:meth:`append` of samples already encoded by :func:`encode_samples`."""
         if self._fd is None:
             self._open()
         first = self.next_index
-        data = encode_record(first, samples)
+        data = frame(first, count, payload)
         try:
             written = os.write(self._fd, data)
             if written != len(data):
@@ -246,7 +259,7 @@ class SegmentWriter:
         except OSError:
             self._abandon()
             raise
-        self.next_index += len(samples)
+        self.next_index += count
         self.bytes_written += len(data)
         self._dirty = True
         return first

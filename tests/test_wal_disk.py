@@ -74,7 +74,7 @@ def test_full_state_folder_stops_acks_and_recovers(tmp_path, small_state) -> Non
         pub.publish_many(_messages(200, 400))  # the broker acks them and keeps them for the daemon
         body = _wait_health(d, 503)
         assert "write-ahead log" in body and "not acknowledging" in body, body
-        assert d.metric("lstm_stream_wal_failures_total") >= 1
+        d.wait_metric("lstm_stream_wal_failures_total", lambda v: v >= 1, timeout=5)  # copied every 0.25 s
         held = d.metric("lstm_stream_samples_processed_total")
         time.sleep(1.0)
         # nothing unlogged is applied (a few may have fitted in the log's last page before it failed)

@@ -45,7 +45,7 @@ from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ratelog import RateLimitedLogger
 from daemon.settings import MqttSettings, PayloadSettings
-from lstm_stream.wal import SegmentWriter
+from lstm_stream.wal import SegmentWriter, encode_samples
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,15 @@ class WalStats:
 def _encode(samples: list | str, stats: tuple, first: int) -> bytes:
     """One message to the parent: JSON (floats round-trip exactly; NaN as JSON's extension)."""
     return json.dumps([samples, stats, first], separators=(",", ":")).encode()
+
+
+def _decode(data: bytes) -> tuple[list | str, list, int]:
+    """A message from :func:`_encode` or :meth:`_Committer._send_encoded`: (samples, stats, first)."""
+    if data[:1] == b"L":  # L[[stats...], first]\n[samples...]
+        cut = data.index(b"\n")
+        stats, first = json.loads(data[1:cut])
+        return json.loads(data[cut + 1 :]), stats, first
+    return json.loads(data)
 
 
 def _stats_tuple(s: LinkStats, w: WalStats | None = None) -> tuple:
@@ -173,9 +182,11 @@ class _Committer:
             self._pending.extend(self.queue.drain(room))
         samples = self._pending
         first = self.writer.next_index
+        payload = b""
         try:
             if samples:
-                first = self.writer.append(samples)
+                payload = encode_samples(samples)
+                first = self.writer.append_encoded(payload, len(samples))
             self.writer.sync()
         except OSError as exc:
             self._failed(exc)
@@ -187,8 +198,8 @@ class _Committer:
         self.wal.bytes, self.wal.syncs = self.writer.bytes_written, self.writer.syncs
         self._ack()
         self._pending = []
-        for i in range(0, len(samples), SEND_MAX):
-            self._send(samples[i : i + SEND_MAX], first + i)
+        if samples:  # the logged bytes go on as they are: the samples are encoded once
+            self._send_encoded(payload, first)
         self._heartbeat(heartbeat)
         return True
 
@@ -214,8 +225,13 @@ class _Committer:
             self._send([], self.writer.next_index)
 
     def _send(self, samples: list, first: int) -> None:
-        msg = (samples, _stats_tuple(self.stats, self.wal), first)
-        self.conn.send_bytes(_encode(*msg))
+        self.conn.send_bytes(_encode(samples, _stats_tuple(self.stats, self.wal), first))
+        self.last_send = time.monotonic()
+
+    def _send_encoded(self, payload: bytes, first: int) -> None:
+        """Samples as the log holds them: ``L``, ``[stats, first]`` as JSON, a newline, the samples."""
+        head = json.dumps([_stats_tuple(self.stats, self.wal), first], separators=(",", ":")).encode()
+        self.conn.send_bytes(b"L" + head + b"\n" + payload)
         self.last_send = time.monotonic()
 
     def rotate(self) -> None:
@@ -394,7 +410,7 @@ class ReceiverProcess:
                     self._waiting = True
                     data = conn.recv_bytes()
                     self._waiting = False
-                    samples, stats, first = json.loads(data)
+                    samples, stats, first = _decode(data)
                     self.last_heard = now = time.monotonic()
                     self._mirror(stats)
                     if self._on_stats is not None and now >= self._next_stats:
