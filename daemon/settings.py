@@ -323,6 +323,14 @@ class StateSettings(_Section):
     directory: Path = Field(default_factory=_default_state_directory)
     checkpoint_interval_s: float = Field(300.0, gt=0)
     keep: int = Field(3, ge=1, description="checkpoints kept on disk")
+    wal: bool = Field(
+        True,
+        description="write-ahead log: acknowledge a QoS 1 message only once its samples are fsynced "
+        "in the log (needs ingest.receiver = process)",
+    )
+    wal_sync_ms: float = Field(
+        0.0, ge=0, le=10_000, description="group commit window of the log; 0 = ingest.batch_ms"
+    )
 
 
 class FinetuneSettings(_Section):

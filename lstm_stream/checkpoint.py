@@ -193,7 +193,11 @@ def snapshot(engine: Engine, info: dict | None = None) -> bytes:
 
 def restore(data: bytes, source: str = "<bytes>") -> Engine:
     """An engine that continues exactly where the snapshot was taken."""
-    tensors, meta = decode(data, source)
+    return restore_decoded(*decode(data, source), source)
+
+
+def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source: str) -> Engine:
+    """:func:`restore` from what :func:`decode` returned."""
     if meta.get("kind") != "engine":
         raise CheckpointError(f"{source}: a model-only checkpoint has no stream state to restore")
     cfg = EngineConfig.model_validate(meta["engine_config"])
@@ -223,6 +227,27 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
         self.directory = Path(directory)
         self.keep = max(1, keep)
+        self.loaded_info: dict[str, Any] = {}  # the ``info`` of what load_latest returned
+
+    def remove_stale(self) -> list[Path]:
+        """Delete temporary files a killed write left behind (``.checkpoint-*.tmp``)."""
+        if not self.directory.is_dir():
+            return []
+        stale = [
+            p
+            for p in self.directory.iterdir()
+            if p.name.startswith(".checkpoint-") and p.name.endswith(".tmp")
+        ]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    def info_of(self, path: Path) -> dict[str, Any]:
+        """The ``info`` a checkpoint was saved with ({} when it cannot be read)."""
+        try:
+            return decode(_read(path), str(path))[1].get("info", {}) or {}
+        except Exception:  # noqa: BLE001 - an unreadable file has no info
+            return {}
 
     def paths(self) -> list[Path]:
         """Checkpoint files, newest first."""
@@ -250,7 +275,13 @@ class CheckpointStore:
         errors: list[str] = []
         for path in self.paths():
             try:
-                return restore(_read(path), str(path)), path, errors
+                tensors, meta = decode(_read(path), str(path))
+                engine = restore_decoded(tensors, meta, str(path))
+                self.loaded_info = meta.get("info", {}) or {}
+                return engine, path, errors
             except CheckpointError as exc:
                 errors.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - an older format or another shape: use the previous one
+                why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]  # one log line
+                errors.append(f"{path}: cannot be loaded by this build ({why})")
         return None, None, errors

@@ -10,7 +10,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,11 @@ class Broker:
             pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
         self.dir = Path(workdir) / f"mosquitto-{id(self)}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # started as root, mosquitto drops to its own user, which must reach its persistence folder
+        # (pytest's tmp_path is private to root): a world-writable folder of its own under /tmp
+        self.persist = Path(tempfile.mkdtemp(prefix="mosquitto-persist-"))
+        self.persist.chmod(0o777)
+        weakref.finalize(self, shutil.rmtree, self.persist, True)
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.conf = self.dir / "mosquitto.conf"
@@ -57,7 +64,7 @@ class Broker:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
-            f"persistence_location {self.dir}/\n"
+            f"persistence_location {self.persist}/\n"
             "max_queued_messages 100000\n"
             "max_inflight_messages 0\n"
             "log_dest none\n" + extra

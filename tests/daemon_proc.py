@@ -98,8 +98,15 @@ class Daemon:
     """One daemon process with its own config, state folder, HTTP port and notify socket."""
 
     def __init__(
-        self, tmp: Path, broker, config: dict | None = None, name: str = "d", env: dict | None = None
+        self,
+        tmp: Path,
+        broker,
+        config: dict | None = None,
+        name: str = "d",
+        env: dict | None = None,
+        session: bool = False,
     ):
+        """``session``: run the daemon in a process group of its own (to SIGKILL the whole group)."""
         self.tmp = Path(tmp)
         self.broker = broker
         self.state = self.tmp / "state"
@@ -119,6 +126,7 @@ class Daemon:
         self.config_path = write_toml(self.tmp / f"{name}.toml", deep_merge(base, config or {}))
         self.name = name
         self.extra_env = env or {}
+        self.session = session
         self.proc: subprocess.Popen | None = None
         self.notify: NotifySocket | None = None
         self.log_path = self.tmp / f"{name}.log"
@@ -140,6 +148,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=self.tmp,
+            start_new_session=self.session,
         )
         if wait_ready:
             self.notify.wait_for("READY=1")

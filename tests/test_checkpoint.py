@@ -93,3 +93,35 @@ def test_model_only_checkpoint(tmp_path, small_cfg) -> None:
         assert (a == b).all()
     with pytest.raises(CheckpointError, match="model-only"):
         checkpoint.restore((tmp_path / "m.safetensors").read_bytes())
+
+
+@pytest.mark.parametrize("older", ["unknown_config_key", "other_column_shape", "other_model"])
+def test_checkpoint_of_an_older_format_is_refused_and_the_previous_one_used(
+    tmp_path, small_cfg, older: str
+) -> None:
+    """Checksummed and readable, but not loadable by this build: one clear error, the previous one used."""
+    store = CheckpointStore(tmp_path, keep=3)
+    e = _engine(small_cfg)
+    good = store.save(e, info={"wal_applied": 7})
+    tensors, meta = checkpoint.snapshot_parts(e)
+    if older == "unknown_config_key":
+        meta["engine_config"]["retired_option"] = 1
+    elif older == "other_column_shape":
+        key = next(k for k, v in tensors.items() if k.startswith("state.") and v.ndim == 2)
+        tensors[key] = np.zeros((tensors[key].shape[0], tensors[key].shape[1] + 3), tensors[key].dtype)
+    else:
+        meta["engine_config"]["model"]["hidden"] = meta["engine_config"]["model"]["hidden"] * 2
+    newer = store.save_parts(tensors, meta)
+    restored, used, errors = store.load_latest()
+    assert used == good and restored is not None
+    assert len(errors) == 1 and str(newer) in errors[0] and "\n" not in errors[0]
+    assert store.loaded_info == {"wal_applied": 7}
+
+
+def test_stale_temporary_files_are_removed(tmp_path, small_cfg) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(_engine(small_cfg))
+    stale = tmp_path / ".checkpoint-00000002.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert store.remove_stale() == [stale] and not stale.exists()
+    assert len(store.paths()) == 1

@@ -7,7 +7,9 @@ an exception escape a paho callback. Each message goes to its :class:`~daemon.in
 on the network thread (parse, enqueue, count: O(1) work); the engine thread drains the queue.
 Publishing is raw bytes (:meth:`MqttLink.publish`); what the payloads say is the outputs' business.
 
-Acknowledgements: paho acks a QoS 1 message after ``on_message`` returns, when its samples are
+Acknowledgements: with the write-ahead log (``state.wal``, the receiver process) they are manual:
+``on_delivered`` notes each message and the receiver acks it once its samples are fsynced in the log.
+Without it, paho acks a QoS 1 message after ``on_message`` returns, when its samples are
 already in the queue; a full queue makes ``on_message`` wait for room (bounded by
 ``ingest.block_s``), so the ack waits too. A crash between that ack and processing loses at most what
 is queued; messages the broker redelivers (no ack yet, or a resumed session) may repeat samples,
@@ -66,12 +68,15 @@ class MqttLink:
         on_status: Callable[[bytes], None] | None = None,
         on_enqueued: Callable[[], None] | None = None,
         availability: bool = True,
+        on_delivered: Callable[[paho.MQTTMessage], None] | None = None,
     ) -> None:
         """``status_topic`` (e.g. Home Assistant's ``homeassistant/status``) is subscribed too and
         its messages go to ``on_status(payload)`` on the network thread instead of the parser.
         ``on_enqueued()`` runs on the network thread after each message's samples are queued.
         ``availability``: keep the retained availability topic (will, ``online``, ``offline``); off
-        for a second, receive-only connection of the same daemon."""
+        for a second, receive-only connection of the same daemon. ``on_delivered(msg)``: manual
+        acknowledgements; it runs after each message's samples are queued and the owner acks
+        ``msg.mid`` with ``client.ack`` once they are durable (the write-ahead log)."""
         self.settings = settings
         self.queue = queue
         self.stats = stats if stats is not None else LinkStats()
@@ -91,6 +96,7 @@ class MqttLink:
         self._closed = False
         self._status_topic = status_topic if on_status is not None else None
         self._availability = availability
+        self._on_delivered = on_delivered
         self.client = self._make_client()
 
     # --- setup ------------------------------------------------------------------------------
@@ -105,6 +111,7 @@ class MqttLink:
             # MQTT 5 takes clean start at connect time (and refuses clean_session here).
             clean_session=None if self._v5 else s.clean_start,
             protocol=protocol,
+            manual_ack=self._on_delivered is not None,
         )
         client.max_queued_messages_set(MAX_OUTGOING)
         self._apply_credentials(client)
@@ -116,8 +123,16 @@ class MqttLink:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_message = self.inlet.on_message
+        client.on_message = self.inlet.on_message if self._on_delivered is None else self._on_message_acked
         return client
+
+    def _on_message_acked(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        """With manual acks: the inlet queues the samples, then the owner notes the message to ack."""
+        self.inlet.on_message(client, userdata, msg)
+        try:
+            self._on_delivered(msg)
+        except Exception:  # see _on_connect
+            log.exception("error noting a message to acknowledge")
 
     def _apply_credentials(self, client: paho.Client) -> None:
         """Username and a freshly read password (called again before reconnects: rotation)."""

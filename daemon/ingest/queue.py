@@ -136,3 +136,6 @@ class LinkStats:
     connects: int = 0
     disconnects: int = 0
     publish_failures: int = 0
+    wal_bytes: int = 0  # write-ahead log: bytes written, fsyncs, failed writes or fsyncs
+    wal_syncs: int = 0
+    wal_failures: int = 0

@@ -3,13 +3,22 @@ not share one GIL (``ingest.receiver = "process"``, the default).
 
 The child runs a receive-only :class:`~daemon.ingest.link.MqttLink` (the persistent session, the
 subscriptions, payload parsing) into its own bounded queue and sends the samples to the parent in
-batches (a pickled ``(samples, stats)`` per send, at most every ``flush_s`` -- the service's
-``ingest.batch_ms`` -- or ``SEND_MAX`` samples) over a pipe. So the child does the micro-batching:
-a reader thread in the parent puts everything the pipe holds into the service's
+batches (one JSON ``[samples, stats, first log index]`` per send, no pickle, at most every
+``flush_s`` -- the service's ``ingest.batch_ms`` -- or ``SEND_MAX`` samples) over a pipe. So the
+child does the micro-batching: a reader thread in the parent puts everything the pipe holds into the service's
 :class:`~daemon.ingest.queue.IngestQueue` and has it processed at once, without a second wait.
 Backpressure runs the whole way: a full parent queue stops the reader, the pipe fills, the child's
 sends block, its queue fills and paho stops reading and acknowledging, so QoS 1 messages wait at
 the broker.
+
+With the write-ahead log (``wal_dir``), acknowledgements are manual: every ``sync_s`` the child
+takes what is queued, appends it to the log as one record, fsyncs (one fsync per group), only then
+acks those messages to the broker, and sends the samples with the log index of the first one. A
+failed write or fsync (disk full, read-only) acks nothing and is retried; the queue then fills and
+paho stops reading, so the broker keeps the messages. See the README's durability section.
+
+Every send also carries the child's counters; the parent notes when it last heard from the child
+(:meth:`ReceiverProcess.silent_s`), so a stopped or hung child is seen and replaced.
 
 The child ignores SIGTERM/SIGINT (systemd signals the whole cgroup): it stops when the parent
 asks, after sending what it holds, or when the pipe closes (the parent died).
@@ -18,14 +27,17 @@ asks, after sending what it holds, or when the pipe closes (the parent died).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
-import pickle
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
@@ -33,17 +45,55 @@ from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ratelog import RateLimitedLogger
 from daemon.settings import MqttSettings, PayloadSettings
+from lstm_stream.wal import SegmentWriter, encode_samples
 
 log = logging.getLogger(__name__)
 
 SEND_MAX = 4096  # samples per send
 HEARTBEAT_S = 0.1  # stats reach the parent at least this often (connected, counters)
 CHILD_QUEUE = 50_000  # samples the child holds while the parent is behind
-STOP, BYE = "stop", "bye"
+STOP, BYE, ROTATE = "stop", "bye", "rotate"
+STATS_S = 0.25  # the parent copies the child's counters into the metrics this often
+RETRY_S = 0.5  # after a failed log write, wait this long before the next try
 
 
-def _stats_tuple(s: LinkStats) -> tuple:
-    return (s.received, dict(s.rejected), s.connected, s.connects, s.disconnects)
+@dataclass(slots=True)
+class WalStats:
+    """The child's log counters, carried to the parent with every send."""
+
+    error: str = ""  # why the last write or fsync failed; "" once one succeeds
+    bytes: int = 0
+    syncs: int = 0
+    failures: int = 0
+
+
+def _encode(samples: list | str, stats: tuple, first: int) -> bytes:
+    """One message to the parent: JSON (floats round-trip exactly; NaN as JSON's extension)."""
+    return json.dumps([samples, stats, first], separators=(",", ":")).encode()
+
+
+def _decode(data: bytes) -> tuple[list | str, list, int]:
+    """A message from :func:`_encode` or :meth:`_Committer._send_encoded`: (samples, stats, first)."""
+    if data[:1] == b"L":  # L[[stats...], first]\n[samples...]
+        cut = data.index(b"\n")
+        stats, first = json.loads(data[1:cut])
+        return json.loads(data[cut + 1 :]), stats, first
+    return json.loads(data)
+
+
+def _stats_tuple(s: LinkStats, w: WalStats | None = None) -> tuple:
+    w = w or WalStats()
+    return (
+        s.received,
+        dict(s.rejected),
+        s.connected,
+        s.connects,
+        s.disconnects,
+        w.error,
+        w.bytes,
+        w.syncs,
+        w.failures,
+    )
 
 
 class _Sender:
@@ -85,8 +135,108 @@ class _Sender:
                 self._send([])
 
     def _send(self, samples: list) -> None:
-        self.conn.send_bytes(pickle.dumps((samples, _stats_tuple(self.stats)), pickle.HIGHEST_PROTOCOL))
+        self.conn.send_bytes(_encode(samples, _stats_tuple(self.stats), -1))
         self.last_send = time.monotonic()
+
+
+class _Committer:
+    """Child side with the log: queued samples -> one record -> fsync -> PUBACKs -> the parent.
+
+    Runs on the child's main thread only. The network thread queues a message's samples and then
+    notes its mid (:meth:`delivered`), so every noted mid's samples are queued before the mid is
+    taken: a commit that takes ``n`` mids and then drains the queue acks only logged samples.
+    """
+
+    def __init__(self, conn: Connection, queue: IngestQueue, stats: LinkStats, writer: SegmentWriter) -> None:
+        self.conn = conn
+        self.queue = queue
+        self.stats = stats
+        self.writer = writer
+        self.wal = WalStats()
+        self.client = None  # the paho client, for acks (set once the link exists)
+        self._acks: deque[tuple[int, int, int]] = deque()  # (mid, qos, connection number)
+        self._pending: list = []  # samples taken off the queue, not yet durable
+        self._pending_acks: list[tuple[int, int, int]] = []
+        self.last_send = 0.0
+        self.retry_at = 0.0
+
+    def delivered(self, msg) -> None:
+        """Network thread, after the inlet queued the message's samples: ack it once they are logged."""
+        if msg.qos:
+            self._acks.append((msg.mid, msg.qos, self.stats.connects))
+
+    def commit(self, heartbeat: bool = True) -> bool:
+        """Log, fsync, ack and send what is queued; an empty send when due (counters, liveness).
+        False when the log could not be written (nothing acked; retried after ``RETRY_S``)."""
+        now = time.monotonic()
+        if now < self.retry_at:
+            self._heartbeat(heartbeat)
+            return False
+        n = len(self._acks)  # first the mids, then the queue: their samples are queued already
+        queued = len(self.queue)
+        room = CHILD_QUEUE - len(self._pending)  # while the log fails, the queue holds the rest
+        if queued <= room:
+            self._pending_acks.extend(self._acks.popleft() for _ in range(n))
+            self._pending.extend(self.queue.drain(queued))
+        elif room > 0:  # not all of it: ack none of it yet
+            self._pending.extend(self.queue.drain(room))
+        samples = self._pending
+        first = self.writer.next_index
+        payload = b""
+        try:
+            if samples:
+                payload = encode_samples(samples)
+                first = self.writer.append_encoded(payload, len(samples))
+            self.writer.sync()
+        except OSError as exc:
+            self._failed(exc)
+            self._heartbeat(heartbeat)
+            return False
+        if self.wal.error:
+            log.warning("write-ahead log writable again")
+        self.wal.error = ""
+        self.wal.bytes, self.wal.syncs = self.writer.bytes_written, self.writer.syncs
+        self._ack()
+        self._pending = []
+        if samples:  # the logged bytes go on as they are: the samples are encoded once
+            self._send_encoded(payload, first)
+        self._heartbeat(heartbeat)
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        if not self.wal.error:
+            log.error("cannot write the write-ahead log (not acknowledging until it works): %s", exc)
+        self.wal.error = f"write-ahead log: {exc.strerror or exc}"
+        self.wal.failures += 1
+        self.retry_at = time.monotonic() + RETRY_S
+
+    def _ack(self) -> None:
+        acks, self._pending_acks = self._pending_acks, []
+        client, connection = self.client, self.stats.connects
+        if client is None:
+            return
+        for mid, qos, conn_no in acks:
+            # a mid from an earlier connection may name another message now: the broker redelivers it
+            if conn_no == connection:
+                client.ack(mid, qos)
+
+    def _heartbeat(self, heartbeat: bool) -> None:
+        if heartbeat and time.monotonic() - self.last_send >= HEARTBEAT_S:
+            self._send([], self.writer.next_index)
+
+    def _send(self, samples: list, first: int) -> None:
+        self.conn.send_bytes(_encode(samples, _stats_tuple(self.stats, self.wal), first))
+        self.last_send = time.monotonic()
+
+    def _send_encoded(self, payload: bytes, first: int) -> None:
+        """Samples as the log holds them: ``L``, ``[stats, first]`` as JSON, a newline, the samples."""
+        head = json.dumps([_stats_tuple(self.stats, self.wal), first], separators=(",", ":")).encode()
+        self.conn.send_bytes(b"L" + head + b"\n" + payload)
+        self.last_send = time.monotonic()
+
+    def rotate(self) -> None:
+        """Parent's request after a checkpoint: new segment, so that the old one can be cut."""
+        self.writer.rotate()
 
 
 def _child_main(
@@ -96,11 +246,17 @@ def _child_main(
     level: str,
     rate_limit_s: float,
     flush_s: float,
+    wal_dir: str | None = None,
+    next_index: int = 0,
+    sync_s: float = 0.01,
 ) -> None:
-    """The receiver process: link -> queue -> pipe until the parent says stop or goes away."""
+    """The receiver process: link -> queue -> (log ->) pipe until the parent says stop or goes away."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s (receiver): %(message)s")
+    if wal_dir is not None:
+        _child_wal(conn, mqtt, payload, rate_limit_s, Path(wal_dir), next_index, sync_s)
+        return
     queue = IngestQueue(CHILD_QUEUE, block_s=float("inf"))
     stats = LinkStats()
     sender = _Sender(conn, queue, stats, flush_s)
@@ -118,7 +274,7 @@ def _child_main(
     try:
         while not conn.poll(max(flush_s, 0.001)):
             sender.send_idle()
-        conn.recv()  # STOP
+        conn.recv_bytes()  # STOP
     except (EOFError, OSError):  # the parent is gone: nothing to send to
         link.close(timeout=0.5)
         return
@@ -126,9 +282,54 @@ def _child_main(
     queue.close()
     try:
         sender.send_all(heartbeat=False)
-        conn.send_bytes(pickle.dumps((BYE, _stats_tuple(stats))))
+        conn.send_bytes(_encode(BYE, _stats_tuple(stats), -1))
     except (BrokenPipeError, OSError):
         pass
+
+
+def _child_wal(
+    conn: Connection,
+    mqtt: MqttSettings,
+    payload: PayloadSettings,
+    rate_limit_s: float,
+    wal_dir: Path,
+    next_index: int,
+    sync_s: float,
+) -> None:
+    """The receiver with the log: one group commit every ``sync_s``; at stop, a last commit, then
+    disconnect (what arrives after it is not acknowledged: the broker delivers it again)."""
+    queue = IngestQueue(CHILD_QUEUE, block_s=float("inf"))
+    stats = LinkStats()
+    committer = _Committer(conn, queue, stats, SegmentWriter(wal_dir, next_index))
+    link = MqttLink(
+        mqtt,
+        PayloadParser(payload),
+        queue,
+        stats=stats,
+        rate_log=RateLimitedLogger(log, rate_limit_s),
+        availability=False,
+        on_delivered=committer.delivered,
+    )
+    committer.client = link.client
+    link.start()
+    freeze_startup_objects()
+    window = max(sync_s, 0.001)
+    try:
+        while True:
+            started = time.monotonic()
+            committer.commit()
+            if conn.poll(max(0.0, started + window - time.monotonic())):
+                if conn.recv_bytes().decode() != ROTATE:
+                    break  # STOP
+                committer.rotate()
+        committer.commit(heartbeat=False)
+    except (EOFError, OSError):  # the parent is gone: what is logged is replayed by the next start
+        link.close(timeout=0.5)
+        return
+    link.close()
+    committer.writer.close()
+    with contextlib.suppress(BrokenPipeError, OSError):
+        conn.send_bytes(_encode(BYE, _stats_tuple(stats, committer.wal), committer.writer.next_index))
 
 
 class ReceiverProcess:
@@ -148,17 +349,43 @@ class ReceiverProcess:
         rate_limit_s: float = 10.0,
         flush_s: float = 0.01,
         batch_max: int = 4096,
+        wal_dir: Path | None = None,
+        next_index: int = 0,
+        sync_s: float = 0.01,
+        on_stats: Callable[[], None] | None = None,
     ) -> None:
+        """``wal_dir``: log what is received there, from index ``next_index``, one fsync per ``sync_s``
+        (None: acknowledge on receipt, as without the log). ``on_stats()`` runs on the reader thread
+        at most every ``STATS_S`` after the child's counters were mirrored (metrics stay current
+        while the engine is busy)."""
         self.queue = queue
         self.batch_max = batch_max
         self.stats = stats
+        self.wal = WalStats()
+        self.expected = next_index  # log index of the next sample the child sends
+        self.last_heard = time.monotonic()
+        self._waiting = False  # the reader is waiting for the child (not busy queueing)
+        self._seen = LinkStats()  # the child's counters as last mirrored (they start at 0 in each child)
+        self._send_lock = threading.Lock()
+        self._on_stats = on_stats
+        self._next_stats = 0.0
         self._on_enqueued = on_enqueued
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
         self._conn, child_conn = ctx.Pipe()
         self._child_conn = child_conn
         self.process = ctx.Process(
             target=_child_main,
-            args=(child_conn, mqtt, payload, log_level, rate_limit_s, flush_s),
+            args=(
+                child_conn,
+                mqtt,
+                payload,
+                log_level,
+                rate_limit_s,
+                flush_s,
+                None if wal_dir is None else str(wal_dir),
+                next_index,
+                sync_s,
+            ),
             name="lstm-stream-receiver",
             daemon=True,
         )
@@ -179,11 +406,25 @@ class ReceiverProcess:
                 # what the pipe holds now goes in together: while a batch was processed, the child
                 # may have sent several, and one call for all of them costs less than one each
                 while True:
-                    samples, stats = pickle.loads(conn.recv_bytes())
+                    self.last_heard = time.monotonic()  # silence counts from here
+                    self._waiting = True
+                    data = conn.recv_bytes()
+                    self._waiting = False
+                    samples, stats, first = _decode(data)
+                    self.last_heard = now = time.monotonic()
                     self._mirror(stats)
+                    if self._on_stats is not None and now >= self._next_stats:
+                        self._next_stats = now + STATS_S
+                        self._on_stats()
                     if isinstance(samples, str):  # BYE: everything the child received is queued
                         return
                     if samples:
+                        if first >= 0:
+                            if first != self.expected:
+                                raise RuntimeError(
+                                    f"log index {first} from the receiver, {self.expected} expected"
+                                )
+                            self.expected = first + len(samples)
                         queue.put_many(samples)
                     if len(queue) >= self.batch_max or not conn.poll(0):
                         break
@@ -199,9 +440,42 @@ class ReceiverProcess:
             self.finished.set()
 
     def _mirror(self, stats: tuple) -> None:
-        s = self.stats
-        s.received, rejected, s.connected, s.connects, s.disconnects = stats
-        s.rejected.update(rejected)
+        """Add the child's counters (since the last send) to ``stats``; copy its state."""
+        s, seen, w = self.stats, self._seen, self.wal
+        received, rejected, s.connected, connects, disconnects, w.error, w.bytes, w.syncs, w.failures = stats
+        s.received += received - seen.received
+        s.connects += connects - seen.connects
+        s.disconnects += disconnects - seen.disconnects
+        for k, v in rejected.items():
+            s.rejected[k] = s.rejected.get(k, 0) + v - seen.rejected.get(k, 0)
+        seen.received, seen.connects, seen.disconnects = received, connects, disconnects
+        seen.rejected.update(rejected)
+        s.wal_bytes += w.bytes - seen.wal_bytes
+        s.wal_syncs += w.syncs - seen.wal_syncs
+        s.wal_failures += w.failures - seen.wal_failures
+        seen.wal_bytes, seen.wal_syncs, seen.wal_failures = w.bytes, w.syncs, w.failures
+
+    def silent_s(self) -> float:
+        """Seconds the child has kept the reader waiting (it sends at least every ``HEARTBEAT_S``);
+        0 while the reader is busy queueing (a full queue holds the child back, not a stall)."""
+        if not self._waiting:
+            return 0.0
+        return time.monotonic() - self.last_heard
+
+    def rotate(self) -> None:
+        """Ask the child to start a new log segment (after a checkpoint: the old one can be cut)."""
+        with self._send_lock, contextlib.suppress(OSError, ValueError):
+            if not self.finished.is_set():
+                self._conn.send_bytes(ROTATE.encode())
+
+    def kill(self) -> None:
+        """Stop a stalled child at once (what it logged is read back from the log by the caller)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+        self.process.join(5.0)
+        self._reader.join(5.0)
+        with contextlib.suppress(OSError):
+            self._conn.close()
 
     def is_connected(self) -> bool:
         """The child's link is connected (as of its last message, at most ``HEARTBEAT_S`` ago)."""
@@ -210,12 +484,13 @@ class ReceiverProcess:
     def close(self, timeout: float = 30.0) -> None:
         """Ask the child to stop; wait until everything it received is in ``queue``."""
         if not self.finished.is_set():
-            with contextlib.suppress(OSError):
-                self._conn.send(STOP)
+            with self._send_lock, contextlib.suppress(OSError):
+                self._conn.send_bytes(STOP.encode())
             self.finished.wait(timeout)
-        self.process.join(5.0)
+        self.process.join(2.0)
         if self.process.is_alive():
             log.warning("receiver process did not stop: killing it")
             self.process.kill()
             self.process.join(5.0)
+        self._reader.join(5.0)
         self._conn.close()

@@ -69,6 +69,10 @@ CHECKPOINT_DURATION = "lstm_stream_checkpoint_duration_seconds"
 MQTT_CONNECTED = "lstm_stream_mqtt_connected"
 MQTT_RECONNECTS = "lstm_stream_mqtt_reconnects_total"
 ENGINE_PROGRESS = "lstm_stream_engine_loop_last_progress_timestamp_seconds"
+RECEIVER_RESTARTS = "lstm_stream_receiver_restarts_total"
+WAL_BYTES = "lstm_stream_wal_written_bytes_total"
+WAL_SYNCS = "lstm_stream_wal_syncs_total"
+WAL_FAILURES = "lstm_stream_wal_failures_total"
 BUILD_INFO = "lstm_stream_build_info"
 
 # --- label values known in advance (pre-created so every series exists, at 0, from the start) ---
@@ -164,6 +168,18 @@ class IngestObservations(_Observer):
 
     def mqtt_reconnected(self) -> None:
         self.mqtt_reconnects.inc()
+
+    def receiver_restarted(self) -> None:
+        self.receiver_restarts.inc()
+
+    def observe_wal(self, written: int, syncs: int, failures: int) -> None:
+        """Log bytes written, fsyncs and failed writes or fsyncs since the last call."""
+        if written:
+            self.wal_bytes.inc(written)
+        if syncs:
+            self.wal_syncs.inc(syncs)
+        if failures:
+            self.wal_failures.inc(failures)
 
 
 class EngineObservations(_Observer):
@@ -343,6 +359,16 @@ class Metrics(IngestObservations, EngineObservations, ModelObservations):
         )
         self.mqtt_reconnects = Counter(
             MQTT_RECONNECTS, "Connections to the broker after the first.", registry=r
+        )
+        self.receiver_restarts = Counter(
+            RECEIVER_RESTARTS, "Receiver processes replaced after dying or going silent.", registry=r
+        )
+        self.wal_bytes = Counter(WAL_BYTES, "Bytes appended to the write-ahead log.", registry=r)
+        self.wal_syncs = Counter(WAL_SYNCS, "fsyncs of the write-ahead log (group commits).", registry=r)
+        self.wal_failures = Counter(
+            WAL_FAILURES,
+            "Write-ahead log writes or fsyncs that failed (nothing acked meanwhile).",
+            registry=r,
         )
         self.engine_progress_timestamp = Gauge(
             ENGINE_PROGRESS, "When the engine loop last completed an iteration.", registry=r

@@ -64,6 +64,8 @@ class Batches:
         # the engine is used by the MQTT thread (due batches, under load) and the engine thread
         # (batches left waiting under light load, housekeeping): one at a time
         self.lock = threading.Lock()
+        self.applied = 0  # log index one past the last sample processed (samples arrive in log order)
+        self.inline = True  # run batches on the receiving thread (off while shutting down)
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
         self._rlog = RateLimitedLogger(log, settings.log.rate_limit_s)  # new streams not admitted
 
@@ -73,7 +75,9 @@ class Batches:
         Under load this keeps receiving and the engine in one thread, so they do not hand the GIL to
         each other thousands of times a second. Skipped while the engine thread holds the engine: it
         will take the batch."""
-        if not self.queue.due(self.batch_max, self._inline_age) or not self.lock.acquire(blocking=False):
+        if not self.inline or not self.queue.due(self.batch_max, self._inline_age):
+            return
+        if not self.lock.acquire(blocking=False):
             return
         try:
             self.process(self.queue.drain(self.batch_max))
@@ -94,11 +98,13 @@ class Batches:
                 if len(batch) < batch_max or stop.is_set():
                     break
 
-    def drain(self) -> None:
-        """At shutdown: process everything still queued."""
+    def drain(self, deadline: float = float("inf")) -> int:
+        """At shutdown: process what is queued until ``deadline`` (monotonic); returns what is left
+        (with the log, it is replayed at the next start)."""
         with self.lock:
-            while len(self.queue):
+            while len(self.queue) and time.monotonic() < deadline:
                 self.process(self.queue.drain(self.batch_max))
+            return len(self.queue)
 
     def limit_torch_threads(self) -> None:
         """Once per thread that runs the engine: OpenMP's thread count is per thread, and with every
@@ -121,6 +127,7 @@ class Batches:
                 np.fromiter(values, np.float64, len(values)),
                 now=self.clock(),
             )
+        self.applied += len(samples)
         elapsed = time.perf_counter() - t0
         done = self.clock()
         lat = done - r.ts[r.accepted]

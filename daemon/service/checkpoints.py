@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from daemon.outputs.metrics import Metrics
 from daemon.ratelog import RateLimitedLogger
@@ -30,8 +32,15 @@ class Checkpoints:
         metrics: Metrics,
         rate_log: RateLimitedLogger,
         interval_s: float,
+        info: Callable[[], dict[str, Any]] | None = None,
+        on_saved: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """``info()`` is saved with each snapshot (taken with it, under the engine lock: the log
+        position it covers); ``on_saved(info)`` runs once that checkpoint is durable (the log cut)."""
         self.store = store
+        self._info = info
+        self._on_saved = on_saved
+        self.failed = False  # the last write failed
         self.engine = engine
         self.metrics = metrics
         self._rlog = rate_log
@@ -54,22 +63,23 @@ class Checkpoints:
         if self._thread is not None:
             self._thread.join()
 
-    def write(self, background: bool = False) -> None:
+    def write(self, background: bool = False) -> bool:
         """Checkpoint now. ``background``: copy the arrays here (tens of ms for 10k streams) and
         leave the encoding, checksum and fsync to a thread, so ingestion does not wait for the disk."""
         if background and self._thread is not None and self._thread.is_alive():
-            return  # the previous one is still being written: skip this turn
+            return True  # the previous one is still being written: skip this turn
         t0 = time.monotonic()
         try:
-            parts = checkpoint.snapshot_parts(self.engine)
+            parts = checkpoint.snapshot_parts(self.engine, self._info() if self._info else None)
         except Exception as exc:  # noqa: BLE001 - counted and logged; the service goes on
             self._done(None, exc, t0)
-            return
+            return False
         if not background:
             self._write(parts, t0)
-            return
+            return not self.failed
         self._thread = threading.Thread(target=self._write, args=(parts, t0), name="checkpoint", daemon=True)
         self._thread.start()
+        return True
 
     def _write(self, parts: tuple, t0: float) -> None:
         try:
@@ -78,10 +88,16 @@ class Checkpoints:
             self._done(None, exc, t0)
             return
         self._done(path, None, t0)
+        if self._on_saved is not None:
+            try:
+                self._on_saved(parts[1].get("info", {}))
+            except Exception as exc:  # noqa: BLE001 - the log is cut at the next checkpoint instead
+                self._rlog.log("wal_cut", "cutting the write-ahead log failed: %s", exc)
 
     def _done(self, path: Path | None, exc: Exception | None, t0: float) -> None:
         seconds = time.monotonic() - t0
         self.metrics.observe_checkpoint(path is not None, seconds)
+        self.failed = path is None
         if path is None:
             self._rlog.log("checkpoint", "checkpoint failed: %s", exc)
             return

@@ -3,6 +3,7 @@ receive side's counters, idle expiry, discovery, and the fine-tune and checkpoin
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -37,10 +38,16 @@ class LinkCounters:
             "dropped": 0,
             "blocked": 0.0,
             "connects": 0,
+            "wal": (0, 0, 0),
         }
+        self._lock = threading.Lock()  # the engine thread and the receiving thread both sync
 
     def sync(self) -> None:
         """Copy the network thread's plain counters into Prometheus (deltas since the last copy)."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
         st, seen = self.stats, self._seen
         rejected = {k: v - seen["rejected"].get(k, 0) for k, v in list(st.rejected.items())}
         self.metrics.observe_messages(st.received - seen["received"], rejected)
@@ -58,6 +65,9 @@ class LinkCounters:
             for _ in range(st.connects - max(seen["connects"], 1)):
                 self.metrics.mqtt_reconnected()
         seen["connects"] = st.connects
+        wal = (st.wal_bytes, st.wal_syncs, st.wal_failures)
+        self.metrics.observe_wal(*(now - before for now, before in zip(wal, seen["wal"], strict=True)))
+        seen["wal"] = wal
 
 
 class Housekeeping:

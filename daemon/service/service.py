@@ -37,6 +37,8 @@ from daemon.ratelog import RateLimitedLogger
 from daemon.service import notify
 from daemon.service.batches import Batches
 from daemon.service.checkpoints import Checkpoints
+from daemon.service.durability import KEY as WAL_KEY
+from daemon.service.durability import Durability
 from daemon.service.finetuner import Finetuner
 from daemon.service.homeassistant import DiscoveryFeed, make_discovery
 from daemon.service.housekeeping import Housekeeping, LinkCounters
@@ -47,6 +49,11 @@ from lstm_stream.checkpoint import CheckpointStore
 from lstm_stream.engine import Engine
 
 log = logging.getLogger("lstm_stream.service")
+
+STALL_S = 5.0  # a receiver process silent this long (it sends every 0.1 s) is replaced
+# at shutdown with the log: the receiver gets this long to hand over, and samples still queued this
+# long after SIGTERM stay in the log for the next start (systemd waits 90 s; the tests ask for < 10 s)
+HANDOVER_S, DRAIN_S = 3.0, 6.0
 
 
 def publishing_settings(mqtt: MqttSettings) -> MqttSettings:
@@ -72,7 +79,11 @@ class Service:
         self.state_dir = Path(settings.state.directory)
         self.store = CheckpointStore(self.state_dir, settings.state.keep)
         self.registry = CollectorRegistry()
-        self.queue = IngestQueue(settings.ingest.queue_size, settings.ingest.block_s)
+        wal_on = settings.state.wal and settings.ingest.receiver == "process"
+        # with the log, queued samples are acknowledged already: wait for room, never drop them
+        self.queue = IngestQueue(
+            settings.ingest.queue_size, float("inf") if wal_on else settings.ingest.block_s
+        )
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
         self.exporter = StreamExporter(settings.http.per_stream)
@@ -94,12 +105,25 @@ class Service:
         self._period = settings.ingest.batch_ms / 1000.0
         self._loop_error: str = ""
         self._watchdog_s = notify.watchdog_interval_s()
+        self.wal: Durability | None = None
+        if wal_on:
+            self.wal = Durability(self.state_dir / "wal", settings.ingest.batch_max)
+        self.receiver_restarts = 0
+        self._receiver_why = ""  # why the receiver was last found dead or stalled
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Restore state, start HTTP, the engine loop and the MQTT link (which may keep retrying)."""
         s = self.settings
+        if s.state.wal and s.ingest.receiver == "thread":
+            log.warning("state.wal needs ingest.receiver = process: acknowledging on receipt")
+        for stale in self.store.remove_stale():
+            log.info("removed %s (a checkpoint write that was interrupted)", stale.name)
         self.engine, origin = build_engine(s, self.store)
+        next_index = 0
+        if self.wal is not None:
+            info = self.store.loaded_info if origin.startswith("restored") else {}
+            next_index = self.wal.replay(self.engine, info, self.clock())
         m = self.engine.config.model
         self.metrics = Metrics(self.registry, model_arch=m.arch, hidden=m.hidden, layers=m.layers)
         self.metrics.set_model(self.engine.model_version, swapped=False)
@@ -107,6 +131,7 @@ class Service:
         self.exporter.update(self.engine.view())
         log.info("engine: %s", origin)
         self._build_jobs()
+        self.batches.applied = next_index
         self.http = MetricsServer(self.registry, self.exporter, self.health, s.http.bind, s.http.port).start()
         log.info("serving /metrics and /healthz on http://%s:%d", s.http.bind, self.http.port)
         now = time.monotonic()
@@ -131,27 +156,70 @@ class Service:
             self.discovery = discovery
             self.batches.feed = self.chores.feed = DiscoveryFeed(discovery, self.engine, self.link)
         self.metrics.mqtt_connected.set_function(lambda: float(self.mqtt_connected()))  # live at scrape
+        self.metrics.queue_depth.set_function(lambda: float(len(self.queue)))
         self.link.start()
         if not in_thread:
-            self.receiver = ReceiverProcess(
-                s.mqtt,
-                s.payload,
-                self.queue,
-                self.stats,
-                on_enqueued=self.batches.process_inline,
-                log_level=s.log.level,
-                rate_limit_s=s.log.rate_limit_s,
-                flush_s=self._period,
-                batch_max=s.ingest.batch_max,
-            )
+            self.receiver = self._make_receiver(next_index)
             self.receiver.start()
         log.info("connecting to mqtt://%s:%d, topics %s", s.mqtt.host, s.mqtt.port, ", ".join(s.mqtt.topics))
+
+    def _make_receiver(self, next_index: int) -> ReceiverProcess:
+        """A receiver process (not started) that logs from ``next_index`` on, if the log is on."""
+        s = self.settings
+        sync_ms = s.state.wal_sync_ms or s.ingest.batch_ms
+        return ReceiverProcess(
+            s.mqtt,
+            s.payload,
+            self.queue,
+            self.stats,
+            on_enqueued=self.batches.process_inline,
+            log_level=s.log.level,
+            rate_limit_s=s.log.rate_limit_s,
+            flush_s=self._period,
+            batch_max=s.ingest.batch_max,
+            wal_dir=self.wal.directory if self.wal is not None else None,
+            next_index=next_index,
+            sync_s=sync_ms / 1000.0,
+            on_stats=self.chores.counters.sync,
+        )
+
+    def _check_receiver(self) -> None:
+        """Main thread, every second: a receiver that died or went silent (stopped, hung) is
+        replaced; what it logged but never sent is read back from the log first."""
+        r = self.receiver
+        if r is None or self.stop_event.is_set():
+            return
+        if r.finished.is_set():
+            why = r.error or "receiver process ended"
+        elif r.silent_s() > STALL_S:
+            why = f"receiver process silent for {r.silent_s():.0f}s"
+        else:
+            return
+        self._receiver_why = why
+        log.error("%s: restarting it", why)
+        r.kill()
+        next_index = r.expected
+        if self.wal is not None:
+            next_index = self.wal.tail(self.queue, r.expected)
+        self.receiver_restarts += 1
+        self.metrics.receiver_restarted()
+        self.receiver = self._make_receiver(next_index)
+        self.receiver.start()
 
     def _build_jobs(self) -> None:
         """Checkpoints, fine-tune glue, batches and housekeeping around the engine (no threads yet)."""
         s = self.settings
+        wal = self.wal
         self.checkpoints = Checkpoints(
-            self.store, self.engine, self.metrics, self.rlog, s.state.checkpoint_interval_s
+            self.store,
+            self.engine,
+            self.metrics,
+            self.rlog,
+            s.state.checkpoint_interval_s,
+            info=(lambda: {WAL_KEY: self.batches.applied}) if wal else None,
+            on_saved=(lambda info: wal.saved(info, self.receiver.rotate if self.receiver else None))
+            if wal
+            else None,
         )
         self.tuning = Tuning(s.finetune, self.finetuner, self.engine, self.metrics)
         mqtt = s.mqtt
@@ -191,32 +259,48 @@ class Service:
             if self._loop_thread is not None and not self._loop_thread.is_alive():
                 log.error("engine loop died: %s", self._loop_error)
                 self.stop_event.set()
-            if self.receiver is not None and self.receiver.finished.is_set() and not self.stop_event.is_set():
-                self._loop_error = self.receiver.error or "receiver process ended"
-                log.error("%s", self._loop_error)
-                self.stop_event.set()
-        self.shutdown()
-        return 1 if self._loop_error else 0
+            self._check_receiver()
+        ok = self.shutdown()
+        return 1 if self._loop_error or not ok else 0
 
-    def shutdown(self) -> None:
-        """Stop taking messages, drain what was acknowledged, write a final checkpoint."""
+    def shutdown(self) -> bool:
+        """Stop receiving, drain what is queued (its events and forecasts published), write the final
+        checkpoint, then announce ``offline`` and disconnect. False when the final checkpoint failed."""
         notify.stopping()
-        log.info("stopping: closing MQTT, draining %d queued samples", len(self.queue))
+        started = time.monotonic()
+        log.info("stopping: receiving no more, draining %d queued samples", len(self.queue))
         self.stop_event.set()
         self.queue.close()  # a network thread waiting for room goes on; the drain below takes it all
+        if self.batches is not None:
+            self.batches.inline = False  # the receiving thread only queues from here on
         if self.receiver is not None:
-            self.receiver.close()  # returns when all it received is queued here
-        if self.link is not None:
-            self.link.close()
+            self.receiver.close(timeout=HANDOVER_S)  # returns when all it sent is queued here
+            if self.wal is not None:  # what it logged but could not send (killed, or too slow)
+                self.wal.tail(self.queue, self.receiver.expected)
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=120)
+        ok = True
         if self.engine is not None and self.batches is not None:
-            self.batches.drain()
+            deadline = started + DRAIN_S if self.wal is not None else float("inf")
+            try:
+                left = self.batches.drain(deadline)
+                if left:
+                    log.warning(
+                        "%d samples not drained in time: they stay in the log for the next start", left
+                    )
+            except Exception:  # noqa: BLE001 - the final checkpoint still goes to disk
+                log.exception("draining the queue failed")
+                self._loop_error = self._loop_error or "drain failed"
             self.checkpoints.join()
-            self.checkpoints.write()
+            ok = self.checkpoints.write()
+            if not ok:
+                log.error("the final checkpoint failed: exit status 1")
+        if self.link is not None:
+            self.link.close()  # publishes offline, then disconnects
         if self.http is not None:
             self.http.stop()
-        log.info("stopped")
+        log.info("stopped in %.1fs", time.monotonic() - started)
+        return ok
 
     def _status_line(self) -> str:
         s = self.settings.mqtt
@@ -226,21 +310,30 @@ class Service:
         return f"waiting for broker {s.host}:{s.port} (retrying); {streams} streams"
 
     def mqtt_connected(self) -> bool:
-        """Connected to the broker: the daemon's link and, if there is one, the receiver's."""
+        """Connected to the broker: the daemon's link and, if there is one, the receiver's (which
+        must also have been heard from lately: a stopped child keeps its last word)."""
         if self.link is None or not self.link.is_connected():
             return False
-        return self.receiver is None or self.receiver.is_connected()
+        r = self.receiver
+        return r is None or (r.is_connected() and r.silent_s() < STALL_S / 2)
 
     def health(self) -> tuple[bool, str]:
-        """/healthz: healthy when connected to the broker and the engine loop makes progress."""
+        """/healthz: healthy when connected to the broker, the engine loop makes progress and the
+        log takes writes."""
         connected = self.mqtt_connected()
         age = time.monotonic() - (self.chores.last_progress if self.chores is not None else 0.0)
         alive = self._loop_thread is not None and self._loop_thread.is_alive() and age < 10.0
-        if connected and alive:
+        r = self.receiver
+        wal_error = r.wal.error if r is not None else ""
+        if connected and alive and not wal_error:
             return True, "ok"
         why = [] if connected else ["mqtt disconnected"]
+        if r is not None and r.silent_s() >= STALL_S / 2:
+            why.append(f"receiver process silent for {r.silent_s():.0f}s")
         if not alive:
             why.append(f"engine loop stalled ({age:.0f}s)")
+        if wal_error:
+            why.append(f"{wal_error} (not acknowledging)")
         return False, "; ".join(why)
 
     # ------------------------------------------------------------- engine loop

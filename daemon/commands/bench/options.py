@@ -21,6 +21,7 @@ class Options:
     batch_size: int = 20
     batch_messages: int | None = None  # default: messages // 10
     protocol: str = "5"
+    wal: bool = True  # the daemons' write-ahead log (state.wal)
     finetune: str = "off"
     prometheus: bool = True
     drain: bool = True  # also measure both consumers draining a backlog (no publisher competing)
@@ -48,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help="e2e: samples per batched message (20)")
     g.add_argument("--batch-messages", type=int, default=None, help="e2e: batched messages (messages/10)")
     g.add_argument("--protocol", choices=["5", "3.1.1"], default=None, help="e2e: MQTT version (5)")
+    g.add_argument(
+        "--wal",
+        choices=["on", "off"],
+        default=None,
+        help="e2e: the daemons' write-ahead log (state.wal; default on); run both to compare ratios",
+    )
     g.add_argument(
         "--finetune",
         choices=["off", "thread", "process"],
@@ -96,6 +103,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     pick("protocol", "protocol")
     pick("timeout", "timeout_s")
     pick("profile_dir", "profile_dir", Path)
+    if getattr(args, "wal", None) is not None:
+        o.wal = args.wal == "on"
     if getattr(args, "no_prometheus", False):
         o.prometheus = False
     if getattr(args, "no_drain", False):

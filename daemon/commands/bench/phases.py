@@ -367,6 +367,21 @@ def scrape_cost(d: Daemon, tries: int = 2) -> float:
     return median(times)
 
 
+def wal_figures(on: bool, before: dict[str, float], after: dict[str, float], runs: list[dict]) -> dict:
+    """The write-ahead log's cost over the daemon's timed runs: bytes and fsyncs per second."""
+    seconds = sum(x["seconds"] for x in runs) or math.nan
+    msgs = sum(x["processed"] for x in runs) or math.nan
+    written = after.get("wal_written_bytes", 0.0) - before.get("wal_written_bytes", 0.0)
+    syncs = after.get("wal_syncs", 0.0) - before.get("wal_syncs", 0.0)
+    return {
+        "enabled": on,
+        "bytes_per_s": rnd(written / seconds),
+        "fsyncs_per_s": rnd(syncs / seconds, 1),
+        "bytes_per_msg": rnd(written / msgs, 1),
+        "msgs_per_fsync": rnd(msgs / syncs, 1) if syncs else None,
+    }
+
+
 def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
     o = c.opts
     max_streams = max(10000, max(o.streams))
@@ -379,6 +394,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         per_stream="none",
         max_streams=max_streams,
         protocol=o.protocol,
+        wal=o.wal,
     )
     b = Daemon(
         c.workdir,
@@ -390,6 +406,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         max_streams=max_streams,
         protocol=o.protocol,
         finetune=o.finetune,
+        wal=o.wal,
     )
     bare: BareSubscriber | None = None
     cells: dict[str, dict] = {}
@@ -405,6 +422,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
             warm_up(c, a.processed, "bench/s", n, qos)
             warm_up(c, bare.count, "bare/s", n, qos)
             runs: dict[str, list[dict]] = {"daemon": [], "bare": [], "daemon_drain": [], "bare_drain": []}
+            wal_before = a.counters()
             for r in range(o.rounds):
                 if r == 0:
                     start_profiler(c, a.pid, f"throughput-qos{qos}-{n}", o.messages / 15000 + 2)
@@ -461,6 +479,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                 }
             after = a.counters()
             cell["daemon_counters"] = {k: v for k, v in after.items() if v}
+            cell["wal"] = wal_figures(o.wal, wal_before, after, runs["daemon"] + runs["daemon_drain"])
             if n == max(o.streams) and o.batch_size > 1:
                 c.log(f"qos {qos}, {n} streams: batched, {o.batch_size} samples per message")
                 before = a.counters()

@@ -81,6 +81,7 @@ def assemble(by_qos: dict, opts: Options, notes: list[str], seconds: float, tmp:
         "batch_size": opts.batch_size,
         "batched_messages": opts.batched_messages,
         "protocol": opts.protocol,
+        "wal": opts.wal,
         "cpus": os.cpu_count(),
         "seconds": round(seconds, 1),
     }

@@ -43,8 +43,10 @@ class Daemon:
         max_streams: int,
         protocol: str,
         finetune: str = "off",
+        wal: bool = True,
     ) -> None:
-        """``finetune``: "off", or the mode ("thread" / "process") to fine-tune in, back to back."""
+        """``finetune``: "off", or the mode ("thread" / "process") to fine-tune in, back to back;
+        ``wal``: the write-ahead log (``state.wal``)."""
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir()
@@ -65,7 +67,11 @@ class Daemon:
                         "session_expiry_s": 0,
                     },
                     "http": {"bind": "127.0.0.1", "port": self.http_port, "per_stream": per_stream},
-                    "state": {"directory": str(self.dir / "state"), "checkpoint_interval_s": 86400.0},
+                    "state": {
+                        "directory": str(self.dir / "state"),
+                        "checkpoint_interval_s": 86400.0,
+                        "wal": wal,
+                    },
                     "finetune": (
                         {"enabled": False}
                         if finetune == "off"
@@ -138,6 +144,8 @@ class Daemon:
                 "lstm_stream_messages_received_total",
                 "lstm_stream_messages_rejected_total",
                 "lstm_stream_events_published_total",
+                "lstm_stream_wal_written_bytes_total",
+                "lstm_stream_wal_syncs_total",
             ],
         )
         out: dict[str, float] = {}

@@ -1,0 +1,119 @@
+"""The write-ahead log's format and reader: round trip, torn tail, bad checksum, replay order, the cut."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lstm_stream import wal
+
+
+def _samples(n: int, start: int = 0) -> list[tuple]:
+    return [(f"s/{i % 3}", 1_700_000_000.0 + i / 7, float(i) / 3) for i in range(start, start + n)]
+
+
+def _write(directory, batches: list[list[tuple]], next_index: int = 0) -> wal.SegmentWriter:
+    w = wal.SegmentWriter(directory, next_index)
+    for b in batches:
+        w.append(b)
+        w.sync()
+    w.close()
+    return w
+
+
+def test_round_trip_is_exact_and_in_order(tmp_path):
+    batches = [_samples(5), _samples(3, 5), [("odd", 1.0, math.nan), ("odd", 2.0, math.inf)]]
+    w = _write(tmp_path, batches)
+    assert (w.next_index, w.syncs) == (10, 3)
+    r = wal.replay(tmp_path, 0)
+    got = [s for rec in r.records for s in rec.samples]
+    want = [s for b in batches for s in b]
+    assert got[:8] == want[:8]  # floats round-trip bit for bit
+    assert got[8][0] == "odd" and math.isnan(got[8][2]) and got[9][2] == math.inf
+    assert [rec.first for rec in r.records] == [0, 5, 8]
+    assert (r.next_index, r.problems) == (10, [])
+
+
+def test_replay_skips_what_the_checkpoint_holds(tmp_path):
+    _write(tmp_path, [_samples(5), _samples(5, 5)])
+    r = wal.replay(tmp_path, 7)
+    assert [s for rec in r.records for s in rec.samples] == _samples(3, 7)
+    assert r.records[0].first == 7 and r.next_index == 10
+    assert wal.replay(tmp_path, 10).records == []
+
+
+@pytest.mark.parametrize("cut", [1, 5, 11, 20])
+def test_torn_tail_is_dropped_and_the_next_run_continues(tmp_path, cut):
+    _write(tmp_path, [_samples(4), _samples(4, 4)])
+    (path,) = [p for _, p in wal.segments(tmp_path)]
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut])  # the second record torn
+    r = wal.replay(tmp_path, 0)
+    assert [s for rec in r.records for s in rec.samples] == _samples(4)
+    assert r.next_index == 4 and "torn" in r.problems[0]
+    # the next run starts a segment at the first lost index; replay reads both in order
+    _write(tmp_path, [_samples(2, 100)], next_index=r.next_index)
+    r2 = wal.replay(tmp_path, 0)
+    assert [s for rec in r2.records for s in rec.samples] == _samples(4) + _samples(2, 100)
+    assert r2.next_index == 6
+
+
+def test_bad_checksum_stops_the_segment(tmp_path):
+    _write(tmp_path, [_samples(4), _samples(4, 4), _samples(4, 8)])
+    (path,) = [p for _, p in wal.segments(tmp_path)]
+    data = bytearray(path.read_bytes())
+    second = len(wal.HEADER) + len(wal.encode_record(0, _samples(4)))
+    data[second + 30] ^= 0xFF  # a flipped bit inside the second record's payload
+    path.write_bytes(bytes(data))
+    r = wal.replay(tmp_path, 0)
+    assert r.samples == 4 and "checksum" in r.problems[0]
+
+
+def test_other_format_version_is_refused(tmp_path):
+    _write(tmp_path, [_samples(2)])
+    (path,) = [p for _, p in wal.segments(tmp_path)]
+    data = bytearray(path.read_bytes())
+    data[len(wal.MAGIC)] = wal.VERSION + 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(wal.WalError, match="version"):
+        wal.replay(tmp_path, 0)
+
+
+def test_overlapping_segments_give_each_index_once(tmp_path):
+    """A batch rewritten in a new segment after a failed fsync: the first copy wins."""
+    _write(tmp_path, [_samples(4)])
+    _write(tmp_path, [_samples(4, 2), _samples(2, 6)], next_index=2)
+    r = wal.replay(tmp_path, 0)
+    got = [s for rec in r.records for s in rec.samples]
+    assert got == _samples(4) + _samples(2, 4)[:0] + [*_samples(4, 2)[2:], *_samples(2, 6)]
+    assert r.next_index == 8
+
+
+def test_cut_keeps_segments_with_unapplied_samples_and_the_newest(tmp_path):
+    w = wal.SegmentWriter(tmp_path, 0)
+    for i in range(4):
+        w.append(_samples(5, 5 * i))
+        w.sync()
+        w.rotate()
+    w.close()
+    assert [f for f, _ in wal.segments(tmp_path)] == [0, 5, 10, 15]
+    wal.cut(tmp_path, 9)  # segment 5 still holds 9
+    assert [f for f, _ in wal.segments(tmp_path)] == [5, 10, 15]
+    wal.cut(tmp_path, 100)  # never the newest
+    assert [f for f, _ in wal.segments(tmp_path)] == [15]
+    assert wal.replay(tmp_path, 15).samples == 5
+
+
+def test_failed_write_abandons_the_segment(tmp_path):
+    w = wal.SegmentWriter(tmp_path, 0)
+    w.append(_samples(3))
+    w.sync()
+    w.append(_samples(2, 3))  # appended, not synced, then the fsync "fails"
+    w._abandon()
+    assert w.next_index == 3  # the caller writes those again
+    w.append(_samples(2, 3))
+    w.sync()
+    w.close()
+    r = wal.replay(tmp_path, 0)
+    assert [s for rec in r.records for s in rec.samples] == _samples(5)
