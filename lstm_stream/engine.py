@@ -209,15 +209,20 @@ class Engine:
         ts: Sequence[float] | np.ndarray,
         values: Sequence[object] | np.ndarray,
         now: float | None = None,
+        limit_admission: bool = True,
     ) -> Results:
-        """Apply a micro-batch of samples; ``now`` (default: each sample's ts) marks streams seen."""
+        """Apply a micro-batch of samples; ``now`` (default: each sample's ts) marks streams seen.
+
+        ``limit_admission=False`` creates new streams without the admission rate
+        (``new_streams_per_s``): for samples that were taken in once already, as a write-ahead log
+        replays them, all at one ``now``. A full table still evicts only idle streams."""
         n = len(streams)
         x, reject = coerce_values(values)
         ts = np.asarray(ts, dtype=np.float64)
         finite_ts = np.isfinite(ts)
         if not finite_ts.all():
             reject[(reject == OK) & ~finite_ts] = BAD_TIMESTAMP
-        slots, evicted, created, refused = self._slots_for(streams, reject, ts, now)
+        slots, evicted, created, refused = self._slots_for(streams, reject, ts, now, limit_admission)
         nan_out = np.full((6, n), np.nan)  # one allocation for the six NaN-initialised columns
         out = Results(
             stream=streams,
@@ -251,7 +256,12 @@ class Engine:
         return out
 
     def _slots_for(
-        self, streams: Sequence[str], reject: np.ndarray, ts: np.ndarray, now: float | None
+        self,
+        streams: Sequence[str],
+        reject: np.ndarray,
+        ts: np.ndarray,
+        now: float | None,
+        limit_admission: bool = True,
     ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
         """Slots of the batch's streams, admitting new ones for valid unknown names: at most the
         admission budget (``new_streams_per_s``), and into a full table only by evicting a stream
@@ -268,7 +278,7 @@ class Engine:
             return slots, [], [], []
         names = list(dict.fromkeys(streams[i] for i in new.tolist()))
         t = float(now) if now is not None else float(np.max(ts[new]))
-        budget = self._admission_budget(t)
+        budget = self._admission_budget(t) if limit_admission else len(names)
         admit = names if budget >= len(names) else names[:budget]
         idle_s = self.config.evict_idle_s
         added, evicted = self.table.add(
@@ -276,7 +286,8 @@ class Engine:
         )
         self.counters["evicted"] += len(evicted)
         created = [n for n, slot in zip(admit, added, strict=True) if slot >= 0]
-        self._admit_tokens -= len(created)
+        if limit_admission:
+            self._admit_tokens -= len(created)
         slots = self.table.lookup(streams)
         refused_at = np.nonzero((slots < 0) & (reject == OK))[0]
         if not len(refused_at):

@@ -197,3 +197,15 @@ def test_a_flood_of_new_names_leaves_live_streams_warm(small_cfg: EngineConfig) 
     counts = e.arrays["count"][e.table.lookup(live)]
     assert list(counts) == [30] * 8  # never evicted, never reset
     assert len(e.streams) == 32
+
+
+def test_a_replay_admits_every_logged_stream_and_spends_no_budget(small_cfg: EngineConfig) -> None:
+    """A write-ahead log replays samples taken in once already, all at one ``now``: the admission rate
+    must not refuse them (they were acknowledged), nor use up what live arrivals may create."""
+    cfg = small_cfg.model_copy(update={"new_streams_per_s": 1.0, "new_streams_burst": 2})
+    e = Engine(cfg)
+    names = [f"s{i}" for i in range(10)]
+    r = e.process(names, np.full(10, 1.0), np.ones(10), now=100.0, limit_admission=False)
+    assert r.accepted.all() and len(e.streams) == 10
+    live = e.process(["new1", "new2", "new3"], np.full(3, 2.0), np.ones(3), now=100.0)
+    assert [live.reject_of(i) for i in range(3)] == ["", "", "new_stream_rate"]  # the burst is intact

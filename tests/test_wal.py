@@ -117,3 +117,18 @@ def test_failed_write_abandons_the_segment(tmp_path):
     w.close()
     r = wal.replay(tmp_path, 0)
     assert [s for rec in r.records for s in rec.samples] == _samples(5)
+
+
+def test_service_replay_applies_more_new_streams_than_the_admission_burst(tmp_path):
+    """The service's replay at start: streams created after the checkpoint come back, however many,
+    whatever the admission rate for live arrivals says."""
+    from daemon.service.durability import Durability
+    from lstm_stream.config import EngineConfig, ModelConfig
+    from lstm_stream.engine import Engine
+
+    samples = [(f"flood/{i}", 1_700_000_000.0, float(i)) for i in range(50)]
+    _write(tmp_path, [samples[:20], samples[20:]])
+    cfg = EngineConfig(model=ModelConfig(hidden=8, layers=1), look_back=4, history_len=0, max_streams=64)
+    engine = Engine(cfg.model_copy(update={"new_streams_per_s": 1.0, "new_streams_burst": 5}))
+    assert Durability(tmp_path, batch_max=16).replay(engine, {}, now=1_700_000_001.0) == 50
+    assert len(engine.streams) == 50 and engine.counters["processed"] == 50
