@@ -31,8 +31,10 @@ REJECTS = (
     "bad_timestamp",
     "new_stream_rate",
 )
-OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP = range(7)
-NEW_STREAM_RATE = 7  # a new stream beyond the admission rate (engine.new_streams_per_s)
+# NEW_STREAM_RATE: a new stream beyond the admission rate (engine.new_streams_per_s)
+OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP, NEW_STREAM_RATE = range(
+    len(REJECTS)
+)
 TS_RING = 8  # recent timestamps kept per stream, to tell a redelivered duplicate from a late sample
 
 
@@ -246,9 +248,10 @@ class Engine:
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
-        for r in range(rounds):
-            idx = ok[rank == r] if rounds > 1 else ok
-            self._step(idx, slots[idx], ts[idx], x[idx], now, out)
+        with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way: results, no warnings
+            for r in range(rounds):
+                idx = ok[rank == r] if rounds > 1 else ok
+                self._step(idx, slots[idx], ts[idx], x[idx], now, out)
         accepted = int(np.count_nonzero(reject == OK))
         self.counters["processed"] += accepted
         self.counters["rejected"] += n - accepted

@@ -209,3 +209,16 @@ def test_a_replay_admits_every_logged_stream_and_spends_no_budget(small_cfg: Eng
     assert r.accepted.all() and len(e.streams) == 10
     live = e.process(["new1", "new2", "new3"], np.full(3, 2.0), np.ones(3), now=100.0)
     assert [live.reject_of(i) for i in range(3)] == ["", "", "new_stream_rate"]  # the burst is intact
+
+
+def test_finite_extremes_give_no_numpy_warnings(small_cfg: EngineConfig) -> None:
+    """Every caller (daemon batches, log replay, NAB, evaluate) gets the engine's own guard."""
+    import warnings
+
+    e = Engine(small_cfg)
+    values = [1.0, 1e308, -1.7e308, 1e308, 2.0] * 60
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i, v in enumerate(values):
+            r = e.process(["x"], [float(i)], [v])
+            assert r.accepted.all()

@@ -120,13 +120,12 @@ class Batches:
         self.limit_torch_threads()
         streams, ts, values = zip(*samples, strict=True)
         t0 = time.perf_counter()
-        with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way: no warnings
-            r = self.engine.process(
-                streams,
-                np.fromiter(ts, np.float64, len(ts)),
-                np.fromiter(values, np.float64, len(values)),
-                now=self.clock(),
-            )
+        r = self.engine.process(
+            streams,
+            np.fromiter(ts, np.float64, len(ts)),
+            np.fromiter(values, np.float64, len(values)),
+            now=self.clock(),
+        )
         self.applied += len(samples)
         elapsed = time.perf_counter() - t0
         done = self.clock()

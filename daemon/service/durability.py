@@ -50,14 +50,13 @@ class Durability:
             for i in range(0, len(rec.samples), self.batch_max):
                 chunk = rec.samples[i : i + self.batch_max]
                 streams, ts, values = zip(*chunk, strict=True)
-                with np.errstate(all="ignore"):  # as live batches: finite extremes raise no warnings
-                    res = engine.process(
-                        list(streams),
-                        np.asarray(ts, np.float64),
-                        list(values),
-                        now=now,
-                        limit_admission=False,  # taken in once already: the rate guards live arrivals
-                    )
+                res = engine.process(
+                    list(streams),
+                    np.asarray(ts, np.float64),
+                    list(values),
+                    now=now,
+                    limit_admission=False,  # taken in once already: the rate guards live arrivals
+                )
                 applied += int(res.accepted.sum())
         if r.records:
             log.info(
