@@ -19,4 +19,6 @@ if ((${#need_apt[@]})); then
 fi
 
 python -m pip install -q --disable-pip-version-check -e ".[dev]"
-exec python -m pytest -q "$@"
+# Parallel workers: most integration tests wait on brokers, daemons and sleeps, so 4 workers pay even on
+# 2 cores; slow tests are collected first (tests/conftest.py). PYTEST_WORKERS=0 runs them serially.
+exec python -m pytest -q -n "${PYTEST_WORKERS:-4}" --dist worksteal "$@"

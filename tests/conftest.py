@@ -15,6 +15,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 NAB = SHARED / "data" / "nab-dev"  # the 40-file NAB development set
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests marked slow first (stable otherwise), so parallel workers (pytest-xdist, as
+    scripts/test.sh runs the suite) start the long ones at once and the short ones fill the gaps."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def small_cfg() -> EngineConfig:
     """A tiny, fast engine: hidden 16, 2 layers, short windows and history."""
