@@ -36,7 +36,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from lstm_stream.config import EngineConfig, OffOnly
+from lstm_stream.config import EngineConfig, OffOnly, OffOrZero
 
 if sys.version_info >= (3, 11):
     from tomllib import TOMLDecodeError
@@ -297,6 +297,13 @@ class IngestSettings(_Section):
         10.0, ge=0, description="how long the MQTT thread waits for room in a full queue before dropping"
     )
     batch_max: int = Field(4096, ge=1)
+    stream_batch_max: Annotated[int | None, OffOrZero] = Field(
+        16,
+        ge=1,
+        description="samples of one stream applied per micro-batch (each is one batched LSTM round); the "
+        "rest go first into the next batches, so a message of 1,000 samples cannot stall every other "
+        "stream for its length; false or 0: no bound",
+    )
     receiver: Literal["process", "thread"] = Field(
         "process", description="MQTT receive path in a child process (own GIL) or a thread of the daemon"
     )

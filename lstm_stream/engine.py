@@ -30,11 +30,22 @@ REJECTS = (
     "over_capacity",
     "bad_timestamp",
     "new_stream_rate",
+    "deferred",
 )
 # NEW_STREAM_RATE: a new stream beyond the admission rate (engine.new_streams_per_s)
-OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP, NEW_STREAM_RATE = range(
-    len(REJECTS)
-)
+# DEFERRED: not applied in this call, beyond ``max_rounds`` samples of its stream; not a rejection: the
+# caller passes it again (first, in order) with the next batch
+(
+    OK,
+    NOT_FINITE,
+    NOT_A_NUMBER,
+    OUT_OF_ORDER,
+    DUPLICATE,
+    OVER_CAPACITY,
+    BAD_TIMESTAMP,
+    NEW_STREAM_RATE,
+    DEFERRED,
+) = range(len(REJECTS))
 TS_RING = 8  # recent timestamps kept per stream, to tell a redelivered duplicate from a late sample
 
 
@@ -212,9 +223,13 @@ class Engine:
         values: Sequence[object] | np.ndarray,
         now: float | None = None,
         limit_admission: bool = True,
+        max_rounds: int | None = None,
     ) -> Results:
         """Apply a micro-batch of samples; ``now`` (default: each sample's ts) marks streams seen.
 
+        A stream with k samples in the batch is stepped in k rounds; ``max_rounds`` bounds the rounds
+        (and so the call's time, whatever one message holds): a stream's samples beyond it are left
+        unapplied, marked ``deferred``, for the caller to pass again first thing next time.
         ``limit_admission=False`` creates new streams without the admission rate
         (``new_streams_per_s``): for samples that were taken in once already, as a write-ahead log
         replays them, all at one ``now``. A full table still evicts only idle streams."""
@@ -248,13 +263,18 @@ class Engine:
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
+        if max_rounds is not None and rounds > max_rounds:
+            later = ok[rank >= max_rounds]
+            reject[later] = DEFERRED
+            out.value[later] = np.nan
+            ok, rank, rounds = ok[rank < max_rounds], rank[rank < max_rounds], max_rounds
         with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way: results, no warnings
             for r in range(rounds):
                 idx = ok[rank == r] if rounds > 1 else ok
                 self._step(idx, slots[idx], ts[idx], x[idx], now, out)
         accepted = int(np.count_nonzero(reject == OK))
         self.counters["processed"] += accepted
-        self.counters["rejected"] += n - accepted
+        self.counters["rejected"] += n - accepted - int(np.count_nonzero(reject == DEFERRED))
         self.counters["flagged"] += int(np.count_nonzero(out.is_anomaly))
         return out
 

@@ -77,7 +77,7 @@ BUILD_INFO = "lstm_stream_build_info"
 
 # --- label values known in advance (pre-created so every series exists, at 0, from the start) ---
 MESSAGE_REJECT_REASONS: tuple[str, ...] = PAYLOAD_REJECT_REASONS
-SAMPLE_REJECT_REASONS: tuple[str, ...] = tuple(r for r in REJECTS if r)
+SAMPLE_REJECT_REASONS: tuple[str, ...] = tuple(r for r in REJECTS if r and r != "deferred")  # not a reject
 FLAG_REASONS: tuple[str, ...] = tuple(r for r in scoring.REASONS if r)
 EVICTION_CAUSES = ("capacity", "idle")
 FINETUNE_OUTCOMES = ("accepted", "rejected", "diverged", "failed", "insufficient_data")

@@ -22,7 +22,7 @@ from daemon.service.homeassistant import DiscoveryFeed
 from daemon.service.tuning import Tuning
 from daemon.settings import Settings
 from lstm_stream import scoring
-from lstm_stream.engine import NEW_STREAM_RATE, OVER_CAPACITY, REJECTS, Engine, Results
+from lstm_stream.engine import DEFERRED, NEW_STREAM_RATE, OVER_CAPACITY, REJECTS, Engine, Results
 
 LATENCY_SANE_S = 300.0  # sample timestamps further off than this are historic data, not latency
 
@@ -64,7 +64,12 @@ class Batches:
         # the engine is used by the MQTT thread (due batches, under load) and the engine thread
         # (batches left waiting under light load, housekeeping): one at a time
         self.lock = threading.Lock()
-        self.applied = 0  # log index one past the last sample processed (samples arrive in log order)
+        # samples of one stream applied per batch (engine max_rounds); the rest are carried, in log order,
+        # to the front of the next batch, so one long array cannot hold every other stream up
+        self.max_rounds = settings.ingest.stream_batch_max
+        self._carry: list = []  # samples deferred by the engine, oldest first
+        self._carry_at: list[int] = []  # their log indices
+        self._taken = 0  # log index one past the last sample taken off the queue (it keeps log order)
         self.inline = True  # run batches on the receiving thread (off while shutting down)
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
         self._rlog = RateLimitedLogger(log, settings.log.rate_limit_s)  # new streams not admitted
@@ -86,13 +91,28 @@ class Batches:
         finally:
             self.lock.release()
 
+    @property
+    def applied(self) -> int:
+        """Log index below which every sample was applied (what a checkpoint records): the first
+        carried sample's, else one past the last taken."""
+        return self._carry_at[0] if self._carry_at else self._taken
+
+    @applied.setter
+    def applied(self, index: int) -> None:
+        self._taken = index  # at start: the log's next index, nothing carried yet
+
+    @property
+    def pending(self) -> int:
+        """Samples taken off the queue but deferred, waiting for the next batch."""
+        return len(self._carry)
+
     def process_waiting(self, stop: threading.Event) -> None:
         """Engine thread, once something is queued: give the receiving thread its chance first (it
         runs due batches as messages arrive), then process samples older than 1.5 ``batch_ms``."""
         period, batch_max, queue = self.period, self.batch_max, self.queue
         time.sleep(max(0.0, queue.since + 1.5 * period - time.monotonic()))
         with self.lock:
-            while queue.due(batch_max, period):
+            while self._carry or queue.due(batch_max, period):
                 batch = queue.drain(batch_max)
                 self.process(batch)
                 if len(batch) < batch_max or stop.is_set():
@@ -102,9 +122,9 @@ class Batches:
         """At shutdown: process what is queued until ``deadline`` (monotonic); returns what is left
         (with the log, it is replayed at the next start)."""
         with self.lock:
-            while len(self.queue) and time.monotonic() < deadline:
+            while (len(self.queue) or self._carry) and time.monotonic() < deadline:
                 self.process(self.queue.drain(self.batch_max))
-            return len(self.queue)
+            return len(self.queue) + len(self._carry)
 
     def limit_torch_threads(self) -> None:
         """Once per thread that runs the engine: OpenMP's thread count is per thread, and with every
@@ -114,7 +134,13 @@ class Batches:
             self._torch_threads.set = True
 
     def process(self, samples: list) -> None:
-        """One micro-batch through the engine (caller holds :attr:`lock`), then its results out."""
+        """One micro-batch (what was carried, then ``samples`` off the queue) through the engine
+        (caller holds :attr:`lock`), then its results out."""
+        carried, carried_at = self._carry, self._carry_at
+        first = self._taken  # log index of samples[0]
+        self._taken += len(samples)
+        if carried:
+            samples = carried + samples
         if not samples:
             return
         self.limit_torch_threads()
@@ -125,14 +151,17 @@ class Batches:
             np.fromiter(ts, np.float64, len(ts)),
             np.fromiter(values, np.float64, len(values)),
             now=self.clock(),
+            max_rounds=self.max_rounds,
         )
-        self.applied += len(samples)
         elapsed = time.perf_counter() - t0
+        self._carry, self._carry_at = self._deferred(r, samples, carried_at, first)
         done = self.clock()
         lat = done - r.ts[r.accepted]
         lat = lat[(lat >= 0) & (lat < LATENCY_SANE_S)]
+        rejects = code_counts(r.reject, REJECTS)
+        rejects.pop(REJECTS[DEFERRED], None)
         self.metrics.observe_batch(
-            len(samples), elapsed, code_counts(r.reject, REJECTS), code_counts(r.reason, scoring.REASONS), lat
+            len(samples) - len(self._carry), elapsed, rejects, code_counts(r.reason, scoring.REASONS), lat
         )
         if r.evicted:
             self.metrics.observe_streams(len(self.engine.streams), evicted=len(r.evicted))
@@ -145,6 +174,16 @@ class Batches:
             self.events.publish_forecasts(r)
         if self.feed is not None:
             self.feed.batch(r)
+
+    @staticmethod
+    def _deferred(r: Results, samples: list, carried_at: list[int], first: int) -> tuple[list, list[int]]:
+        """The samples the engine deferred, in order, with their log indices: the carried ones keep
+        theirs, the others follow ``first``."""
+        later = np.nonzero(r.reject == DEFERRED)[0].tolist()
+        if not later:
+            return [], []
+        k = len(carried_at)
+        return [samples[i] for i in later], [carried_at[i] if i < k else first + i - k for i in later]
 
     def _log_refused(self, r: Results) -> None:
         """One rate-limited line per reason naming a stream that was not admitted (and how many)."""

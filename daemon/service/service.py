@@ -344,7 +344,7 @@ class Service:
         batches.limit_torch_threads()
         try:
             while not self.stop_event.is_set():
-                if self.queue.wait(self._period):
+                if batches.pending or self.queue.wait(self._period):
                     batches.process_waiting(self.stop_event)
                 with batches.lock:
                     chores.run()

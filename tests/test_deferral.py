@@ -1,0 +1,89 @@
+"""Bounded work per batch: a stream's samples beyond ``max_rounds`` wait for the next batches, in order,
+and give the same results as if applied at once; the service carries them and checkpoints below them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from daemon.ingest.queue import IngestQueue
+from daemon.outputs.events import EventPublisher
+from daemon.outputs.metrics import Metrics
+from daemon.service.batches import Batches
+from daemon.service.finetuner import Finetuner
+from daemon.service.tuning import Tuning
+from daemon.settings import Settings
+from lstm_stream.engine import DEFERRED, Engine
+
+
+def _mixed_batch(n_live: int, array: int, t: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One sample from each of ``n_live`` streams and an ``array``-sample run of stream ``arr``."""
+    rng = np.random.default_rng(int(t))
+    names = [f"s{i}" for i in range(n_live)] + ["arr"] * array
+    ts = np.concatenate([np.full(n_live, t), t - 1 + np.arange(array) / array])
+    return names, ts, np.concatenate([rng.normal(size=n_live), np.sin(np.arange(array) / 5.0)])
+
+
+def test_deferred_samples_give_the_results_of_one_unbounded_call(small_cfg) -> None:
+    names, ts, values = _mixed_batch(20, 50, 100.0)
+    whole = Engine(small_cfg).process(names, ts, values)
+    bounded = Engine(small_cfg)
+    got = np.full(len(names), np.nan)
+    todo = np.arange(len(names))
+    calls = 0
+    while len(todo):
+        r = bounded.process([names[i] for i in todo], ts[todo], values[todo], max_rounds=8)
+        applied = r.reject != DEFERRED
+        assert np.count_nonzero(applied & (np.asarray(r.stream) == "arr")) <= 8
+        got[todo[applied]] = r.next_forecast[applied]
+        todo = todo[~applied]
+        calls += 1
+    assert calls == 7  # 50 samples at 8 a call
+    np.testing.assert_allclose(got, whole.next_forecast, rtol=1e-6)
+    assert bounded.counters["rejected"] == 0 and bounded.counters["processed"] == len(names)
+
+
+def _batches(tmp_path: Path, cfg, stream_batch_max: int | bool) -> tuple[Batches, list]:
+    settings = Settings(
+        state={"directory": tmp_path},
+        ingest={"stream_batch_max": stream_batch_max},
+        mqtt={"forecast_topic": "fc/{stream}"},
+    )
+    engine = Engine(cfg)
+    metrics = Metrics(CollectorRegistry())
+    sent: list = []
+    publish = lambda topic, payload, qos, retain: sent.append((topic, json.loads(payload))) or True  # noqa: E731
+    events = EventPublisher(publish, "anomalies", "fc/{stream}")
+    tuning = Tuning(settings.finetune, Finetuner(tmp_path / "ft", "thread"), engine, metrics)
+    batches = Batches(settings, engine, IngestQueue(10_000), metrics, events, tuning, lambda: 1000.0, _raise)
+    return batches, sent
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
+def test_the_service_carries_deferred_samples_and_checkpoints_below_them(tmp_path: Path, small_cfg) -> None:
+    names, ts, values = _mixed_batch(20, 100, 100.0)
+    samples = list(zip(names, ts.tolist(), values.tolist(), strict=True))
+    batches, sent = _batches(tmp_path, small_cfg, 16)
+    batches.applied = 500  # the write-ahead log's next index at start
+    batches.process(samples)
+    assert batches.pending == 100 - 16
+    assert batches.applied == 500 + 20 + 16  # the first carried sample's log index
+    more = [("s0", 101.0, 1.0)]
+    batches.process(more)  # carried first, then the new one: 16 more of the array
+    assert batches.pending == 100 - 32
+    while batches.pending:
+        batches.process([])
+    assert batches.applied == 500 + len(samples) + 1
+    arr = [body["ts"] for topic, body in sent if topic == "fc/arr"]  # a forecast per applied sample
+    assert len(arr) == 100 and arr == sorted(arr)
+    assert batches.engine.counters["processed"] == len(samples) + 1
+
+    unbounded, _ = _batches(tmp_path, small_cfg, False)
+    unbounded.process(samples)
+    assert unbounded.pending == 0 and unbounded.applied == len(samples)
