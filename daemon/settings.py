@@ -297,6 +297,12 @@ class IngestSettings(_Section):
         10.0, ge=0, description="how long the MQTT thread waits for room in a full queue before dropping"
     )
     batch_max: int = Field(4096, ge=1)
+    reorder_window_ms: Annotated[float | None, OffOrZero] = Field(
+        500.0,
+        gt=0,
+        description="a sample up to this much older than its stream's newest (and among its last 8) is put "
+        "in order, not rejected as out_of_order; nothing waits for it; false or 0 = off",
+    )
     stream_batch_max: Annotated[int | None, OffOrZero] = Field(
         16,
         ge=1,

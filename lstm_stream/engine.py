@@ -16,7 +16,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import scaling, scoring, seasonal, selection
+from . import late, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -35,17 +35,9 @@ REJECTS = (
 # NEW_STREAM_RATE: a new stream beyond the admission rate (engine.new_streams_per_s)
 # DEFERRED: not applied in this call, beyond ``max_rounds`` samples of its stream; not a rejection: the
 # caller passes it again (first, in order) with the next batch
-(
-    OK,
-    NOT_FINITE,
-    NOT_A_NUMBER,
-    OUT_OF_ORDER,
-    DUPLICATE,
-    OVER_CAPACITY,
-    BAD_TIMESTAMP,
-    NEW_STREAM_RATE,
-    DEFERRED,
-) = range(len(REJECTS))
+OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP, *_ = range(len(REJECTS))
+NEW_STREAM_RATE, DEFERRED = REJECTS.index("new_stream_rate"), REJECTS.index("deferred")
+COUNTERS = ("processed", "rejected", "evicted", "expired", "flagged", "reordered")  # reordered: see late.py
 TS_RING = 8  # recent timestamps kept per stream, to tell a redelivered duplicate from a late sample
 
 
@@ -160,7 +152,11 @@ class Engine:
     """Forecasts and scores many streams with one shared model and per-stream state."""
 
     def __init__(
-        self, config: EngineConfig | None = None, model: Forecaster | None = None, model_version: int = 0
+        self,
+        config: EngineConfig | None = None,
+        model: Forecaster | None = None,
+        model_version: int = 0,
+        reorder_window_s: float | None = 0.5,
     ) -> None:
         self.config = config or EngineConfig()
         cfg = self.config
@@ -168,9 +164,12 @@ class Engine:
         self.model = model if model is not None else build_model(cfg.model)
         self.model.eval()
         self.model_version = model_version
+        # a sample this much older than its stream's newest (and among its last TS_RING) is put in order
+        # (late.py), else rejected as out_of_order; None: all late samples are. The daemon sets it.
+        self.reorder_window_s = reorder_window_s
         self.stateful = cfg.mode == "stateful" and getattr(self.model, "stateful", False)
         self.table = StreamTable(self._columns(), cfg.max_streams)
-        self.counters = {"processed": 0, "rejected": 0, "evicted": 0, "expired": 0, "flagged": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self._admit_tokens = float(cfg.new_streams_burst)  # new streams admissible now (a token bucket)
         self._admit_at: float | None = None  # when the bucket was last filled up (the ``now`` base)
 
@@ -333,26 +332,38 @@ class Engine:
             self._admit_at = t
         return max(0, int(self._admit_tokens))
 
-    def _check_order(self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, out: Results) -> np.ndarray:
-        """Mask of samples newer than their stream's last; marks duplicates and late ones rejected."""
+    def _check_order(
+        self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, out: Results
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mask of samples newer than their stream's last, and each late sample's place back from the
+        newest (``late.places``; -1 elsewhere) where the reorder window lets it in; marks duplicates and
+        other late ones rejected."""
         a = self.arrays
         seen = a["count"][s] > 0
         last = a["last_ts"][s]
         dup = seen & (ts == last)
-        late = seen & (ts < last)
-        if late.any():
-            dup |= late & (a["ts_ring"][s] == ts[:, None]).any(axis=1)
+        is_late = seen & (ts < last)
+        if is_late.any():
+            dup |= is_late & (a["ts_ring"][s] == ts[:, None]).any(axis=1)
         elif not dup.any():
-            return ~dup
+            return ~dup, np.zeros(0, dtype=np.int64)
+        is_late &= ~dup
+        k = np.full(len(s), -1)
+        window = self.reorder_window_s
+        if window and is_late.any():
+            k = np.where(is_late & (last - ts <= window), late.places(a["ts_ring"][s], a["count"][s], ts), -1)
         out.reject[idx[dup]] = DUPLICATE
-        out.reject[idx[late & ~dup]] = OUT_OF_ORDER
-        return ~(dup | late)
+        out.reject[idx[is_late & (k < 0)]] = OUT_OF_ORDER
+        return ~(dup | is_late), k
 
     def _step(
         self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, x: np.ndarray, now: float | None, out: Results
     ) -> None:
         """One sample for each of the (distinct) slots ``s``: score, scale, step, forecast."""
-        keep = self._check_order(idx, s, ts, out)
+        keep, places = self._check_order(idx, s, ts, out)
+        if (places >= 0).any():
+            fit = places >= 0
+            self._put_in_order(idx[fit], s[fit], ts[fit], x[fit], places[fit], now, out)
         if not keep.all():
             out.value[idx[~keep]] = np.nan
             idx, s, ts, x = idx[keep], s[keep], ts[keep], x[keep]
@@ -400,6 +411,29 @@ class Engine:
         out.reason[idx] = scored.reason
         out.next_forecast[idx] = next_fc
         out.next_spread[idx] = next_sp
+
+    def _put_in_order(
+        self,
+        idx: np.ndarray,
+        s: np.ndarray,
+        ts: np.ndarray,
+        x: np.ndarray,
+        k: np.ndarray,
+        now: float | None,
+        out: Results,
+    ) -> None:
+        """Late samples within the reorder window: inserted in time order into their streams' rings
+        (not scored), then state and next forecast rebuilt from the window (see :mod:`late`)."""
+        cfg, a = self.config, self.arrays
+        late.put_in_order(a, cfg, s, ts, x, k)
+        self._replay(s)
+        self.table.touch(s, ts if now is None else now)
+        self.counters["reordered"] += len(s)
+        out.score[idx] = 0.0
+        out.next_forecast[idx] = a["fc_mean"][s]
+        out.next_spread[idx] = a["fc_spread"][s]
+        if cfg.selection.enabled:
+            out.served[idx] = out.next_served[idx] = a["sel_choice"][s]
 
     def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> None:
         """The history's target for the previous step: this value scaled as that forecast was."""

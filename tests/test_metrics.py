@@ -319,8 +319,7 @@ def test_render_time_10k_streams() -> None:
         f"\nrender 10k streams x 7 families: first {times[0] * 1e3:.1f} ms (label cache cold), "
         f"median {sorted(times)[2] * 1e3:.1f} ms, {len(data) / 1e6:.1f} MB, {lines} lines"
     )
-    assert lines == 7 * (n + 2)
-    assert max(times) < 1.0
+    assert lines == 7 * (n + 2)  # the time is printed, not asserted: `bench e2e` measures scrapes
 
 
 def test_engine_view_feeds_the_exporter() -> None:

@@ -146,7 +146,7 @@ def test_growth_is_amortised(small_cfg: EngineConfig) -> None:
 
 
 def test_duplicates_and_late_samples_are_rejected_without_state_change(small_cfg: EngineConfig) -> None:
-    e = Engine(small_cfg)
+    e = Engine(small_cfg, reorder_window_s=None)  # late samples within a window: tests/test_reorder.py
     e.process(["a"] * 5, [1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 2.0, 1.0])
     before = checkpoint.snapshot(e)
     r = e.process(["a", "a", "a"], [5.0, 3.0, 4.5], [9.0, 9.0, 9.0])

@@ -45,6 +45,7 @@ LAST_SEEN = "lstm_stream_last_seen_timestamp_seconds"
 MESSAGES_RECEIVED = "lstm_stream_messages_received_total"
 MESSAGES_REJECTED = "lstm_stream_messages_rejected_total"
 SAMPLES_PROCESSED = "lstm_stream_samples_processed_total"
+SAMPLES_REORDERED = "lstm_stream_samples_reordered_total"
 SAMPLES_REJECTED = "lstm_stream_samples_rejected_total"
 ANOMALIES_FLAGGED = "lstm_stream_anomalies_flagged_total"
 EVENTS_PUBLISHED = "lstm_stream_events_published_total"
@@ -296,6 +297,9 @@ class Metrics(IngestObservations, EngineObservations, ModelObservations):
             MESSAGES_REJECTED, "MQTT messages dropped before the engine, by reason.", ["reason"], registry=r
         )
         self.samples_processed = Counter(SAMPLES_PROCESSED, "Samples applied by the engine.", registry=r)
+        self.samples_reordered = Counter(
+            SAMPLES_REORDERED, "Late samples put in order (ingest.reorder_window_ms).", registry=r
+        )
         self.samples_rejected = Counter(
             SAMPLES_REJECTED, "Samples the engine refused, by reason.", ["reason"], registry=r
         )

@@ -145,6 +145,7 @@ class Batches:
             return
         self.limit_torch_threads()
         streams, ts, values = zip(*samples, strict=True)
+        reordered = self.engine.counters["reordered"]
         t0 = time.perf_counter()
         r = self.engine.process(
             streams,
@@ -155,6 +156,8 @@ class Batches:
         )
         elapsed = time.perf_counter() - t0
         self._carry, self._carry_at = self._deferred(r, samples, carried_at, first)
+        if self.engine.counters["reordered"] > reordered:
+            self.metrics.samples_reordered.inc(self.engine.counters["reordered"] - reordered)
         done = self.clock()
         lat = done - r.ts[r.accepted]
         lat = lat[(lat >= 0) & (lat < LATENCY_SANE_S)]

@@ -18,6 +18,13 @@ log = logging.getLogger("lstm_stream.service")
 def build_engine(settings: Settings, store: CheckpointStore) -> tuple[Engine, str]:
     """The engine to serve with: the newest good checkpoint, else the configured model, else the
     shipped pretrained one. Returns it and a one-line description of where it came from."""
+    engine, origin = _engine(settings, store)
+    window_ms = settings.ingest.reorder_window_ms
+    engine.reorder_window_s = window_ms / 1000.0 if window_ms else None
+    return engine, origin
+
+
+def _engine(settings: Settings, store: CheckpointStore) -> tuple[Engine, str]:
     engine, path, errors = store.load_latest()
     for err in errors:
         log.error("refused checkpoint: %s", err)
