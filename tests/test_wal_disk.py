@@ -94,3 +94,34 @@ def test_full_state_folder_stops_acks_and_recovers(tmp_path, small_state) -> Non
         pub.close()
         d.close()
         broker.stop()
+
+
+def _remount(folder: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True, capture_output=True)
+
+
+def test_read_only_state_folder_stops_acks_and_recovers(tmp_path, small_state) -> None:
+    """Started on a read-only state folder (as after a file-system error remounts it so): nothing is
+    acknowledged or applied, /healthz says why; made writable again, every sample is applied once."""
+    broker = Broker(tmp_path).start()
+    d = Daemon(tmp_path, broker, chaos.daemon_config(3600), name="ro")
+    pub = Publisher(broker)
+    _remount(small_state, "ro")
+    try:
+        d.start()
+        pub.publish_many(_messages(0, 200))  # the broker acks them and keeps them for the daemon
+        body = _wait_health(d, 503)
+        assert "write-ahead log" in body and "not acknowledging" in body, body
+        time.sleep(1.0)
+        assert d.metric("lstm_stream_samples_processed_total") == 0
+        _remount(small_state, "rw")
+        _wait_health(d, 200)
+        d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= 200)
+        assert d.stop() == 0
+        assert sum(chaos.applied_counts(d.state).values()) == 200
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _remount(small_state, "rw")
+        pub.close()
+        d.close()
+        broker.stop()
