@@ -138,8 +138,8 @@ def test_full_queue_makes_the_producer_wait_for_room_instead_of_dropping() -> No
     q = IngestQueue(4, block_s=5.0)
     q.put_many([("a", float(i), float(i)) for i in range(4)])
     timer = threading.Timer(0.1, q.drain, args=(3,))
+    t0 = time.monotonic()  # before the timer starts: room comes >= 0.1 s after t0 however busy the machine
     timer.start()
-    t0 = time.monotonic()
     assert q.put_many([("b", 1.0, 10.0), ("b", 2.0, 11.0)]) == 0
     waited = time.monotonic() - t0
     timer.join()
