@@ -16,7 +16,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import late, scaling, scoring, seasonal, selection
+from . import admission, late, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -170,8 +170,7 @@ class Engine:
         self.stateful = cfg.mode == "stateful" and getattr(self.model, "stateful", False)
         self.table = StreamTable(self._columns(), cfg.max_streams)
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self._admit_tokens = float(cfg.new_streams_burst)  # new streams admissible now (a token bucket)
-        self._admit_at: float | None = None  # when the bucket was last filled up (the ``now`` base)
+        self._admission = admission.TokenBucket(float(cfg.new_streams_burst))  # new streams admissible
 
     # ----------------------------------------------------------------- layout
     def _columns(self) -> dict[str, Column]:
@@ -285,52 +284,17 @@ class Engine:
         now: float | None,
         limit_admission: bool = True,
     ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-        """Slots of the batch's streams, admitting new ones for valid unknown names: at most the
-        admission budget (``new_streams_per_s``), and into a full table only by evicting a stream
-        idle over ``evict_idle_s``; the others are rejected (``new_stream_rate``, ``over_capacity``).
-
-        Returns the slots and the evicted, created and refused names.
-        """
-        slots = self.table.lookup(streams)
-        unknown = slots < 0
-        if not unknown.any():
-            return slots, [], [], []
-        new = np.nonzero(unknown & (reject == OK))[0]
-        if not len(new):
-            return slots, [], [], []
-        names = list(dict.fromkeys(streams[i] for i in new.tolist()))
-        t = float(now) if now is not None else float(np.max(ts[new]))
-        budget = self._admission_budget(t) if limit_admission else len(names)
-        admit = names if budget >= len(names) else names[:budget]
-        idle_s = self.config.evict_idle_s
-        added, evicted = self.table.add(
-            admit, protect=np.unique(slots[slots >= 0]), idle_before=None if idle_s is None else t - idle_s
-        )
-        self.counters["evicted"] += len(evicted)
-        created = [n for n, slot in zip(admit, added, strict=True) if slot >= 0]
-        if limit_admission:
-            self._admit_tokens -= len(created)
-        slots = self.table.lookup(streams)
-        refused_at = np.nonzero((slots < 0) & (reject == OK))[0]
-        if not len(refused_at):
-            return slots, evicted, created, []
-        limited = set(names[len(admit) :])
+        """Slots of the batch's streams, admitting new ones (:mod:`admission`); the samples of those
+        not admitted are rejected (``new_stream_rate``, ``over_capacity``). Returns the slots and the
+        evicted, created and refused names."""
+        bucket = self._admission if limit_admission else None
+        got = admission.admit(self.table, streams, reject == OK, ts, now, bucket, self.config)
+        self.counters["evicted"] += len(got.evicted)
+        refused_at = np.nonzero((got.slots < 0) & (reject == OK))[0]
         for i in refused_at.tolist():
-            reject[i] = NEW_STREAM_RATE if streams[i] in limited else OVER_CAPACITY
-        return slots, evicted, created, [n for n in names if n not in self.table.ids]
-
-    def _admission_budget(self, t: float) -> int:
-        """New streams that may be created at time ``t`` (the token bucket refilled up to ``t``)."""
-        rate = self.config.new_streams_per_s
-        if rate is None:
-            return 1 << 62
-        burst = float(self.config.new_streams_burst)
-        if self._admit_at is None or t < self._admit_at:  # first call, or the clock went back
-            self._admit_at = t if self._admit_at is None else self._admit_at
-        else:
-            self._admit_tokens = min(burst, self._admit_tokens + (t - self._admit_at) * rate)
-            self._admit_at = t
-        return max(0, int(self._admit_tokens))
+            reject[i] = NEW_STREAM_RATE if streams[i] in got.limited else OVER_CAPACITY
+        refused = list(dict.fromkeys(streams[i] for i in refused_at.tolist()))
+        return got.slots, got.evicted, got.created, refused
 
     def _check_order(
         self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, out: Results
