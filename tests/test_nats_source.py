@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -58,12 +59,31 @@ def _messages(start: int, count: int, partitions: int = 4, streams: int = 12) ->
     return out
 
 
-def _daemon(tmp_path, server, name: str = "w") -> Daemon:
+def _newest_positions(d: Daemon) -> dict[str, int]:
+    store = CheckpointStore(d.state)
+    paths = store.paths()
+    return store.info_of(paths[-1]).get(KEY, {}) if paths else {}
+
+
+def _newest_processed(d: Daemon) -> int:
+    engine, _, _ = CheckpointStore(d.state).load_latest()
+    return engine.counters["processed"]
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _daemon(tmp_path, server, name: str = "w", checkpoint_interval_s: float = 3600) -> Daemon:
     broker = SimpleNamespace(host=server.host, port=server.mqtt_port, proc=server.proc)
     config = {
         "ingest": {"source": "nats"},
         "nats": {"servers": [server.url], "partition_count": server.partitions},
         "mqtt": {"protocol": "3.1.1"},  # events and availability through nats-server's MQTT listener
+        "state": {"checkpoint_interval_s": checkpoint_interval_s},
     }
     return Daemon(tmp_path, broker, config, name=name)
 
@@ -71,24 +91,20 @@ def _daemon(tmp_path, server, name: str = "w") -> Daemon:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_sigkill_then_resume_applies_every_sample_exactly_once(tmp_path, nats_server):  # noqa: F811
-    d = _daemon(tmp_path, nats_server)
+    d = _daemon(tmp_path, nats_server, checkpoint_interval_s=1)
     try:
-        nats_server.publish(_messages(0, 300))
+        seqs = nats_server.publish(_messages(0, 300))
         d.start()
         d.wait_metric(PROCESSED, lambda v: v >= 300)
-        assert d.stop() == 0  # the final checkpoint holds each partition's position
-        first = CheckpointStore(d.state).info_of(CheckpointStore(d.state).paths()[-1])
-        assert sum(1 for _ in first[KEY]) == 4
+        _wait(lambda: max(_newest_positions(d).values(), default=0) == max(seqs))  # a checkpoint covers them
+        seqs += nats_server.publish(_messages(300, 300))
+        d.wait_metric(PROCESSED, lambda v: v >= 600)
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL  # the last 300 were applied after that checkpoint
 
-        d.start()  # resumes after the positions: none of the 300 again
-        seqs = nats_server.publish(_messages(300, 300))
-        d.wait_metric(PROCESSED, lambda v: v >= 300)
-        assert d.metric(PROCESSED) == 300
-        assert d.stop(signal.SIGKILL) == -signal.SIGKILL  # these 300 were applied, never checkpointed
-
-        d.start()  # replays exactly the 300 after the checkpoint, then takes new ones
+        left = 700 - _newest_processed(d)  # what the newest checkpoint lacks, and 100 new ones
+        d.start()
         seqs += nats_server.publish(_messages(600, 100))
-        d.wait_metric(PROCESSED, lambda v: v >= 400)
+        d.wait_metric(PROCESSED, lambda v: v >= left)
         assert d.stop() == 0
     finally:
         d.close()

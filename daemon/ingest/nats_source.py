@@ -34,7 +34,8 @@ RETRY_S = 1.0  # between connection attempts while the server is down at start
 
 class NatsSource:
     """Consumes partitions of a JetStream stream into ``queue``; ``on_enqueued()`` runs after each
-    message (the service runs due micro-batches there). :meth:`own`/:meth:`release` change the set."""
+    message (the service runs due micro-batches there); :meth:`consume`/:meth:`stop_consuming`
+    change the set of partitions."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class NatsSource:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._initial: list[int] = []
+        self.partition_of: dict[str, int] = {}  # stream -> the partition its samples came from
         self.ready = threading.Event()  # connected and the stream exists
 
     # ------------------------------------------------------------------ lifecycle (any thread)
@@ -75,13 +77,9 @@ class NatsSource:
         """Run a coroutine on the source's loop from another thread and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def own(self, partitions: list[int]) -> None:
-        """Start consuming ``partitions`` (each after its saved position); waits until subscribed."""
-        self.call(self._own(partitions))
-
-    def release(self, partitions: list[int]) -> None:
-        """Stop consuming ``partitions``: once this returns, none of their messages is queued any more."""
-        self.call(self._release(partitions))
+    def submit(self, coro: Any) -> Any:
+        """Schedule a coroutine on the source's loop; returns its concurrent future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     @property
     def owned(self) -> list[int]:
@@ -142,7 +140,7 @@ class NatsSource:
             self.stats.connects += 1
             self.ready.set()
             log.info("connected to NATS %s, stream %s", self.nc.connected_url.netloc, s.stream)
-            await self._own(self._initial)
+            await self.consume(self._initial)
 
     async def _ensure_stream(self) -> None:
         s = self.settings
@@ -159,9 +157,12 @@ class NatsSource:
             )
             log.info("created JetStream stream %s on %s.>", s.stream, s.subject_prefix)
 
-    async def _own(self, partitions: list[int]) -> None:
+    async def wait_ready(self) -> None:
         while not self.ready.is_set():
             await asyncio.sleep(0.05)
+
+    async def consume(self, partitions: list[int]) -> None:
+        await self.wait_ready()
         s = self.settings
         for k in partitions:
             if k in self._subs:
@@ -184,7 +185,7 @@ class NatsSource:
             )
             log.info("partition %d: consuming after sequence %s", k, after if after is not None else s.start)
 
-    async def _release(self, partitions: list[int]) -> None:
+    async def stop_consuming(self, partitions: list[int]) -> None:
         for k in partitions:
             sub = self._subs.pop(k, None)
             if sub is not None:
@@ -192,7 +193,7 @@ class NatsSource:
                 log.info("partition %d released", k)
 
     async def _close(self) -> None:
-        await self._release(list(self._subs))
+        await self.stop_consuming(list(self._subs))
         if self.nc is not None:
             await self.nc.close()
 
@@ -214,6 +215,7 @@ class NatsSource:
     def _handler(self, partition: int) -> Callable[[Any], Any]:
         """The message callback of one partition: parse, queue, note the position."""
         stats, parse, put_many, note = self.stats, self.parser.parse, self.queue.put_many, self.positions.note
+        partition_of = self.partition_of
         prefix_tokens = 2
 
         async def on_message(msg: Any) -> None:
@@ -233,6 +235,8 @@ class NatsSource:
                     if put_many(result):
                         self._rlog.log("queue_full", "ingest queue full: samples dropped")
                     queued = len(result)
+                    for sample in result:
+                        partition_of[sample[0]] = partition
                 else:
                     reason = result.reason
                     stats.rejected[reason] = stats.rejected.get(reason, 0) + 1

@@ -53,6 +53,7 @@ from lstm_stream.engine import Engine
 
 if TYPE_CHECKING:
     from daemon.ingest.nats_source import NatsSource
+    from daemon.service.ownership import LeaseOwnership
 
 log = logging.getLogger("lstm_stream.service")
 
@@ -104,6 +105,7 @@ class Service:
         self.receiver: ReceiverProcess | None = None  # receives, with receiver = "process"
         self.source: NatsSource | None = None  # receives, with ingest.source = "nats"
         self.positions: Positions | None = None  # the NATS partitions' applied sequences
+        self.ownership: LeaseOwnership | None = None  # with nats.ownership = "lease"
         self.http: MetricsServer | None = None
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
         # the jobs, built at start once the engine exists
@@ -137,6 +139,9 @@ class Service:
         if self.nats_on:
             info = self.store.loaded_info if origin.startswith("restored") else {}
             self.positions = Positions(info.get(NATS_KEY))
+            if s.nats.ownership == "lease":  # partitions come with their state from the object store
+                self.engine.forget(self.engine.streams)
+                self.positions = Positions()
         m = self.engine.config.model
         self.metrics = Metrics(self.registry, model_arch=m.arch, hidden=m.hidden, layers=m.layers)
         self.metrics.set_model(self.engine.model_version, swapped=False)
@@ -194,7 +199,14 @@ class Service:
             on_enqueued=self.batches.process_inline,
         )
         log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
-        return source.start(s.nats.static_partitions())
+        if s.nats.ownership == "static":
+            return source.start(s.nats.static_partitions())
+        from daemon.service.ownership import LeaseOwnership
+
+        source.start([])
+        self.ownership = LeaseOwnership(s, source, self.engine, self.batches, self.positions)
+        self.ownership.start()
+        return source
 
     def _make_receiver(self, next_index: int) -> ReceiverProcess:
         """A receiver process (not started) that logs from ``next_index`` on, if the log is on."""
@@ -316,6 +328,8 @@ class Service:
             self.receiver.close(timeout=HANDOVER_S)  # returns when all it sent is queued here
             if self.wal is not None:  # what it logged but could not send (killed, or too slow)
                 self.wal.tail(self.queue, self.receiver.expected)
+        if self.ownership is not None:
+            self.ownership.close()  # each partition's checkpoint written, its lease given back
         if self.source is not None:
             self.source.close(timeout=HANDOVER_S)  # nothing is queued after this
         if self._loop_thread is not None:
