@@ -360,6 +360,10 @@ class Service:
     def _status_line(self) -> str:
         s = self.settings.mqtt
         streams = len(self.engine.streams) if self.engine else 0
+        if self.source is not None:
+            where = f"NATS stream {self.settings.nats.stream}, partitions {self.source.owned}"
+            state = "consuming" if self.source.is_connected() else "waiting for NATS (retrying)"
+            return f"{state}: {where}; {streams} streams"
         if self.mqtt_connected():
             return f"connected to {s.host}:{s.port}; {streams} streams; model v{self.engine.model_version}"
         return f"waiting for broker {s.host}:{s.port} (retrying); {streams} streams"
