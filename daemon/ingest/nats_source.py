@@ -30,6 +30,7 @@ from daemon.ratelog import RateLimitedLogger
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # between connection attempts while the server is down at start
+YIELD_EVERY = 256  # messages handled between two turns of the other tasks on the loop
 
 
 class NatsSource:
@@ -59,6 +60,7 @@ class NatsSource:
         self.nc: Any = None  # nats.aio.client.Client once connected
         self.js: Any = None
         self._subs: dict[int, Any] = {}
+        self._wanted: set[int] = set()  # partitions whose messages are taken (set before subscribing)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._initial: list[int] = []
@@ -140,7 +142,10 @@ class NatsSource:
             self.stats.connects += 1
             self.ready.set()
             log.info("connected to NATS %s, stream %s", self.nc.connected_url.netloc, s.stream)
-            await self.consume(self._initial)
+            try:
+                await self.consume(self._initial)
+            except Exception:  # noqa: BLE001 - e.g. a consumer the server refused: loud, not silent
+                log.exception("cannot consume partitions %s", self._initial)
 
     async def _ensure_stream(self) -> None:
         s = self.settings
@@ -176,17 +181,27 @@ class NatsSource:
                 config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
             else:
                 config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
-            self._subs[k] = await self.js.subscribe(
-                f"{s.subject_prefix}.{k}.>",
-                stream=s.stream,
-                cb=self._handler(k),
-                ordered_consumer=True,
-                config=config,
-            )
+            self._wanted.add(k)  # the first messages may come before subscribe() returns
+            try:
+                self._subs[k] = await self.js.subscribe(
+                    f"{s.subject_prefix}.{k}.>",
+                    stream=s.stream,
+                    cb=self._handler(k),
+                    ordered_consumer=True,
+                    config=config,
+                    # no client-side limit: nats-py drops messages over it *after* advancing the ordered
+                    # consumer's sequence (a silent gap); the server's flow control bounds what is pending
+                    pending_msgs_limit=0,
+                    pending_bytes_limit=0,
+                )
+            except BaseException:
+                self._wanted.discard(k)
+                raise
             log.info("partition %d: consuming after sequence %s", k, after if after is not None else s.start)
 
     async def stop_consuming(self, partitions: list[int]) -> None:
         for k in partitions:
+            self._wanted.discard(k)
             sub = self._subs.pop(k, None)
             if sub is not None:
                 await sub.unsubscribe()
@@ -215,11 +230,11 @@ class NatsSource:
     def _handler(self, partition: int) -> Callable[[Any], Any]:
         """The message callback of one partition: parse, queue, note the position."""
         stats, parse, put_many, note = self.stats, self.parser.parse, self.queue.put_many, self.positions.note
-        partition_of = self.partition_of
+        partition_of, wanted = self.partition_of, self._wanted
         prefix_tokens = 2
 
         async def on_message(msg: Any) -> None:
-            if self._stopping:
+            if self._stopping or partition not in wanted:  # released: not one more message
                 return
             stats.received += 1
             queued = 0
@@ -249,5 +264,7 @@ class NatsSource:
             note(queued, partition, sequence)
             if queued and self._on_enqueued is not None:
                 self._on_enqueued()
+            if not stats.received % YIELD_EVERY:  # a backlog is handled without a suspension point:
+                await asyncio.sleep(0)  # let the socket reader and the lease renewals run
 
         return on_message
