@@ -23,6 +23,7 @@ from tests.nats_server import nats_server  # noqa: F401  (fixture)
 PROCESSED = "lstm_stream_samples_processed_total"
 REJECTED = "lstm_stream_samples_rejected_total"
 SCORE = "lstm_stream_anomaly_score"
+VALUE = "lstm_stream_value"
 
 
 def test_a_partition_moves_with_its_state():
@@ -44,7 +45,8 @@ def test_a_partition_moves_with_its_state():
 
 
 def _publish(server, first: int, count: int, streams: int = 24) -> Counter:
-    """``count`` plain-number MQTT publishes (QoS 1) to nats-server's listener; per-topic counts."""
+    """``count`` MQTT publishes (QoS 1) to nats-server's listener, the value of each its index (a
+    stream's last value says how far it was applied); per-topic counts."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{first}", protocol=mqtt.MQTTv311)
     c.connect(server.host, server.mqtt_port)
     c.loop_start()
@@ -52,7 +54,7 @@ def _publish(server, first: int, count: int, streams: int = 24) -> Counter:
     infos = []
     for i in range(first, first + count):
         topic = f"sensors/line{i % 3}/t{i % streams}"
-        infos.append(c.publish(topic, f"{i % 40}.25", qos=1))
+        infos.append(c.publish(topic, str(i), qos=1))
         sent[topic] += 1
     for info in infos:
         info.wait_for_publish(10)
@@ -63,14 +65,20 @@ def _publish(server, first: int, count: int, streams: int = 24) -> Counter:
 
 def _holders(server) -> dict[int, str]:
     async def read(js):
-        from nats.js.errors import NoKeysError
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 
         kv = await js.key_value("lstm-stream-leases")
         try:
             keys = await kv.keys()
         except NoKeysError:
             return {}
-        return {int(k[2:]): (await kv.get(k)).value.decode() for k in keys if k.startswith("p.")}
+        out = {}
+        for k in (k for k in keys if k.startswith("p.")):
+            try:
+                out[int(k[2:])] = (await kv.get(k)).value.decode()
+            except (KeyNotFoundError, KeyDeletedError):  # given back or expired since listed
+                pass
+        return out
 
     return server.run(read)
 
@@ -90,7 +98,15 @@ def _partition_counts(server, partitions: int) -> Counter:
 
     async def read(js):
         obj = await js.object_store("lstm-stream-checkpoints")
-        return [(await obj.get(f"partition-{k}")).data for k in range(partitions)]
+        from nats.js.errors import ObjectNotFoundError
+
+        out = []
+        for k in range(partitions):
+            try:
+                out.append((await obj.get(f"partition-{k}")).data)
+            except ObjectNotFoundError:
+                pass
+        return out
 
     counts: Counter = Counter()
     for data in server.run(read):
@@ -104,17 +120,24 @@ def _streams(d: Daemon) -> set[str]:
     return {dict(labels)["stream"] for (name, labels) in d.metrics() if name == SCORE}
 
 
+def _applied_up_to(last: int, *workers: Daemon, streams: int = 24) -> bool:
+    """Every stream's last value (over ``workers``) is its last index up to ``last``: all applied."""
+    seen: dict[str, float] = {}
+    for d in workers:
+        seen |= {dict(k)["stream"]: v for (name, k), v in d.metrics().items() if name == VALUE}
+    want = {f"sensors/line{i % 3}/t{i % streams}": float(i) for i in range(last - streams + 1, last + 1)}
+    return all(seen.get(t) == v for t, v in want.items())
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_two_workers_share_partitions_fail_over_and_rebalance(tmp_path, nats_server):  # noqa: F811
     broker = SimpleNamespace(host=nats_server.host, port=nats_server.mqtt_port, proc=nats_server.proc)
     nats = {"servers": [nats_server.url], "partition_count": 4, "ownership": "lease", "lease_ttl_s": 1}
-    # partition checkpoints only when a partition is handed over (and at exit): what a worker
-    # applies after taking a partition is in no checkpoint when it is killed
     config = {
         "ingest": {"source": "nats"},
         "mqtt": {"protocol": "3.1.1"},  # events and availability through nats-server's MQTT listener
-        "state": {"checkpoint_interval_s": 3600},
+        "state": {"checkpoint_interval_s": 2},  # partition checkpoints to the object store
     }
     for name in "ab":
         (tmp_path / name).mkdir()
@@ -128,28 +151,31 @@ def test_two_workers_share_partitions_fail_over_and_rebalance(tmp_path, nats_ser
             d.notify.wait_for("READY=1")
         _wait(lambda: sorted(Counter(_holders(nats_server).values()).values()) == [2, 2], "2 + 2 partitions")
         sent = _publish(nats_server, 0, 240)
-        _wait(lambda: a.metric(PROCESSED) + b.metric(PROCESSED) == 240, "240 applied")
+        _wait(lambda: _applied_up_to(239, a, b), "240 applied")
         assert a.metric(PROCESSED) > 0 and b.metric(PROCESSED) > 0
         assert not _streams(a) & _streams(b) and len(_streams(a) | _streams(b)) == 24
+        _wait(lambda: sum(_partition_counts(nats_server, 4).values()) == 240, "checkpoints of all 240")
 
-        b.stop(signal.SIGKILL)  # its partitions' last checkpoints predate all it applied
+        sent += _publish(nats_server, 240, 240)
+        _wait(lambda: _applied_up_to(479, a, b), "480 applied")
+        b.stop(signal.SIGKILL)  # what it applied since its last checkpoint is only in JetStream now
         killed = time.monotonic()
         _wait(lambda: _holders(nats_server) == dict.fromkeys(range(4), "a"), "a holds all")
         assert time.monotonic() - killed < 1 * 2 + 2  # the TTL, a tick, and this test's polling
-        sent += _publish(nats_server, 240, 240)
-        _wait(lambda: a.metric(PROCESSED) >= 480, "a: its 120, b's 120 again, 240 new")
-        assert a.metric(PROCESSED) == 480
+        _wait(lambda: _applied_up_to(479, a), "a has b's streams up to date")
         assert a.metric(REJECTED, reason="duplicate") == 0  # a sample read twice would be one
 
+        before = a.metric(PROCESSED)
         b.start()  # comes back: two partitions return to it, with their state
         _wait(lambda: sorted(Counter(_holders(nats_server).values()).values()) == [2, 2], "rebalanced")
         sent += _publish(nats_server, 480, 120)
-        _wait(lambda: a.metric(PROCESSED) - 480 + b.metric(PROCESSED) == 120, "the last 120 applied")
-        assert b.metric(REJECTED, reason="duplicate") == 0
+        _wait(lambda: _applied_up_to(599, a, b), "600 applied")
+        assert a.metric(PROCESSED) - before + b.metric(PROCESSED) == 120  # b went on from a's checkpoints
+        for d in (a, b):
+            assert d.metric(REJECTED, reason="duplicate") == 0
         assert not _streams(a) & _streams(b)
         assert a.stop() == 0 and b.stop() == 0  # each hands its partitions back with a checkpoint
     finally:
         a.close()
         b.close()
-    counts = _partition_counts(nats_server, 4)
-    assert counts == Counter({t: n for t, n in sent.items()})  # every sample once, none lost or doubled
+    assert _partition_counts(nats_server, 4) == sent  # every sample once, none lost or doubled
