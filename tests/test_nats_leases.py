@@ -163,6 +163,7 @@ def test_two_workers_share_partitions_fail_over_and_rebalance(tmp_path, nats_ser
         _wait(lambda: _holders(nats_server) == dict.fromkeys(range(4), "a"), "a holds all")
         assert time.monotonic() - killed < 1 * 2 + 2  # the TTL, a tick, and this test's polling
         _wait(lambda: _applied_up_to(479, a), "a has b's streams up to date")
+        assert a.metric("lstm_stream_nats_partitions_owned") == 4
         assert a.metric(REJECTED, reason="duplicate") == 0  # a sample read twice would be one
 
         before = a.metric(PROCESSED)

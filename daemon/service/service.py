@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
@@ -199,6 +199,9 @@ class Service:
             on_enqueued=self.batches.process_inline,
         )
         log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
+        name = "lstm_stream_nats_partitions_owned"
+        owned = Gauge(name, "NATS partitions this worker consumes.", registry=self.registry)
+        owned.set_function(lambda: float(len(source.owned)))
         if s.nats.ownership == "static":
             return source.start(s.nats.static_partitions())
         from daemon.service.ownership import LeaseOwnership
