@@ -97,6 +97,8 @@ def test_sigkill_then_resume_applies_every_sample_exactly_once(tmp_path, nats_se
         d.start()
         d.wait_metric(PROCESSED, lambda v: v >= 300)
         _wait(lambda: max(_newest_positions(d).values(), default=0) == max(seqs))  # a checkpoint covers them
+        nats_server.stop()  # the server's consumers go with it: the worker subscribes again after
+        nats_server.start()  # the last message it handled (JetStream's data is on disk)
         seqs += nats_server.publish(_messages(300, 300))
         d.wait_metric(PROCESSED, lambda v: v >= 600)
         assert d.stop(signal.SIGKILL) == -signal.SIGKILL  # the last 300 were applied after that checkpoint

@@ -12,6 +12,7 @@ the same one when it is read again. A full queue blocks this thread: the server 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -61,6 +62,8 @@ class NatsSource:
         self.js: Any = None
         self._subs: dict[int, Any] = {}
         self._wanted: set[int] = set()  # partitions whose messages are taken (set before subscribing)
+        self._handled: dict[int, int] = {}  # partition -> stream sequence of the last message handled
+        self._lock = asyncio.Lock()  # one change of the subscriptions at a time
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._initial: list[int] = []
@@ -167,45 +170,76 @@ class NatsSource:
             await asyncio.sleep(0.05)
 
     async def consume(self, partitions: list[int]) -> None:
+        """Start consuming ``partitions``, each right after its saved position."""
         await self.wait_ready()
+        async with self._lock:
+            for k in partitions:
+                if k not in self._subs:
+                    after = self.positions.start_after(k)
+                    self._handled[k] = after or 0
+                    await self._subscribe(k, after)
+
+    async def _subscribe(self, k: int, after: int | None) -> None:
         s = self.settings
-        for k in partitions:
-            if k in self._subs:
-                continue
-            after = self.positions.start_after(k)
-            if after is not None:
-                config = api.ConsumerConfig(
-                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
-                )
-            elif s.start == "new":
-                config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
-            else:
-                config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
-            self._wanted.add(k)  # the first messages may come before subscribe() returns
-            try:
-                self._subs[k] = await self.js.subscribe(
-                    f"{s.subject_prefix}.{k}.>",
-                    stream=s.stream,
-                    cb=self._handler(k),
-                    ordered_consumer=True,
-                    config=config,
-                    # no client-side limit: nats-py drops messages over it *after* advancing the ordered
-                    # consumer's sequence (a silent gap); the server's flow control bounds what is pending
-                    pending_msgs_limit=0,
-                    pending_bytes_limit=0,
-                )
-            except BaseException:
+        if after is not None:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+            )
+        elif s.start == "new":
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+        else:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+        was_wanted = k in self._wanted
+        self._wanted.add(k)  # the first messages may come before subscribe() returns
+        try:
+            self._subs[k] = await self.js.subscribe(
+                f"{s.subject_prefix}.{k}.>",
+                stream=s.stream,
+                cb=self._handler(k),
+                ordered_consumer=True,
+                config=config,
+                # no client-side limit: nats-py drops messages over it *after* advancing the ordered
+                # consumer's sequence (a silent gap); the server's flow control bounds what is pending
+                pending_msgs_limit=0,
+                pending_bytes_limit=0,
+            )
+        except BaseException:
+            if not was_wanted:
                 self._wanted.discard(k)
-                raise
-            log.info("partition %d: consuming after sequence %s", k, after if after is not None else s.start)
+            raise
+        log.info("partition %d: consuming after sequence %s", k, after if after is not None else s.start)
 
     async def stop_consuming(self, partitions: list[int]) -> None:
+        """Stop consuming ``partitions``: none of their messages is queued after this returns."""
+        async with self._lock:
+            for k in partitions:
+                self._wanted.discard(k)
+                sub = self._subs.pop(k, None)
+                if sub is not None:
+                    await sub.unsubscribe()
+                    log.info("partition %d released", k)
+
+    async def _resubscribe(self) -> None:
+        """After a reconnect: new consumers right after the last message handled. The server may
+        have lost the old ones (a restart), and the client would notice only after two missed
+        heartbeats (10 s); messages still pending on an old one are skipped by sequence."""
+        async with self._lock:
+            partitions = list(self._subs)
+            for k in partitions:
+                with contextlib.suppress(Exception):
+                    await self._subs.pop(k).unsubscribe()
         for k in partitions:
-            self._wanted.discard(k)
-            sub = self._subs.pop(k, None)
-            if sub is not None:
-                await sub.unsubscribe()
-                log.info("partition %d released", k)
+            while not self._stopping:
+                async with self._lock:
+                    if k not in self._wanted or k in self._subs:
+                        break  # released meanwhile, or subscribed again by a later reconnect
+                    handled = self._handled.get(k, 0)
+                    try:
+                        await self._subscribe(k, handled if handled else self.positions.start_after(k))
+                        break
+                    except Exception as exc:  # noqa: BLE001 - the server is not back yet: retry
+                        self._rlog.log("nats_resubscribe", "partition %d: cannot resubscribe: %r", k, exc)
+                await asyncio.sleep(RETRY_S)
 
     async def _close(self) -> None:
         await self.stop_consuming(list(self._subs))
@@ -222,6 +256,8 @@ class NatsSource:
         self.stats.connected = True
         self.stats.connects += 1
         log.info("reconnected to NATS")
+        if not self._stopping:
+            self.loop.create_task(self._resubscribe())
 
     async def _error(self, exc: Exception) -> None:
         self._rlog.log("nats_error", "NATS: %r", exc)
@@ -230,19 +266,23 @@ class NatsSource:
     def _handler(self, partition: int) -> Callable[[Any], Any]:
         """The message callback of one partition: parse, queue, note the position."""
         stats, parse, put_many, note = self.stats, self.parser.parse, self.queue.put_many, self.positions.note
-        partition_of, wanted = self.partition_of, self._wanted
+        partition_of, wanted, handled = self.partition_of, self._wanted, self._handled
         prefix_tokens = 2
 
         async def on_message(msg: Any) -> None:
             if self._stopping or partition not in wanted:  # released: not one more message
                 return
-            stats.received += 1
             queued = 0
             try:
                 sequence, arrival = ack_fields(msg.reply)
             except (ValueError, IndexError):  # not a JetStream delivery: no position to keep
+                stats.received += 1
                 stats.rejected[INTERNAL] += 1
                 return
+            if sequence <= handled.get(partition, 0):  # delivered again (a new consumer): had it
+                return
+            handled[partition] = sequence
+            stats.received += 1
             try:
                 topic = topic_of(msg.subject, prefix_tokens)
                 result = parse(topic, msg.data, arrival)
