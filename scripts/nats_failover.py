@@ -1,12 +1,14 @@
 """Failover time of lease ownership with a given TTL: two workers on a real nats-server, SIGKILL one,
-seconds until the other holds every partition.
+seconds until the other holds every partition. ``--server-restart``: instead, one static worker
+under a nats-server that restarts; seconds until it has applied what was published after the restart.
 
-    PYTHONPATH=. python scripts/nats_failover.py [--ttl 15]
+    PYTHONPATH=. python scripts/nats_failover.py [--ttl 15] [--server-restart]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -21,15 +23,51 @@ sys.path.insert(0, str(ROOT))
 from tests.daemon_proc import Daemon  # noqa: E402
 from tests.nats_server import NatsServer  # noqa: E402
 from tests.test_nats_leases import _holders  # noqa: E402
+from tests.test_nats_source import _messages  # noqa: E402
+
+PROCESSED = "lstm_stream_samples_processed_total"
+REJECTED = "lstm_stream_samples_rejected_total"
+
+
+def server_restart(tmp: Path) -> None:
+    """One static worker; 300 samples, nats-server restarted, 300 more: applied once, and how fast."""
+    server = NatsServer(tmp, partitions=4).start()
+    fake = SimpleNamespace(host=server.host, port=server.mqtt_port, proc=server.proc)
+    nats = {"servers": [server.url], "partition_count": 4}
+    config = {"ingest": {"source": "nats"}, "mqtt": {"protocol": "3.1.1"}, "nats": nats}
+    d = Daemon(tmp, fake, config, name="w").start()
+    try:
+        server.publish(_messages(0, 300))
+        d.wait_metric(PROCESSED, lambda v: v >= 300)
+        server.stop()
+        time.sleep(2)
+        server.start()
+        restarted = time.monotonic()
+        server.publish(_messages(300, 300))
+        d.wait_metric(PROCESSED, lambda v: v >= 600, timeout=120)
+        caught_up = time.monotonic() - restarted
+        out = {
+            "processed": d.metric(PROCESSED),
+            "duplicates": d.metric(REJECTED, reason="duplicate"),
+            "caught_up_s": round(caught_up, 1),
+        }
+        print(json.dumps(out))
+    finally:
+        d.close()
+        server.stop()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ttl", type=float, default=15.0, help="nats.lease_ttl_s")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--server-restart", action="store_true", help="time a nats-server restart instead")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.server_restart:
+            server_restart(tmp)
+            return
         server = NatsServer(tmp, partitions=args.partitions).start()
         workers: list[Daemon] = []
         try:
