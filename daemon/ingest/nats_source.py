@@ -7,6 +7,8 @@ consumer (no acknowledgements, flow control, recreated by the client after a gap
 exactly what the restored checkpoint lacks (:mod:`~daemon.ingest.nats_positions`). A payload's
 arrival time is the message's JetStream timestamp, so a sample without a timestamp of its own gets
 the same one when it is read again. A full queue blocks this thread: the server holds the rest.
+After a reconnect each partition is subscribed again right after the last message handled, and a
+message seen twice is skipped by its sequence.
 """
 
 from __future__ import annotations
