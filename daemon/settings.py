@@ -36,6 +36,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.nats_settings import NatsSettings
 from lstm_stream.config import EngineConfig, OffOnly, OffOrZero
 
 if sys.version_info >= (3, 11):
@@ -313,6 +314,7 @@ class IngestSettings(_Section):
     receiver: Literal["process", "thread"] = Field(
         "process", description="MQTT receive path in a child process (own GIL) or a thread of the daemon"
     )
+    source: Literal["mqtt", "nats"] = Field("mqtt", description="samples from MQTT, or JetStream ([nats])")
     batch_ms: float = Field(10.0, ge=0, le=10_000)
 
 
@@ -412,6 +414,7 @@ class Settings(BaseSettings):
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     model_path: Path | None = Field(None, description="checkpoint to start from")
 

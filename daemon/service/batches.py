@@ -59,7 +59,8 @@ class Batches:
         self.period = settings.ingest.batch_ms / 1000.0
         # how old the oldest queued sample must be for an inline batch: the receiver process has
         # waited batch_ms already, so what it sends is processed at once
-        self._inline_age = 0.0 if settings.ingest.receiver == "process" else self.period
+        from_child = settings.ingest.receiver == "process" and settings.ingest.source == "mqtt"
+        self._inline_age = 0.0 if from_child else self.period
         self._forecasts = bool(settings.mqtt.forecast_topic)
         # the engine is used by the MQTT thread (due batches, under load) and the engine thread
         # (batches left waiting under light load, housekeeping): one at a time

@@ -20,11 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
+from daemon.ingest.nats_positions import KEY as NATS_KEY
+from daemon.ingest.nats_positions import Positions
 from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ingest.receiver import ReceiverProcess
@@ -47,6 +50,10 @@ from daemon.service.tuning import Tuning
 from daemon.settings import MqttSettings, Settings
 from lstm_stream.checkpoint import CheckpointStore
 from lstm_stream.engine import Engine
+
+if TYPE_CHECKING:
+    from daemon.ingest.nats_source import NatsSource
+    from daemon.service.ownership import LeaseOwnership
 
 log = logging.getLogger("lstm_stream.service")
 
@@ -79,10 +86,12 @@ class Service:
         self.state_dir = Path(settings.state.directory)
         self.store = CheckpointStore(self.state_dir, settings.state.keep)
         self.registry = CollectorRegistry()
-        wal_on = settings.state.wal and settings.ingest.receiver == "process"
-        # with the log, queued samples are acknowledged already: wait for room, never drop them
+        self.nats_on = settings.ingest.source == "nats"
+        wal_on = settings.state.wal and settings.ingest.receiver == "process" and not self.nats_on
+        # with the log, queued samples are acknowledged already (with NATS, the server holds the
+        # rest): wait for room, never drop them
         self.queue = IngestQueue(
-            settings.ingest.queue_size, float("inf") if wal_on else settings.ingest.block_s
+            settings.ingest.queue_size, float("inf") if wal_on or self.nats_on else settings.ingest.block_s
         )
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
@@ -94,6 +103,9 @@ class Service:
         self.metrics: Metrics | None = None
         self.link: MqttLink | None = None  # events, availability; also receives with receiver = "thread"
         self.receiver: ReceiverProcess | None = None  # receives, with receiver = "process"
+        self.source: NatsSource | None = None  # receives, with ingest.source = "nats"
+        self.positions: Positions | None = None  # the NATS partitions' applied sequences
+        self.ownership: LeaseOwnership | None = None  # with nats.ownership = "lease"
         self.http: MetricsServer | None = None
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
         # the jobs, built at start once the engine exists
@@ -115,7 +127,7 @@ class Service:
     def start(self) -> None:
         """Restore state, start HTTP, the engine loop and the MQTT link (which may keep retrying)."""
         s = self.settings
-        if s.state.wal and s.ingest.receiver == "thread":
+        if s.state.wal and s.ingest.receiver == "thread" and not self.nats_on:
             log.warning("state.wal needs ingest.receiver = process: acknowledging on receipt")
         for stale in self.store.remove_stale():
             log.info("removed %s (a checkpoint write that was interrupted)", stale.name)
@@ -124,6 +136,12 @@ class Service:
         if self.wal is not None:
             info = self.store.loaded_info if origin.startswith("restored") else {}
             next_index = self.wal.replay(self.engine, info, self.clock())
+        if self.nats_on:
+            info = self.store.loaded_info if origin.startswith("restored") else {}
+            self.positions = Positions(info.get(NATS_KEY))
+            if s.nats.ownership == "lease":  # partitions come with their state from the object store
+                self.engine.forget(self.engine.streams)
+                self.positions = Positions()
         m = self.engine.config.model
         self.metrics = Metrics(self.registry, model_arch=m.arch, hidden=m.hidden, layers=m.layers)
         self.metrics.set_model(self.engine.model_version, swapped=False)
@@ -141,7 +159,7 @@ class Service:
         self._loop_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
         self._loop_thread.start()
         discovery = make_discovery(s, self.engine, self._publish, self.rlog)
-        in_thread = s.ingest.receiver == "thread"
+        in_thread = s.ingest.receiver == "thread" and not self.nats_on
         self.link = MqttLink(
             s.mqtt if in_thread else publishing_settings(s.mqtt),
             PayloadParser(s.payload),
@@ -158,10 +176,40 @@ class Service:
         self.metrics.mqtt_connected.set_function(lambda: float(self.mqtt_connected()))  # live at scrape
         self.metrics.queue_depth.set_function(lambda: float(len(self.queue)))
         self.link.start()
+        if self.nats_on:
+            self.source = self._make_source()
+            return
         if not in_thread:
             self.receiver = self._make_receiver(next_index)
             self.receiver.start()
         log.info("connecting to mqtt://%s:%d, topics %s", s.mqtt.host, s.mqtt.port, ", ".join(s.mqtt.topics))
+
+    def _make_source(self) -> NatsSource:
+        """The NATS JetStream source, started on the partitions this worker owns."""
+        from daemon.ingest.nats_source import NatsSource  # nats-py is loaded on this path only
+
+        s = self.settings
+        source = NatsSource(
+            s.nats,
+            PayloadParser(s.payload),
+            self.queue,
+            self.positions,
+            stats=self.stats,
+            rate_log=self.rlog,
+            on_enqueued=self.batches.process_inline,
+        )
+        log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
+        name = "lstm_stream_nats_partitions_owned"
+        owned = Gauge(name, "NATS partitions this worker consumes.", registry=self.registry)
+        owned.set_function(lambda: float(len(source.owned)))
+        if s.nats.ownership == "static":
+            return source.start(s.nats.static_partitions())
+        from daemon.service.ownership import LeaseOwnership
+
+        source.start([])
+        self.ownership = LeaseOwnership(s, source, self.engine, self.batches, self.positions)
+        self.ownership.start()
+        return source
 
     def _make_receiver(self, next_index: int) -> ReceiverProcess:
         """A receiver process (not started) that logs from ``next_index`` on, if the log is on."""
@@ -216,7 +264,7 @@ class Service:
             self.metrics,
             self.rlog,
             s.state.checkpoint_interval_s,
-            info=(lambda: {WAL_KEY: self.batches.applied}) if wal else None,
+            info=self._checkpoint_info if wal or self.positions is not None else None,
             on_saved=(lambda info: wal.saved(info, self.receiver.rotate if self.receiver else None))
             if wal
             else None,
@@ -238,6 +286,12 @@ class Service:
             self.clock,
             self._watchdog_s,
         )
+
+    def _checkpoint_info(self) -> dict:
+        """Saved with each snapshot, under the engine lock: the log index or the NATS positions it covers."""
+        if self.positions is not None:
+            return {NATS_KEY: self.positions.applied(self.batches.applied)}
+        return {WAL_KEY: self.batches.applied}
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
         """Events and discovery go out through the daemon's link (raw bytes; False if not sent)."""
@@ -277,6 +331,10 @@ class Service:
             self.receiver.close(timeout=HANDOVER_S)  # returns when all it sent is queued here
             if self.wal is not None:  # what it logged but could not send (killed, or too slow)
                 self.wal.tail(self.queue, self.receiver.expected)
+        if self.ownership is not None:
+            self.ownership.close()  # each partition's checkpoint written, its lease given back
+        if self.source is not None:
+            self.source.close(timeout=HANDOVER_S)  # nothing is queued after this
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=120)
         ok = True
@@ -305,6 +363,10 @@ class Service:
     def _status_line(self) -> str:
         s = self.settings.mqtt
         streams = len(self.engine.streams) if self.engine else 0
+        if self.source is not None:
+            where = f"NATS stream {self.settings.nats.stream}, partitions {self.source.owned}"
+            state = "consuming" if self.source.is_connected() else "waiting for NATS (retrying)"
+            return f"{state}: {where}; {streams} streams"
         if self.mqtt_connected():
             return f"connected to {s.host}:{s.port}; {streams} streams; model v{self.engine.model_version}"
         return f"waiting for broker {s.host}:{s.port} (retrying); {streams} streams"
@@ -312,6 +374,8 @@ class Service:
     def mqtt_connected(self) -> bool:
         """Connected to the broker: the daemon's link and, if there is one, the receiver's (which
         must also have been heard from lately: a stopped child keeps its last word)."""
+        if self.source is not None:  # events on MQTT are best effort then: samples come from NATS
+            return self.source.is_connected()
         if self.link is None or not self.link.is_connected():
             return False
         r = self.receiver
