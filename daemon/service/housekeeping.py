@@ -10,6 +10,7 @@ from collections.abc import Callable
 from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.outputs.exposition import StreamExporter
 from daemon.outputs.metrics import Metrics
+from daemon.outputs.snapshot import SnapshotWriter
 from daemon.service import notify
 from daemon.service.checkpoints import Checkpoints
 from daemon.service.homeassistant import DiscoveryFeed
@@ -80,7 +81,7 @@ class Housekeeping:
         self,
         engine: Engine,
         metrics: Metrics,
-        exporter: StreamExporter,
+        exporter: StreamExporter | SnapshotWriter,
         counters: LinkCounters,
         checkpoints: Checkpoints,
         tuning: Tuning,

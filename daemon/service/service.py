@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
@@ -30,9 +30,11 @@ from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ingest.receiver import ReceiverProcess
 from daemon.outputs.discovery import HomeAssistantDiscovery
 from daemon.outputs.events import EventPublisher
+from daemon.outputs.expo_process import ExpositionProcess
 from daemon.outputs.exposition import StreamExporter
 from daemon.outputs.metrics import Metrics
 from daemon.outputs.server import MetricsServer
+from daemon.outputs.snapshot import SnapshotWriter
 from daemon.ratelog import RateLimitedLogger
 from daemon.service import notify
 from daemon.service.batches import Batches
@@ -86,7 +88,11 @@ class Service:
         )
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
-        self.exporter = StreamExporter(settings.http.per_stream)
+        # per-stream series rendered by a child process from a shared-memory snapshot, or here
+        self.expo_process = settings.http.exposition == "process" and settings.http.per_stream != "none"
+        self.exporter: SnapshotWriter | StreamExporter = (
+            SnapshotWriter() if self.expo_process else StreamExporter(settings.http.per_stream)
+        )
         self.finetuner = Finetuner(
             self.state_dir / "finetune", settings.finetune.mode, settings.finetune.nice
         )
@@ -94,7 +100,7 @@ class Service:
         self.metrics: Metrics | None = None
         self.link: MqttLink | None = None  # events, availability; also receives with receiver = "thread"
         self.receiver: ReceiverProcess | None = None  # receives, with receiver = "process"
-        self.http: MetricsServer | None = None
+        self.http: MetricsServer | ExpositionProcess | None = None
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
         # the jobs, built at start once the engine exists
         self.batches: Batches | None = None
@@ -132,7 +138,7 @@ class Service:
         log.info("engine: %s", origin)
         self._build_jobs()
         self.batches.applied = next_index
-        self.http = MetricsServer(self.registry, self.exporter, self.health, s.http.bind, s.http.port).start()
+        self.http = self._make_http().start()
         log.info("serving /metrics and /healthz on http://%s:%d", s.http.bind, self.http.port)
         now = time.monotonic()
         self.checkpoints.schedule(now)
@@ -162,6 +168,27 @@ class Service:
             self.receiver = self._make_receiver(next_index)
             self.receiver.start()
         log.info("connecting to mqtt://%s:%d, topics %s", s.mqtt.host, s.mqtt.port, ", ".join(s.mqtt.topics))
+
+    def _make_http(self) -> MetricsServer | ExpositionProcess:
+        """The /metrics and /healthz server (not started): the exposition process, or a thread here."""
+        h, observe = self.settings.http, self.metrics.observe_exposition
+        if isinstance(self.exporter, SnapshotWriter):
+            self.exporter.observe = observe
+            return ExpositionProcess(
+                lambda: generate_latest(self.registry),
+                self.exporter,
+                self.health,
+                h.bind,
+                h.port,
+                h.per_stream,
+                observe=observe,
+            )
+        return MetricsServer(self.registry, self.exporter, self.health, h.bind, h.port, observe=observe)
+
+    def _check_exposition(self) -> None:
+        """Main thread, every second: an exposition process that died is restarted (and counted)."""
+        if isinstance(self.http, ExpositionProcess) and not self.stop_event.is_set() and self.http.check():
+            self.metrics.exposition_restarted()
 
     def _make_receiver(self, next_index: int) -> ReceiverProcess:
         """A receiver process (not started) that logs from ``next_index`` on, if the log is on."""
@@ -260,6 +287,7 @@ class Service:
                 log.error("engine loop died: %s", self._loop_error)
                 self.stop_event.set()
             self._check_receiver()
+            self._check_exposition()
         ok = self.shutdown()
         return 1 if self._loop_error or not ok else 0
 
