@@ -74,6 +74,11 @@ class StreamExporter:
         """Label strings held in the per-name cache (bounded by about twice the streams shown)."""
         return len(self._labels)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cached exposition text (the label cache adds about as much again)."""
+        return len(self._cache[2])
+
     def update(self, view: StreamView) -> None:
         """Make ``view`` the one to export (cheap: keeps the reference; the view must not change)."""
         self._view = view

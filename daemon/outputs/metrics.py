@@ -79,6 +79,7 @@ BUILD_INFO = "lstm_stream_build_info"
 EXPOSITION_CPU = "lstm_stream_exposition_engine_cpu_seconds_total"
 EXPOSITION_REQUESTS = "lstm_stream_exposition_requests_total"
 EXPOSITION_RESTARTS = "lstm_stream_exposition_restarts_total"
+MEMORY = "lstm_stream_memory_bytes"
 
 # --- label values known in advance (pre-created so every series exists, at 0, from the start) ---
 MESSAGE_REJECT_REASONS: tuple[str, ...] = PAYLOAD_REJECT_REASONS
@@ -87,6 +88,7 @@ FLAG_REASONS: tuple[str, ...] = tuple(r for r in scoring.REASONS if r)
 EVICTION_CAUSES = ("capacity", "idle")
 FINETUNE_OUTCOMES = ("accepted", "rejected", "diverged", "failed", "insufficient_data")
 VALIDATION_MODELS = ("candidate", "live")
+MEMORY_PARTS = ("state", "history", "exposition")  # what the engine's process accounts for itself
 EXPOSITION_WORK = ("scrape", "health", "publish")  # what the engine's process does for /metrics
 
 
@@ -225,6 +227,11 @@ class EngineObservations(_Observer):
             self._add(self._flags, self.anomalies_flagged, flags)
         if latencies is not None:
             self.ingest_latency.observe_many(latencies)
+
+    def observe_memory(self, parts: Mapping[str, int]) -> None:
+        """Bytes held by the engine's per-stream state, history buffers and the exposition's cache."""
+        for part, n in parts.items():
+            self.memory.labels(part).set(n)
 
     def observe_streams(self, tracked: int, evicted: int = 0, expired: int = 0) -> None:
         """Streams tracked now; evicted for capacity and expired as idle since the last call."""
@@ -400,6 +407,12 @@ class Metrics(IngestObservations, EngineObservations, ModelObservations):
         self.exposition_restarts = Counter(
             EXPOSITION_RESTARTS, "Exposition processes restarted after dying.", registry=r
         )
+        self.memory = Gauge(
+            MEMORY,
+            "Bytes held by the engine's per-stream state and history arrays and the exposition cache.",
+            ["part"],
+            registry=r,
+        )
         self.engine_progress_timestamp = Gauge(
             ENGINE_PROGRESS, "When the engine loop last completed an iteration.", registry=r
         )
@@ -413,6 +426,8 @@ class Metrics(IngestObservations, EngineObservations, ModelObservations):
         self._flags = {k: self.anomalies_flagged.labels(k) for k in FLAG_REASONS}
         self._evicted = {k: self.streams_evicted.labels(k) for k in EVICTION_CAUSES}
         self._finetunes = {k: self.finetune_runs.labels(k) for k in FINETUNE_OUTCOMES}
+        for part in MEMORY_PARTS:
+            self.memory.labels(part)
         self._expo_cpu = {k: self.exposition_cpu.labels(k) for k in EXPOSITION_WORK}
         self._expo_requests = {k: self.exposition_requests.labels(k) for k in EXPOSITION_WORK}
         for model in VALIDATION_MODELS:

@@ -109,6 +109,11 @@ class SnapshotWriter:
         if self.observe is not None:
             self.observe("publish", spent)
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the shared snapshot (pages are only resident once written)."""
+        return self.size
+
     def _reserve(self, need: int) -> None:
         """Grow the file (never shrink: a reader may still map the old length)."""
         if need <= self.size:

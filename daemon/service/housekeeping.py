@@ -117,6 +117,10 @@ class Housekeeping:
         self.metrics.engine_progress()
         expired = self.engine.expire(self.clock())
         self.metrics.observe_streams(len(self.engine.streams), expired=len(expired))
+        mem = self.engine.memory()
+        self.metrics.observe_memory(
+            {"state": mem["state_bytes"], "history": mem["history_bytes"], "exposition": self.exporter.nbytes}
+        )
         if self.feed is not None:
             self.feed.housekeeping(expired)
         self.tuning.step(now)
