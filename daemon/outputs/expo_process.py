@@ -5,7 +5,7 @@ The parent binds the port (a port in use fails at start-up, and a restarted chil
 hands the child the listening socket and the shared-memory snapshot (:mod:`.snapshot`) over a pipe.
 Per scrape the child asks the parent for the aggregate registry's text (about 1 ms of the parent's
 time) and appends the per-stream families, rendered from the snapshot by its own
-:class:`~daemon.outputs.rowcache.RowCache`; ``/healthz`` is the parent's health check, asked the
+:class:`~daemon.outputs.snaptext.SnapshotText`; ``/healthz`` is the parent's health check, asked the
 same way, and 503 if the parent does not answer within ``RPC_TIMEOUT_S``.
 
 The child ignores SIGTERM/SIGINT (systemd signals the whole cgroup) and exits when the parent asks
@@ -15,6 +15,7 @@ child that died; meanwhile connections wait in the socket's backlog.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -29,9 +30,9 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from daemon.outputs.rowcache import RowCache
 from daemon.outputs.server import HealthCheck, health_response, listening_socket, serve_socket
 from daemon.outputs.snapshot import SnapshotReader, SnapshotWriter
+from daemon.outputs.snaptext import SnapshotText
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class ExpositionProcess:
         reduction.send_handle(ctl, self.sock.fileno(), proc.pid)
         reduction.send_handle(ctl, self.writer.fd, proc.pid)
         self.process, self._ctl = proc, ctl
+        # the child ignores SIGTERM, which multiprocessing's exit handler sends before joining it:
+        # stop it first if the parent exits without stop() (an exception on the way out)
+        atexit.register(self._close_child)
         self._rpc_thread = threading.Thread(target=self._answer, args=(rpc,), name="exposition", daemon=True)
         self._rpc_thread.start()
         return self
@@ -151,6 +155,7 @@ class ExpositionProcess:
     def stop(self) -> None:
         """Stop the child and close the socket."""
         self._close_child()
+        atexit.unregister(self._close_child)
         self.sock.close()
 
     def __enter__(self) -> ExpositionProcess:
@@ -164,33 +169,40 @@ class _ChildOwner:
     """Child side: what the HTTP handler asks for, from the parent (aggregates, health) and the
     snapshot (per-stream families)."""
 
-    def __init__(self, rpc: Connection, reader: SnapshotReader, cache: RowCache) -> None:
+    def __init__(self, rpc: Connection, reader: SnapshotReader, cache: SnapshotText) -> None:
         self.rpc = rpc
         self.reader = reader
         self.cache = cache
         self._lock = threading.Lock()
         self._tag = 0
 
-    def _call(self, kind: bytes) -> bytes:
-        """Ask the parent; its answer, or RuntimeError after ``RPC_TIMEOUT_S``."""
-        with self._lock:
-            self._tag += 1
-            tag = b"%d" % self._tag
-            self.rpc.send_bytes(kind + tag)
-            deadline = time.monotonic() + RPC_TIMEOUT_S
-            while self.rpc.poll(max(0.0, deadline - time.monotonic())):
-                got, _, body = self.rpc.recv_bytes().partition(b"\n")
-                if got == tag:  # an answer to an earlier request that timed out is dropped
-                    return body
-            raise RuntimeError(f"the engine's process did not answer within {RPC_TIMEOUT_S:g} s")
+    def _ask(self, kind: bytes) -> bytes:
+        """Send a request to the parent (caller holds the lock); its tag, for :meth:`_answer`."""
+        self._tag += 1
+        tag = b"%d" % self._tag
+        self.rpc.send_bytes(kind + tag)
+        return tag
+
+    def _answer(self, tag: bytes) -> bytes:
+        """The parent's answer to ``tag``, or RuntimeError after ``RPC_TIMEOUT_S``."""
+        deadline = time.monotonic() + RPC_TIMEOUT_S
+        while self.rpc.poll(max(0.0, deadline - time.monotonic())):
+            got, _, body = self.rpc.recv_bytes().partition(b"\n")
+            if got == tag:  # an answer to an earlier request that timed out is dropped
+                return body
+        raise RuntimeError(f"the engine's process did not answer within {RPC_TIMEOUT_S:g} s")
 
     def scrape(self) -> bytes:
-        aggregate = self._call(METRICS)
-        return aggregate + self.cache.render(self.reader.read())
+        """The aggregates from the parent and the per-stream text, rendered while the parent answers."""
+        with self._lock:
+            tag = self._ask(METRICS)
+            per_stream = self.cache.render(self.reader.read())
+            return self._answer(tag) + per_stream
 
     def health(self) -> tuple[int, bytes]:
         try:
-            status, _, body = self._call(HEALTH).partition(b"\n")
+            with self._lock:
+                status, _, body = self._answer(self._ask(HEALTH)).partition(b"\n")
             return int(status), body
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
             return 503, f"{exc}\n".encode()
@@ -205,7 +217,7 @@ def child_main(ctl: Connection, rpc: Connection, mode: str, log_level: int) -> N
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=reduction.recv_handle(ctl))
     reader = SnapshotReader(reduction.recv_handle(ctl))
-    server = serve_socket(sock, _ChildOwner(rpc, reader, RowCache(mode)))
+    server = serve_socket(sock, _ChildOwner(rpc, reader, SnapshotText(mode)))
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     with contextlib.suppress(EOFError, OSError):
         ctl.recv_bytes()  # STOP, or EOF when the parent is gone

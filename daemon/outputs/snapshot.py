@@ -13,7 +13,6 @@ import json
 import mmap
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,13 +51,10 @@ class Snapshot:
 class SnapshotWriter:
     """Engine side: :meth:`update` copies a :class:`StreamView`'s columns into shared memory.
 
-    A drop-in for :class:`~daemon.outputs.exposition.StreamExporter` in the housekeeping's hands;
-    ``publish_seconds``/``publishes`` add up the CPU it cost the engine's interpreter.
+    A drop-in for :class:`~daemon.outputs.exposition.StreamExporter` in the housekeeping's hands.
     """
 
-    def __init__(self, size: int = 1 << 20, observe: Callable[[str, float], None] | None = None) -> None:
-        """``observe("publish", cpu_s)``, if given, is told the CPU time of each :meth:`update`."""
-        self.observe = observe
+    def __init__(self, size: int = 1 << 20) -> None:
         self.fd = os.memfd_create("lstm-stream-metrics", os.MFD_CLOEXEC)
         self.size = _align(max(size, 2 * HEADER))
         os.ftruncate(self.fd, self.size)
@@ -66,12 +62,9 @@ class SnapshotWriter:
         self._names: list[str] | None = None
         self._gen = 0
         self._names_len = 0
-        self.publish_seconds = 0.0
-        self.publishes = 0
 
     def update(self, view: StreamView) -> None:
         """Publish ``view`` (names only when they differ from the last ones)."""
-        t0 = time.thread_time()
         names = view.names
         rows, nfam = len(names), len(FAMILIES)
         blob = b""
@@ -103,11 +96,6 @@ class SnapshotWriter:
         finally:
             hdr[SEQ] += 1  # even: consistent
             del hdr
-        spent = time.thread_time() - t0
-        self.publish_seconds += spent
-        self.publishes += 1
-        if self.observe is not None:
-            self.observe("publish", spent)
 
     @property
     def nbytes(self) -> int:

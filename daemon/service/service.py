@@ -173,7 +173,6 @@ class Service:
         """The /metrics and /healthz server (not started): the exposition process, or a thread here."""
         h, observe = self.settings.http, self.metrics.observe_exposition
         if isinstance(self.exporter, SnapshotWriter):
-            self.exporter.observe = observe
             return ExpositionProcess(
                 lambda: generate_latest(self.registry),
                 self.exporter,
