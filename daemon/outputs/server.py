@@ -12,11 +12,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
+if TYPE_CHECKING:  # the exposition process imports this module: it needs neither
+    from prometheus_client import CollectorRegistry
 
-from daemon.outputs.exposition import StreamExporter
+    from daemon.outputs.exposition import StreamExporter
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ class MetricsServer:
 
     def scrape(self) -> bytes:
         """The full /metrics body."""
+        from prometheus_client import generate_latest
+
         t0 = time.thread_time()
         body = generate_latest(self.registry)
         if self.exporter is not None:

@@ -30,14 +30,20 @@ def process_memory(pid: int) -> dict[str, float]:
 
 
 def _role(pid: int, root: int) -> str:
-    """engine (the daemon itself), exposition, or receiver (other multiprocessing children)."""
+    """engine (the daemon itself), exposition, resource_tracker (multiprocessing's), receiver
+    (the other spawned children), or the process name."""
     if pid == root:
         return "engine"
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return "gone"
-    return "exposition" if comm == "lstm-stream-exp" else "receiver" if "python" in comm else comm
+    if comm == "lstm-stream-exp":
+        return "exposition"
+    if b"resource_tracker" in cmdline:
+        return "resource_tracker"
+    return "receiver" if b"spawn_main" in cmdline else comm
 
 
 def memory_figures(d: Daemon) -> dict:
