@@ -5,6 +5,7 @@ shared objects), and the engine's own account of its arrays from /metrics."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,4 +65,18 @@ def memory_figures(d: Daemon) -> dict:
         out["engine_parts_mb"] = {
             labels.split('"')[1]: round(v / 2**20, 1) for (_, labels), v in parts.items() if '"' in labels
         }
+    return out
+
+
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) of each process in ``root``'s tree, by role."""
+    out: dict[str, float] = {}
+    for pid in proc_tree(root):
+        role = _role(pid, root)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks = os.sysconf("SC_CLK_TCK")
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return out

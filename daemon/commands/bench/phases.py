@@ -25,7 +25,7 @@ from daemon.commands.bench.common import (
     rss_mb,
     stop_proc,
 )
-from daemon.commands.bench.memory import memory_figures
+from daemon.commands.bench.memory import cpu_by_role, memory_figures
 from daemon.commands.bench.options import BenchError, Options
 from daemon.commands.bench.publishers import Publishers
 from daemon.commands.bench.scrape import (
@@ -263,6 +263,7 @@ def latency_phase(
         text0 = b.scrape()
         h0 = latency_buckets(text0)
         base = settle(b.processed, 0.3)
+        cpu0 = cpu_by_role(b.pid)
         start_profiler(c, b.pid, f"latency-qos{qos}-{n}", o.latency_seconds)
         phase_start = time.time()
         c.pubs.start(prefix, n, total, qos, rate=rate)
@@ -273,6 +274,7 @@ def latency_phase(
             time.sleep(0.5)
             got = b.processed() - base
         phase_s = time.time() - phase_start
+        cpu1 = cpu_by_role(b.pid)
         text1 = b.scrape()
         h1 = latency_buckets(text1)
         stop_profilers(c)
@@ -305,6 +307,12 @@ def latency_phase(
         )
         out["engine_batches"] = d_cnt
         out.update(exposition_figures(text0, text1, phase_s))
+        cpu = {role: round(cpu1[role] - cpu0.get(role, 0.0), 2) for role in cpu1}
+        out["cpu_s_by_process"] = cpu
+        if "exposition" in cpu and out.get("scrape_requests"):
+            out["exposition_process_cpu_ms_per_scrape"] = rnd(
+                1000 * cpu["exposition"] / out["scrape_requests"], 1
+            )
         out["mean_batch_size"] = rnd(d_sum / d_cnt, 1) if d_cnt else None
         window = f"{max(2, int(phase_s) + 1)}s"
         if prom is not None:

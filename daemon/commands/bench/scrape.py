@@ -181,6 +181,6 @@ def exposition_figures(text0: bytes, text1: bytes, seconds: float) -> dict:
         total += cpu if cpu == cpu else 0.0
         if work != "health":
             out[f"engine_cpu_ms_per_{work}"] = round(1000 * cpu / count, 3) if count else None
-            out[f"{work}s"] = count
+            out[f"{work}_requests"] = count  # every GET /metrics: Prometheus's and the bench's
     out["engine_exposition_cpu_share"] = round(total / seconds, 4) if seconds > 0 else None
     return out
