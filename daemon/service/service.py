@@ -5,7 +5,8 @@ the background (a broker that is down only shows in STATUS and /healthz), run th
 SIGTERM/SIGINT, then stop taking messages, drain the queue, write a final checkpoint and exit 0.
 Samples arrive from the receiver process (or paho's thread with ``ingest.receiver = "thread"``); the
 thread that receives them runs the due micro-batches, the engine thread runs what light load leaves,
-housekeeping and the watchdog, under one engine lock; HTTP scrapes are served from a cache.
+housekeeping and the watchdog, under one engine lock; HTTP is served by the exposition process
+(:mod:`daemon.outputs.expo_process`), which renders per-stream series from a shared-memory snapshot.
 
 The jobs live beside this module: :mod:`~daemon.service.restore` (which engine), :mod:`.batches`,
 :mod:`.housekeeping`, :mod:`.checkpoints`, :mod:`.tuning` and :mod:`.homeassistant`; this class
@@ -89,9 +90,10 @@ class Service:
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
         # per-stream series rendered by a child process from a shared-memory snapshot, or here
-        self.expo_process = settings.http.exposition == "process" and settings.http.per_stream != "none"
+        h = settings.http
+        in_child = h.exposition == "process" and h.per_stream != "none"
         self.exporter: SnapshotWriter | StreamExporter = (
-            SnapshotWriter() if self.expo_process else StreamExporter(settings.http.per_stream)
+            SnapshotWriter() if in_child else StreamExporter(h.per_stream)
         )
         self.finetuner = Finetuner(
             self.state_dir / "finetune", settings.finetune.mode, settings.finetune.nice
