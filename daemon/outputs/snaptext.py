@@ -64,9 +64,9 @@ class SnapshotText:
         self._prefixes: list[list[str]] = []  # per family, per row: 'name{stream="..."} '
         self._labels: dict[str, str] = {}  # stream name -> escaped label set, across name changes
         self._bits: list[bytes] = [b""] * len(FAMILIES)  # per family: the column it was made from
-        self._text: list[str] = [""] * len(FAMILIES)
+        self._text: list[bytes] = [b""] * len(FAMILIES)  # per family: header and lines, UTF-8
+        self._shown: list[bytes] = []  # the families of the last snapshot (joined per request)
         self._seq = -1
-        self._body = b""
         self._lock = threading.Lock()
         self.families_rendered = 0  # families formatted so far (those unchanged are reused)
 
@@ -76,23 +76,19 @@ class SnapshotText:
             return b""
         with self._lock:
             if snap.seq != self._seq:
-                self._body = self._render(snap).encode("utf-8", "replace")
+                self._shown = self._render(snap)
                 self._seq = snap.seq
-            return self._body
+            return b"".join(self._shown)  # one copy per request instead of a second one kept
 
-    def _render(self, snap: Snapshot) -> str:
+    def _render(self, snap: Snapshot) -> list[bytes]:
         if snap.names is not self._names:
             self._relabel(snap.names)
         rows = self._rows(snap)
         if not snap.names or (rows is not None and not len(rows)):
-            return ""
-        parts: list[str] = []
-        for k, (name, typ, help_text, _) in enumerate(FAMILIES):
-            parts.append(family_header(name, typ, help_text))
-            parts.append(self._family(k, snap, rows))
-        return "".join(parts)
+            return []
+        return [self._family(k, snap, rows) for k in range(len(FAMILIES))]
 
-    def _family(self, k: int, snap: Snapshot, rows: np.ndarray | None) -> str:
+    def _family(self, k: int, snap: Snapshot, rows: np.ndarray | None) -> bytes:
         """Family ``k``'s sample lines; reused when its column (and the rows shown) are unchanged."""
         col = snap.cols[k]
         prefixes = self._prefixes[k]
@@ -102,7 +98,9 @@ class SnapshotText:
         bits = col.tobytes() + (rows.tobytes() if rows is not None else b"")
         if bits != self._bits[k]:
             values = fast_values(col, snap.kinds[k] == INT)
-            self._text[k] = "\n".join(map(operator.add, prefixes, values)) + "\n"
+            name, typ, help_text, _ = FAMILIES[k]
+            text = family_header(name, typ, help_text) + "\n".join(map(operator.add, prefixes, values)) + "\n"
+            self._text[k] = text.encode("utf-8", "replace")
             self._bits[k] = bits
             self.families_rendered += 1
         return self._text[k]
