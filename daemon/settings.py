@@ -324,6 +324,10 @@ class HttpSettings(_Section):
     bind: str = Field("127.0.0.1", min_length=1)
     port: int = Field(9464, ge=0, le=65535, description="0 = any free port (tests)")
     per_stream: Literal["all", "anomalous", "none"] = "all"
+    exposition: Literal["process", "thread"] = Field(
+        "process",
+        description="render per-stream series in a child process (own GIL) or in the daemon's HTTP thread",
+    )
 
 
 def _default_state_directory() -> Path:

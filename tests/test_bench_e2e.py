@@ -68,6 +68,12 @@ def test_bench_e2e_smoke(tmp_path) -> None:
         assert cell["daemon_msgs_per_s"] > 0 and cell["bare_subscriber_msgs_per_s"] > 0
         assert cell["latency_phase"]["observed"] > 0
         assert cell["rss_mb"] > 0
+        lat = cell["latency_phase"]  # what /metrics cost the engine, from its own counters
+        assert lat["engine_cpu_ms_per_scrape"] > 0 and lat["scrape_requests"] > 0, (qos, lat)
+        assert "exposition" in lat["cpu_s_by_process"], lat
+        memory = cell["latency_daemon_memory"]
+        assert {"engine", "receiver", "exposition"} <= memory["processes"].keys(), memory
+        assert memory["engine_parts_mb"]["state"] > 0, memory
     assert result["lost_total"] == 0
     assert result["daemon_msgs_per_s"] == result["by_qos"]["1"]["20"]["daemon_msgs_per_s"]
     assert result["notes"]

@@ -152,13 +152,17 @@ def test_a_backlog_larger_than_the_queue_waits_for_room_and_loses_nothing(broker
     pub.close()
 
 
-def _children(pid: int, marker: str = "spawn_main") -> list[int]:
+def _children(pid: int, marker: str = "spawn_main", exposition: bool = False) -> list[int]:
     """Child processes of ``pid`` whose command line contains ``marker`` (default: multiprocessing
-    children, i.e. the receiver, not multiprocessing's resource tracker)."""
+    children, i.e. the receiver, not multiprocessing's resource tracker); the exposition process
+    (named ``lstm-stream-exp``) only with ``exposition``."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            if marker in Path(f"/proc/{child}/cmdline").read_text():
+            if marker not in Path(f"/proc/{child}/cmdline").read_text():
+                continue
+            is_expo = Path(f"/proc/{child}/comm").read_text().strip() == "lstm-stream-exp"
+            if is_expo == exposition:
                 found.append(int(child))
     return found
 
@@ -171,7 +175,7 @@ def test_sigterm_to_the_whole_group_as_systemd_sends_it_still_drains(broker, dae
     d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= 1)
     receivers = _children(d.proc.pid)
     assert receivers, "the receiver process is a child of the daemon"
-    for pid in [d.proc.pid, *receivers]:
+    for pid in [d.proc.pid, *receivers, *_children(d.proc.pid, exposition=True)]:
         os.kill(pid, signal.SIGTERM)
     assert d.stop(timeout=60) == 0
     log = d.log()

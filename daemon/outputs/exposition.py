@@ -14,37 +14,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daemon.outputs.metrics import (
-    ANOMALIES_TOTAL,
-    ANOMALY,
-    ANOMALY_SCORE,
-    FORECAST,
-    FORECAST_NEXT,
-    LAST_SEEN,
-    VALUE,
+from daemon.outputs.families import (
+    ANOMALOUS_SCORE,
+    FAMILIES,
+    PER_STREAM_MODES,
+    escape_label_value,
+    family_header,
 )
 
 if TYPE_CHECKING:
     from lstm_stream.engine import StreamView
 
-PER_STREAM_MODES = ("all", "anomalous", "none")
-ANOMALOUS_SCORE = 0.5  # mode "anomalous" also exports streams scoring at least this
-
-_FAMILIES = (
-    # (name, type, help, StreamView attribute)
-    (VALUE, "gauge", "Last accepted value of the stream.", "value"),
-    (FORECAST, "gauge", "What was forecast for the last value (NaN before the second sample).", "forecast"),
-    (FORECAST_NEXT, "gauge", "Forecast of the stream's next value.", "next_forecast"),
-    (ANOMALY_SCORE, "gauge", "Last anomaly score of the stream, 0-1.", "score"),
-    (ANOMALY, "gauge", "1 while the stream is inside an anomalous condition, else 0.", "in_anomaly"),
-    (ANOMALIES_TOTAL, "counter", "Anomaly flags raised for the stream.", "anomalies"),
-    (LAST_SEEN, "gauge", "When the stream was last seen, in Unix seconds.", "last_seen"),
-)
-
-
-def escape_label_value(value: str) -> str:
-    """A label value escaped for the text format: backslash, double quote and newline."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+__all__ = ["ANOMALOUS_SCORE", "PER_STREAM_MODES", "StreamExporter", "escape_label_value", "format_values"]
 
 
 RENDER_CHUNK = 512  # streams formatted per GIL hold while rendering /metrics (about 0.5 ms)
@@ -92,6 +73,11 @@ class StreamExporter:
     def cached_labels(self) -> int:
         """Label strings held in the per-name cache (bounded by about twice the streams shown)."""
         return len(self._labels)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cached exposition text (the label cache adds about as much again)."""
+        return len(self._cache[2])
 
     def update(self, view: StreamView) -> None:
         """Make ``view`` the one to export (cheap: keeps the reference; the view must not change)."""
@@ -145,11 +131,11 @@ class StreamExporter:
         labels = self._label_strings(names)
         parts: list[str] = []
         add = operator.add
-        for name, typ, help_text, attr in _FAMILIES:
+        for name, typ, help_text, attr in FAMILIES:
             a = np.asarray(getattr(view, attr))
             if idx is not None:
                 a = a[idx]
-            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {typ}\n")
+            parts.append(family_header(name, typ, help_text))
             sep = "\n" + name
             for lo in range(0, len(labels), RENDER_CHUNK):
                 hi = lo + RENDER_CHUNK

@@ -25,6 +25,15 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from daemon.outputs.families import (  # noqa: F401 - re-exported: dashboards and tests use m.VALUE
+    ANOMALIES_TOTAL,
+    ANOMALY,
+    ANOMALY_SCORE,
+    FORECAST,
+    FORECAST_NEXT,
+    LAST_SEEN,
+    VALUE,
+)
 from daemon.outputs.histogram import BulkHistogram
 from daemon.rejects import REASONS as PAYLOAD_REJECT_REASONS
 from lstm_stream import scoring
@@ -32,14 +41,7 @@ from lstm_stream.engine import REJECTS
 
 PREFIX = "lstm_stream_"
 
-# --- per stream (label ``stream``), rendered by StreamExporter -----------------------------------
-VALUE = "lstm_stream_value"
-FORECAST = "lstm_stream_forecast"
-FORECAST_NEXT = "lstm_stream_forecast_next"
-ANOMALY_SCORE = "lstm_stream_anomaly_score"
-ANOMALY = "lstm_stream_anomaly"
-ANOMALIES_TOTAL = "lstm_stream_anomalies_total"
-LAST_SEEN = "lstm_stream_last_seen_timestamp_seconds"
+# --- per stream (label ``stream``): VALUE, FORECAST, ... come from daemon.outputs.families ---------
 
 # --- process -------------------------------------------------------------------------------------
 MESSAGES_RECEIVED = "lstm_stream_messages_received_total"
@@ -75,6 +77,10 @@ WAL_BYTES = "lstm_stream_wal_written_bytes_total"
 WAL_SYNCS = "lstm_stream_wal_syncs_total"
 WAL_FAILURES = "lstm_stream_wal_failures_total"
 BUILD_INFO = "lstm_stream_build_info"
+EXPOSITION_CPU = "lstm_stream_exposition_engine_cpu_seconds_total"
+EXPOSITION_REQUESTS = "lstm_stream_exposition_requests_total"
+EXPOSITION_RESTARTS = "lstm_stream_exposition_restarts_total"
+MEMORY = "lstm_stream_memory_bytes"
 
 # --- label values known in advance (pre-created so every series exists, at 0, from the start) ---
 MESSAGE_REJECT_REASONS: tuple[str, ...] = PAYLOAD_REJECT_REASONS
@@ -83,6 +89,8 @@ FLAG_REASONS: tuple[str, ...] = tuple(r for r in scoring.REASONS if r)
 EVICTION_CAUSES = ("capacity", "idle")
 FINETUNE_OUTCOMES = ("accepted", "rejected", "diverged", "failed", "insufficient_data")
 VALIDATION_MODELS = ("candidate", "live")
+MEMORY_PARTS = ("state", "history", "exposition")  # what the engine's process accounts for itself
+EXPOSITION_WORK = ("scrape", "health", "publish")  # what the engine's process does for /metrics
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -173,6 +181,15 @@ class IngestObservations(_Observer):
     def receiver_restarted(self) -> None:
         self.receiver_restarts.inc()
 
+    def observe_exposition(self, work: str, cpu_s: float) -> None:
+        """The engine's process spent ``cpu_s`` of its interpreter's CPU on ``work`` for /metrics:
+        answering a scrape or a health check, or publishing the per-stream snapshot."""
+        self._add(self._expo_requests, self.exposition_requests, {work: 1})
+        self._expo_cpu[work].inc(max(0.0, cpu_s))
+
+    def exposition_restarted(self) -> None:
+        self.exposition_restarts.inc()
+
     def observe_wal(self, written: int, syncs: int, failures: int) -> None:
         """Log bytes written, fsyncs and failed writes or fsyncs since the last call."""
         if written:
@@ -211,6 +228,11 @@ class EngineObservations(_Observer):
             self._add(self._flags, self.anomalies_flagged, flags)
         if latencies is not None:
             self.ingest_latency.observe_many(latencies)
+
+    def observe_memory(self, parts: Mapping[str, int]) -> None:
+        """Bytes held by the engine's per-stream state, history buffers and the exposition's cache."""
+        for part, n in parts.items():
+            self.memory.labels(part).set(n)
 
     def observe_streams(self, tracked: int, evicted: int = 0, expired: int = 0) -> None:
         """Streams tracked now; evicted for capacity and expired as idle since the last call."""
@@ -374,6 +396,27 @@ class Metrics(IngestObservations, EngineObservations, ModelObservations):
             "Write-ahead log writes or fsyncs that failed (nothing acked meanwhile).",
             registry=r,
         )
+        self.exposition_cpu = Counter(
+            EXPOSITION_CPU,
+            "CPU seconds the engine's process spent on /metrics, by work (scrape, health, publish).",
+            ["work"],
+            registry=r,
+        )
+        self.exposition_requests = Counter(
+            EXPOSITION_REQUESTS,
+            "Scrapes, health checks and snapshot publications, by work.",
+            ["work"],
+            registry=r,
+        )
+        self.exposition_restarts = Counter(
+            EXPOSITION_RESTARTS, "Exposition processes restarted after dying.", registry=r
+        )
+        self.memory = Gauge(
+            MEMORY,
+            "Bytes held by the engine's per-stream state and history arrays and the exposition cache.",
+            ["part"],
+            registry=r,
+        )
         self.engine_progress_timestamp = Gauge(
             ENGINE_PROGRESS, "When the engine loop last completed an iteration.", registry=r
         )
@@ -387,6 +430,10 @@ class Metrics(IngestObservations, EngineObservations, ModelObservations):
         self._flags = {k: self.anomalies_flagged.labels(k) for k in FLAG_REASONS}
         self._evicted = {k: self.streams_evicted.labels(k) for k in EVICTION_CAUSES}
         self._finetunes = {k: self.finetune_runs.labels(k) for k in FINETUNE_OUTCOMES}
+        for part in MEMORY_PARTS:
+            self.memory.labels(part)
+        self._expo_cpu = {k: self.exposition_cpu.labels(k) for k in EXPOSITION_WORK}
+        self._expo_requests = {k: self.exposition_requests.labels(k) for k in EXPOSITION_WORK}
         for model in VALIDATION_MODELS:
             self.finetune_validation_loss.labels(model).set(math.nan)  # no fine-tune yet
         self.set_build_info(version=version, model_arch=model_arch, hidden=hidden, layers=layers)

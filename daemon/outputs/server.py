@@ -10,11 +10,14 @@ import http.server
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
+if TYPE_CHECKING:  # the exposition process imports this module: it needs neither
+    from prometheus_client import CollectorRegistry
 
-from daemon.outputs.exposition import StreamExporter
+    from daemon.outputs.exposition import StreamExporter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         owner = self.server.owner
         if path == "/metrics":
-            status, body = 200, owner.scrape()
+            try:
+                status, body = 200, owner.scrape()
+            except Exception as exc:  # noqa: BLE001 - the engine's process did not answer: say so
+                status, body = 503, f"metrics unavailable: {exc}\n".encode("utf-8", "replace")
         elif path == "/healthz":
             status, body = owner.health()
         else:
@@ -63,7 +69,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
-    owner: MetricsServer
+    owner: ServerOwner
     max_threads = MAX_THREADS
 
     def server_activate(self) -> None:
@@ -93,6 +99,49 @@ class _Server(http.server.ThreadingHTTPServer):
             self._slots.release()
 
 
+class ServerOwner(Protocol):
+    """What the handler asks: the /metrics body and the /healthz answer."""
+
+    def scrape(self) -> bytes: ...
+
+    def health(self) -> tuple[int, bytes]: ...
+
+
+def listening_socket(bind: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``bind``:``port`` (IPv6 when ``bind`` has a colon; 0 = a free port)."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    return socket.create_server((bind, port), family=family, backlog=64)
+
+
+def serve_socket(sock: socket.socket, owner: ServerOwner) -> _Server:
+    """An HTTP server (not yet serving) around an already listening ``sock``, answering for ``owner``."""
+    server_class = _Server
+    if sock.family == socket.AF_INET6:
+        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+    server = server_class(sock.getsockname()[:2], _Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    server.server_address = sock.getsockname()
+    server._slots = threading.BoundedSemaphore(server.max_threads)
+    server.refused = 0
+    server.owner = owner
+    return server
+
+
+def health_response(check: HealthCheck | None) -> tuple[int, bytes]:
+    """Status and body of /healthz from ``check``: 200 ``ok``, else 503 and why (a check that raises
+    is an unhealthy service, not a crashed server)."""
+    if check is None:
+        return 200, b"ok\n"
+    try:
+        ok, detail = check()
+    except Exception as exc:  # noqa: BLE001
+        ok, detail = False, f"health check failed: {exc!r}"
+    if ok:
+        return 200, b"ok\n"
+    return 503, (detail.rstrip("\n") + "\n").encode("utf-8", "replace")
+
+
 class MetricsServer:
     """``GET /metrics`` (registry + per-stream text) and ``GET /healthz`` on a daemon thread.
 
@@ -107,8 +156,12 @@ class MetricsServer:
         health: HealthCheck | None = None,
         bind: str = "127.0.0.1",
         port: int = 0,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``observe(work, cpu_s)``, if given, is told the CPU time of each scrape (``work`` =
+        ``scrape``): rendering here holds the engine's interpreter."""
         self.registry = registry
+        self._observe = observe
         self.exporter = exporter
         self._health = health
         server_class = _Server
@@ -150,19 +203,16 @@ class MetricsServer:
 
     def scrape(self) -> bytes:
         """The full /metrics body."""
+        from prometheus_client import generate_latest
+
+        t0 = time.thread_time()
         body = generate_latest(self.registry)
         if self.exporter is not None:
             body += self.exporter.render()
+        if self._observe is not None:
+            self._observe("scrape", time.thread_time() - t0)
         return body
 
     def health(self) -> tuple[int, bytes]:
         """Status and body of /healthz."""
-        if self._health is None:
-            return 200, b"ok\n"
-        try:
-            ok, detail = self._health()
-        except Exception as exc:  # a broken check is an unhealthy service, not a crashed server
-            ok, detail = False, f"health check failed: {exc!r}"
-        if ok:
-            return 200, b"ok\n"
-        return 503, (detail.rstrip("\n") + "\n").encode("utf-8", "replace")
+        return health_response(self._health)

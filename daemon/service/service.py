@@ -5,7 +5,8 @@ the background (a broker that is down only shows in STATUS and /healthz), run th
 SIGTERM/SIGINT, then stop taking messages, drain the queue, write a final checkpoint and exit 0.
 Samples arrive from the receiver process (or paho's thread with ``ingest.receiver = "thread"``); the
 thread that receives them runs the due micro-batches, the engine thread runs what light load leaves,
-housekeeping and the watchdog, under one engine lock; HTTP scrapes are served from a cache.
+housekeeping and the watchdog, under one engine lock; HTTP is served by the exposition process
+(:mod:`daemon.outputs.expo_process`), which renders per-stream series from a shared-memory snapshot.
 
 The jobs live beside this module: :mod:`~daemon.service.restore` (which engine), :mod:`.batches`,
 :mod:`.housekeeping`, :mod:`.checkpoints`, :mod:`.tuning` and :mod:`.homeassistant`; this class
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
@@ -33,9 +34,11 @@ from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ingest.receiver import ReceiverProcess
 from daemon.outputs.discovery import HomeAssistantDiscovery
 from daemon.outputs.events import EventPublisher
+from daemon.outputs.expo_process import ExpositionProcess
 from daemon.outputs.exposition import StreamExporter
 from daemon.outputs.metrics import Metrics
 from daemon.outputs.server import MetricsServer
+from daemon.outputs.snapshot import SnapshotWriter
 from daemon.ratelog import RateLimitedLogger
 from daemon.service import notify
 from daemon.service.batches import Batches
@@ -95,7 +98,12 @@ class Service:
         )
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
-        self.exporter = StreamExporter(settings.http.per_stream)
+        # per-stream series rendered by a child process from a shared-memory snapshot, or here
+        h = settings.http
+        in_child = h.exposition == "process" and h.per_stream != "none"
+        self.exporter: SnapshotWriter | StreamExporter = (
+            SnapshotWriter() if in_child else StreamExporter(h.per_stream)
+        )
         self.finetuner = Finetuner(
             self.state_dir / "finetune", settings.finetune.mode, settings.finetune.nice
         )
@@ -106,7 +114,7 @@ class Service:
         self.source: NatsSource | None = None  # receives, with ingest.source = "nats"
         self.positions: Positions | None = None  # the NATS partitions' applied sequences
         self.ownership: LeaseOwnership | None = None  # with nats.ownership = "lease"
-        self.http: MetricsServer | None = None
+        self.http: MetricsServer | ExpositionProcess | None = None
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
         # the jobs, built at start once the engine exists
         self.batches: Batches | None = None
@@ -150,7 +158,7 @@ class Service:
         log.info("engine: %s", origin)
         self._build_jobs()
         self.batches.applied = next_index
-        self.http = MetricsServer(self.registry, self.exporter, self.health, s.http.bind, s.http.port).start()
+        self.http = self._make_http().start()
         log.info("serving /metrics and /healthz on http://%s:%d", s.http.bind, self.http.port)
         now = time.monotonic()
         self.checkpoints.schedule(now)
@@ -210,6 +218,26 @@ class Service:
         self.ownership = LeaseOwnership(s, source, self.engine, self.batches, self.positions)
         self.ownership.start()
         return source
+
+    def _make_http(self) -> MetricsServer | ExpositionProcess:
+        """The /metrics and /healthz server (not started): the exposition process, or a thread here."""
+        h, observe = self.settings.http, self.metrics.observe_exposition
+        if isinstance(self.exporter, SnapshotWriter):
+            return ExpositionProcess(
+                lambda: generate_latest(self.registry),
+                self.exporter,
+                self.health,
+                h.bind,
+                h.port,
+                h.per_stream,
+                observe=observe,
+            )
+        return MetricsServer(self.registry, self.exporter, self.health, h.bind, h.port, observe=observe)
+
+    def _check_exposition(self) -> None:
+        """Main thread, every second: an exposition process that died is restarted (and counted)."""
+        if isinstance(self.http, ExpositionProcess) and not self.stop_event.is_set() and self.http.check():
+            self.metrics.exposition_restarted()
 
     def _make_receiver(self, next_index: int) -> ReceiverProcess:
         """A receiver process (not started) that logs from ``next_index`` on, if the log is on."""
@@ -314,6 +342,7 @@ class Service:
                 log.error("engine loop died: %s", self._loop_error)
                 self.stop_event.set()
             self._check_receiver()
+            self._check_exposition()
         ok = self.shutdown()
         return 1 if self._loop_error or not ok else 0
 

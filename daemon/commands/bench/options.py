@@ -24,6 +24,9 @@ class Options:
     wal: bool = True  # the daemons' write-ahead log (state.wal)
     finetune: str = "off"
     prometheus: bool = True
+    # how the latency daemon serves /metrics (http.exposition); the first is the headline, the others
+    # run the same latency phase in the same run, on daemons of their own, for comparison
+    exposition: tuple[str, ...] = ("process",)
     drain: bool = True  # also measure both consumers draining a backlog (no publisher competing)
     poll_s: float = 0.2
     stall_s: float = 5.0
@@ -66,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="e2e: about a minute (20k messages, 1 round, no drain runs, the bench scrapes)",
     )
+    g.add_argument(
+        "--exposition",
+        default=None,
+        help="e2e: the latency daemon's http.exposition, comma-separated to compare in one run "
+        "(process, thread; default process)",
+    )
     g.add_argument("--no-prometheus", action="store_true", help="e2e: the bench scrapes, not Prometheus")
     g.add_argument("--no-drain", action="store_true", help="e2e: skip the backlog-drain runs")
     g.add_argument("--profile-dir", help="e2e: py-spy the daemons into this folder (needs py-spy)")
@@ -103,6 +112,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
     pick("protocol", "protocol")
     pick("timeout", "timeout_s")
     pick("profile_dir", "profile_dir", Path)
+    pick("exposition", "exposition", lambda v: tuple(s.strip() for s in str(v).split(",") if s.strip()))
+    if set(o.exposition) - {"process", "thread"} or not o.exposition:
+        raise BenchError(f"--exposition takes process and/or thread, not {args.exposition!r}")
     if getattr(args, "wal", None) is not None:
         o.wal = args.wal == "on"
     if getattr(args, "no_prometheus", False):

@@ -25,12 +25,14 @@ from daemon.commands.bench.common import (
     rss_mb,
     stop_proc,
 )
+from daemon.commands.bench.memory import cpu_by_role, memory_figures
 from daemon.commands.bench.options import BenchError, Options
 from daemon.commands.bench.publishers import Publishers
 from daemon.commands.bench.scrape import (
     Prometheus,
     Scraper,
     bucket_of,
+    exposition_figures,
     find_prometheus,
     histogram_quantile,
     latency_buckets,
@@ -231,7 +233,13 @@ def stop_profilers(c: Ctx) -> None:
 
 
 def latency_phase(
-    c: Ctx, b: Daemon, n: int, qos: int, rate: float, bare: BareSubscriber | None = None
+    c: Ctx,
+    b: Daemon,
+    n: int,
+    qos: int,
+    rate: float,
+    bare: BareSubscriber | None = None,
+    prefix: str = "lat/s",
 ) -> dict:
     c.check_time()
     o = c.opts
@@ -244,7 +252,7 @@ def latency_phase(
     try:
         if exe is not None:  # started first: it applies its targets only about 5 s after start
             prom = Prometheus(exe, c.workdir, f"127.0.0.1:{b.http_port}")
-        warm_up(c, b.processed, "lat/s", n, qos)
+        warm_up(c, b.processed, prefix, n, qos)
         if prom is not None:
             if not prom.wait_scraping():
                 c.notes.append("Prometheus did not scrape within 30 s of starting")
@@ -255,9 +263,10 @@ def latency_phase(
         text0 = b.scrape()
         h0 = latency_buckets(text0)
         base = settle(b.processed, 0.3)
+        cpu0 = cpu_by_role(b.pid)
         start_profiler(c, b.pid, f"latency-qos{qos}-{n}", o.latency_seconds)
         phase_start = time.time()
-        c.pubs.start("lat/s", n, total, qos, rate=rate)
+        c.pubs.start(prefix, n, total, qos, rate=rate)
         pub = c.pubs.results(o.latency_seconds * 3 + 60)
         deadline = time.monotonic() + 30 + o.stall_s
         got = b.processed() - base
@@ -265,6 +274,7 @@ def latency_phase(
             time.sleep(0.5)
             got = b.processed() - base
         phase_s = time.time() - phase_start
+        cpu1 = cpu_by_role(b.pid)
         text1 = b.scrape()
         h1 = latency_buckets(text1)
         stop_profilers(c)
@@ -296,6 +306,13 @@ def latency_phase(
             (BATCH_METRIC + "_count", ""), 0.0
         )
         out["engine_batches"] = d_cnt
+        out.update(exposition_figures(text0, text1, phase_s))
+        cpu = {role: round(cpu1[role] - cpu0.get(role, 0.0), 2) for role in cpu1}
+        out["cpu_s_by_process"] = cpu
+        if "exposition" in cpu and out.get("scrape_requests"):
+            out["exposition_process_cpu_ms_per_scrape"] = rnd(
+                1000 * cpu["exposition"] / out["scrape_requests"], 1
+            )
         out["mean_batch_size"] = rnd(d_sum / d_cnt, 1) if d_cnt else None
         window = f"{max(2, int(phase_s) + 1)}s"
         if prom is not None:
@@ -325,6 +342,11 @@ def latency_phase(
             scraper.stop()
         if prom is not None:
             prom.stop()
+
+
+def latency_prefix(i: int) -> str:
+    """Topics of the ``i``-th latency daemon (each its own, so only one daemon works per phase)."""
+    return "lat/s" if i == 0 else f"lat{i}/s"
 
 
 def bare_latency(c: Ctx, bare: BareSubscriber, n: int, qos: int, rate: float, total: int) -> dict:
@@ -396,25 +418,30 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         protocol=o.protocol,
         wal=o.wal,
     )
-    b = Daemon(
-        c.workdir,
-        f"B-qos{qos}",
-        c.broker,
-        prefix="lat/s",
-        qos=qos,
-        per_stream="all",
-        max_streams=max_streams,
-        protocol=o.protocol,
-        finetune=o.finetune,
-        wal=o.wal,
-    )
+    lat_daemons = [
+        Daemon(
+            c.workdir,
+            f"B-qos{qos}-{mode}",
+            c.broker,
+            prefix=latency_prefix(i),
+            qos=qos,
+            per_stream="all",
+            max_streams=max_streams,
+            protocol=o.protocol,
+            finetune=o.finetune,
+            wal=o.wal,
+            exposition=mode,
+        )
+        for i, mode in enumerate(o.exposition)
+    ]
+    b = lat_daemons[0]
     bare: BareSubscriber | None = None
     cells: dict[str, dict] = {}
     try:
-        a.start()
-        b.start()
-        a.wait_healthy()
-        b.wait_healthy()
+        for d in (a, *lat_daemons):
+            d.start()
+        for d in (a, *lat_daemons):
+            d.wait_healthy()
         bare = BareSubscriber(c.mpctx, c.broker, qos, o.protocol, "bare/s")
         time.sleep(0.5)  # SUBACKs
         for n in sorted(o.streams):
@@ -518,6 +545,13 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
             cell["bare_p99_latency_ms"] = lat.get("bare_p99_ms")  # the same publishing, bare subscriber
             cell["latency_phase"] = lat
             cell["latency_daemon_rss_mb"] = rss_mb(b.pid)
+            cell["latency_daemon_memory"] = memory_figures(b)
+            for i, other in enumerate(lat_daemons[1:], 1):
+                mode = o.exposition[i]
+                c.log(f"qos {qos}, {n} streams: latency phase, exposition {mode}, at {drate / 2:.0f} msgs/s")
+                rate = drate / 2 if drate == drate else 1000.0
+                cell[f"latency_phase_{mode}"] = latency_phase(c, other, n, qos, rate, None, latency_prefix(i))
+                cell[f"latency_phase_{mode}"]["rss_mb"] = rss_mb(other.pid)
             tries = 1 if o.rounds == 1 else 3
             cell["scrape_s_per_stream_all"] = rnd(scrape_cost(b, tries), 4)
             cell["scrape_s_per_stream_none"] = rnd(scrape_cost(a, tries), 4)
@@ -527,8 +561,8 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         stop_profilers(c)
         if bare is not None:
             bare.close()
-        for d in (a, b):  # both at once: each writes a checkpoint on SIGTERM
+        for d in (a, *lat_daemons):  # all at once: each writes a checkpoint on SIGTERM
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.terminate()
-        for d in (a, b):
+        for d in (a, *lat_daemons):
             d.stop()

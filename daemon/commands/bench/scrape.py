@@ -158,3 +158,29 @@ class Scraper(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(10)
+
+
+EXPOSITION_CPU = "lstm_stream_exposition_engine_cpu_seconds_total"
+EXPOSITION_REQUESTS = "lstm_stream_exposition_requests_total"
+
+
+def exposition_figures(text0: bytes, text1: bytes, seconds: float) -> dict:
+    """What /metrics cost the engine's process between two scrapes: CPU ms per scrape and per
+    snapshot publication, how many of each, and the share of one core over ``seconds``."""
+    names = [EXPOSITION_CPU, EXPOSITION_REQUESTS]
+    before, after = parse_samples(text0, names), parse_samples(text1, names)
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    out: dict[str, float | None] = {}
+    total = 0.0
+    for work in ("scrape", "publish", "health"):
+        label = f'{{work="{work}"}}'
+        cpu, count = (
+            delta.get((EXPOSITION_CPU, label), math.nan),
+            delta.get((EXPOSITION_REQUESTS, label), 0.0),
+        )
+        total += cpu if cpu == cpu else 0.0
+        if work != "health":
+            out[f"engine_cpu_ms_per_{work}"] = round(1000 * cpu / count, 3) if count else None
+            out[f"{work}_requests"] = count  # every GET /metrics: Prometheus's and the bench's
+    out["engine_exposition_cpu_share"] = round(total / seconds, 4) if seconds > 0 else None
+    return out

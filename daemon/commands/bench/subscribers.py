@@ -44,9 +44,10 @@ class Daemon:
         protocol: str,
         finetune: str = "off",
         wal: bool = True,
+        exposition: str = "process",
     ) -> None:
         """``finetune``: "off", or the mode ("thread" / "process") to fine-tune in, back to back;
-        ``wal``: the write-ahead log (``state.wal``)."""
+        ``wal``: the write-ahead log (``state.wal``); ``exposition``: ``http.exposition``."""
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir()
@@ -66,7 +67,12 @@ class Daemon:
                         "clean_start": True,
                         "session_expiry_s": 0,
                     },
-                    "http": {"bind": "127.0.0.1", "port": self.http_port, "per_stream": per_stream},
+                    "http": {
+                        "bind": "127.0.0.1",
+                        "port": self.http_port,
+                        "per_stream": per_stream,
+                        "exposition": exposition,
+                    },
                     "state": {
                         "directory": str(self.dir / "state"),
                         "checkpoint_interval_s": 86400.0,
