@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
+from . import calibration
 from .config import ScoringConfig
 from .state import Column
 
@@ -54,6 +55,7 @@ COLUMNS = {
     "step_n": Column((), np.int64),
     "flat_run": Column((), np.int64),
     "flat_longest": Column((), np.int64),
+    **calibration.COLUMNS,
 }
 
 
@@ -142,6 +144,8 @@ def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig
         return np.zeros(len(slots), dtype=bool)
     span = hi - lo
     margin = cfg.range_margin * span
+    if cfg.range_steps:  # a record must also beat the old one by more than the stream's typical step
+        margin = np.maximum(margin, cfg.range_steps * cols["step_mad"][slots])
     with np.errstate(invalid="ignore"):
         return (span > 0) & ((x > hi + margin) | (x < lo - margin))
 
@@ -207,7 +211,10 @@ def score(
             z_season = _horizon(cols, slots, s_err, ok, cfg.seasonal_window, "sr_", cfg)
             by_season = z_season > z
             z = np.maximum(z, z_season)
-    lik = tail_score(z)
+    if cfg.tail_memory:
+        lik = calibration.calibrated_score(cols, slots, z, has_forecast, cfg.tail_memory)
+    else:
+        lik = tail_score(z)
     # a young stream is still exploring its range: its new records say little
     out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
     flat = _flatline_rule(cols, slots, x, cfg)
