@@ -87,7 +87,7 @@ class ScoringConfig(_Strict):
         10, ge=1, description="EW span of the error vs the value one period ago (false or 0 = off)"
     )
     long_winsor: Annotated[float | None, OffOrZero] = Field(
-        5.0, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
+        None, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
     )
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
     tail_memory: Annotated[int | None, OffOrZero] = Field(
