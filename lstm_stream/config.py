@@ -90,9 +90,6 @@ class ScoringConfig(_Strict):
         None, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
     )
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
-    tail_memory: Annotated[int | None, OffOrZero] = Field(
-        None, ge=10, description="memory (samples) of each stream's learnt score tail (0 = Gaussian)"
-    )
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
     range_margin: Annotated[float | None, OffOnly] = Field(

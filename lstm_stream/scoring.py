@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
-from . import calibration
 from .config import ScoringConfig
 from .state import Column
 
@@ -55,7 +54,6 @@ COLUMNS = {
     "step_n": Column((), np.int64),
     "flat_run": Column((), np.int64),
     "flat_longest": Column((), np.int64),
-    **calibration.COLUMNS,
 }
 
 
@@ -211,10 +209,7 @@ def score(
             z_season = _horizon(cols, slots, s_err, ok, cfg.seasonal_window, "sr_", cfg)
             by_season = z_season > z
             z = np.maximum(z, z_season)
-    if cfg.tail_memory:
-        lik = calibration.calibrated_score(cols, slots, z, has_forecast, cfg.tail_memory)
-    else:
-        lik = tail_score(z)
+    lik = tail_score(z)
     # a young stream is still exploring its range: its new records say little
     out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
     flat = _flatline_rule(cols, slots, x, cfg)
