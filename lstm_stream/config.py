@@ -79,7 +79,7 @@ class ScoringConfig(_Strict):
     """Residual -> likelihood score in [0, 1] -> flag; plus range and flat-line rules."""
 
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="one global flag threshold")
-    short_window: int = Field(5, ge=1, description="samples averaged into the recent error (EW span)")
+    short_window: int = Field(10, ge=1, description="samples averaged into the recent error (EW span)")
     mid_window: Annotated[int | None, OffOrZero] = Field(
         None, ge=2, description="a second, longer average for sustained error (false or 0 = off)"
     )
@@ -87,7 +87,7 @@ class ScoringConfig(_Strict):
         10, ge=1, description="EW span of the error vs the value one period ago (false or 0 = off)"
     )
     long_winsor: Annotated[float | None, OffOrZero] = Field(
-        5.0, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
+        None, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
     )
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
@@ -95,8 +95,11 @@ class ScoringConfig(_Strict):
     range_margin: Annotated[float | None, OffOnly] = Field(
         0.01, ge=0.0, description="flag values beyond the seen range by this fraction of it (false = off)"
     )
+    range_steps: Annotated[float | None, OffOrZero] = Field(
+        0.5, ge=0.0, description="a record must also exceed the old one by this many typical steps (0 = off)"
+    )
     range_warmup: int = Field(
-        700, ge=0, description="samples a stream must have seen before the range rule may flag"
+        300, ge=0, description="samples a stream must have seen before the range rule may flag"
     )
     flatline_window: int = Field(
         24, ge=3, description="a stuck run must last this many samples (and twice any before)"

@@ -142,6 +142,8 @@ def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig
         return np.zeros(len(slots), dtype=bool)
     span = hi - lo
     margin = cfg.range_margin * span
+    if cfg.range_steps:  # a record must also beat the old one by more than the stream's typical step
+        margin = np.maximum(margin, cfg.range_steps * cols["step_mad"][slots])
     with np.errstate(invalid="ignore"):
         return (span > 0) & ((x > hi + margin) | (x < lo - margin))
 

@@ -42,6 +42,7 @@ from lstm_stream.nab_scoring import (
     optimise,
     probation_length,
     score_at,
+    score_by_category,
     score_corpus,
 )
 from lstm_stream.state import SlotArrays
@@ -97,6 +98,7 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
     x, f, s, nf, ns = rows
     score = np.zeros((k, n))
     flag = np.zeros((k, n), dtype=bool)
+    reason = np.zeros((k, n), dtype=np.uint8)
     for t in range(n):
         live = np.nonzero(t < lengths)[0]
         xt = x[live, t]
@@ -105,8 +107,14 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
         r = scoring.score(cols, live, xt, xt - f[live, t], s[live, t], count, cfg, *naive)
         score[live, t] = r.score
         flag[live, t] = r.flag
+        reason[live, t] = r.reason
     return {
-        key: {"score": score[i, : lengths[i]], "flag": flag[i, : lengths[i]]} for i, key in enumerate(keys)
+        key: {
+            "score": score[i, : lengths[i]],
+            "flag": flag[i, : lengths[i]],
+            "reason": reason[i, : lengths[i]],
+        }
+        for i, key in enumerate(keys)
     }
 
 
@@ -130,9 +138,11 @@ def nab_files(series, scored, windows, timestamps) -> list[FileScores]:
 SHORT = {"standard": "std", "reward_low_FP_rate": "lowFP", "reward_low_FN_rate": "lowFN"}
 
 
-def details(files: list[FileScores], threshold: float) -> None:
-    """Per file: windows detected (row offset of the first detection from the window start) and FPs."""
+def details(files: list[FileScores], threshold: float, scored: dict) -> None:
+    """Per file: windows detected (row offset of the first detection from the window start), FPs and
+    their reasons."""
     for f in files:
+        why = scored[f.key]["reason"]
         hit = f.scores >= threshold
         hit[: f.probation] = False
         inside = np.zeros(len(hit), dtype=bool)
@@ -142,7 +152,9 @@ def details(files: list[FileScores], threshold: float) -> None:
             rows = np.nonzero(hit[a : b + 1])[0]
             found.append(f"{rows[0]}/{b - a + 1}" if len(rows) else "MISS")
         fps = np.nonzero(hit & ~inside)[0]
-        print(f"  {f.key:60s} windows {found} fp {len(fps)} {fps[:8].tolist()}")
+        names, counts = np.unique([scoring.REASONS[r] for r in why[fps]], return_counts=True)
+        kinds = {str(a): int(b) for a, b in zip(names, counts, strict=True)}
+        print(f"  {f.key:60s} windows {found} fp {len(fps)} {kinds} {fps[:8].tolist()}")
 
 
 def _load(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict, dict[str, list[str]]]:
@@ -171,7 +183,12 @@ def sweep(args: argparse.Namespace) -> None:
         res = score_corpus(files, cfg.threshold)
         flags = sum(int(v["flag"].sum()) for v in scored.values())
         if args.details:
-            details(files, cfg.threshold)
+            details(files, res["standard"]["threshold"], scored)
+        if args.by_category:
+            t = {p: r["threshold"] for p, r in res.items()}
+            for cat, r in score_by_category(files, t).items():
+                if r["standard"] is not None:
+                    print(f"  {cat:24s} " + " / ".join(f"{v:.2f}" for v in r.values()))
         print(
             json.dumps(
                 {
@@ -240,6 +257,9 @@ def main() -> None:
     s.add_argument("--data", default="../shared/data/nab-dev")
     s.add_argument("--cache", default="/tmp/nabcache.npz")
     s.add_argument("--details", action="store_true", help="per-file detections and false positives")
+    s.add_argument(
+        "--by-category", action="store_true", help="per-category scores at the optimised thresholds"
+    )
     s.add_argument("params", nargs="*", help="name=v1,v2 (ScoringConfig fields, JSON values)")
     lo = sub.add_parser("loco", help="leave one category out: choose on the others, score the one left out")
     lo.add_argument("--data", default="../shared/data/nab-dev")

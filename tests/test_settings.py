@@ -355,6 +355,7 @@ def test_every_optional_feature_switches_off_with_false_in_toml(tmp_path: Path) 
         "engine.scoring.mid_window",
         "engine.scoring.seasonal_window",
         "engine.scoring.regime_after",
+        "engine.scoring.range_steps",
     ],
 )
 def test_zero_switches_off_where_it_means_nothing_else(key: str, tmp_path: Path) -> None:
