@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
-from daemon.outputs.metrics import Metrics
 from daemon.service.finetuner import Finetuner, Outcome
 from daemon.settings import FinetuneSettings
 from lstm_stream.engine import Engine
@@ -13,14 +13,26 @@ from lstm_stream.engine import Engine
 log = logging.getLogger("lstm_stream.service")
 
 
+class FinetuneObserver(Protocol):
+    """What Tuning reports to: the service's Metrics, or an offline replay's tally."""
+
+    def observe_finetune(self, outcome: str, seconds: float, candidate_loss: float, live_loss: float) -> None:
+        """One finished run."""
+
+    def set_model(self, version: int) -> None:
+        """The served model's version after a swap."""
+
+
 class Tuning:
     """Starts a fine-tune every ``interval_s`` once ``min_new_samples`` arrived, swaps a better model in.
 
-    Runs on the engine thread (housekeeping); the training itself is the :class:`Finetuner`'s.
+    Runs on the engine thread (housekeeping); the training itself is the :class:`Finetuner`'s. The
+    clock is the caller's: the service passes monotonic seconds, an offline replay the data's own
+    timestamps (``evaluate --online``), so both follow one schedule.
     """
 
     def __init__(
-        self, settings: FinetuneSettings, finetuner: Finetuner, engine: Engine, metrics: Metrics
+        self, settings: FinetuneSettings, finetuner: Finetuner, engine: Engine, metrics: FinetuneObserver
     ) -> None:
         self.settings = settings
         self.finetuner = finetuner
@@ -30,7 +42,7 @@ class Tuning:
         self.next_at = 0.0
 
     def schedule(self, now: float) -> None:
-        """The first run may start ``interval_s`` after ``now`` (monotonic seconds)."""
+        """The first run may start ``interval_s`` after ``now`` (the caller's clock, in seconds)."""
         self.next_at = now + self.settings.interval_s
 
     def count(self, accepted: int) -> None:
