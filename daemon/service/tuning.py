@@ -9,6 +9,7 @@ from typing import Protocol
 from daemon.service.finetuner import Finetuner, Outcome
 from daemon.settings import FinetuneSettings
 from lstm_stream.engine import Engine
+from lstm_stream.training import history_is_fresh
 
 log = logging.getLogger("lstm_stream.service")
 
@@ -24,7 +25,8 @@ class FinetuneObserver(Protocol):
 
 
 class Tuning:
-    """Starts a fine-tune every ``interval_s`` once ``min_new_samples`` arrived, swaps a better model in.
+    """Starts a fine-tune every ``interval_s`` once ``min_new_samples`` arrived and the new samples fill
+    the held-out share of the buffered history (:func:`history_is_fresh`); swaps a better model in.
 
     Runs on the engine thread (housekeeping); the training itself is the :class:`Finetuner`'s. The
     clock is the caller's: the service passes monotonic seconds, an offline replay the data's own
@@ -40,6 +42,7 @@ class Tuning:
         self.metrics = metrics
         self.samples_since = 0  # samples the engine accepted since the last run started
         self.next_at = 0.0
+        self._forced = False  # force(): run at the next pass whatever the history
 
     def schedule(self, now: float) -> None:
         """The first run may start ``interval_s`` after ``now`` (the caller's clock, in seconds)."""
@@ -60,8 +63,11 @@ class Tuning:
         self.next_at = now + ft.interval_s
         if self.samples_since < ft.min_new_samples:
             return
-        self.samples_since = 0
-        history = self.engine.history(min_len=self.engine.config.train.seq_len + 1)
+        train = self.engine.config.train
+        history = self.engine.history(min_len=train.seq_len + 1)
+        if not history_is_fresh(self.samples_since, history, train) and not self._forced:
+            return
+        self.samples_since, self._forced = 0, False
         if self.finetuner.start(self.engine.copy_model(), history, self.engine.config):
             log.info("fine-tune started on %d streams' history (%s)", len(history), ft.mode)
 
@@ -85,4 +91,5 @@ class Tuning:
     def force(self) -> None:
         """Make a run due at the next housekeeping pass, whatever arrived meanwhile."""
         self.samples_since = max(self.samples_since, self.settings.min_new_samples)
-        self.next_at = 0.0
+        self.next_at = -float("inf")
+        self._forced = True
