@@ -129,6 +129,9 @@ def cmd_online(args: argparse.Namespace) -> int:
     """``evaluate --online``: two replays (fine-tuning on, off), scored on the same rows."""
     import tempfile
 
+    for flag in ("plot", "labels", "test_fraction"):
+        if getattr(args, flag, None) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} is not supported with --online (yet)")
     cfg, model, ft, path = engine_setup(args)
     data = load_csv(args.csv, **_csv_kwargs(args), min_rows=cfg.look_back + 3, min_rows_reason="look-back")
     _one_column(args, data.columns, args.csv)
