@@ -357,7 +357,12 @@ class FinetuneSettings(_Section):
 
     enabled: bool = True
     interval_s: float = Field(3600.0, gt=0)
-    min_new_samples: int = Field(5000, ge=0)
+    min_new_samples: int = Field(
+        0,
+        ge=0,
+        description="new samples (all streams) needed since the last run; a run also waits until the new "
+        "samples fill the held-out share (engine.train.val_fraction) of the buffered history",
+    )
     mode: Literal["process", "thread"] = "process"
     nice: int = Field(10, ge=0, le=19, description="added niceness (raising needs no privilege)")
 

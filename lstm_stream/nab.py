@@ -30,7 +30,7 @@ import numpy as np
 from .config import EngineConfig
 from .engine import Engine
 from .nab_scoring import load_windows, map_windows
-from .training import finetune
+from .training import finetune, history_is_fresh
 
 DETECTOR = "lstmstream"
 
@@ -76,7 +76,8 @@ def _epoch(text: str) -> float:
 
 @dataclass
 class FinetuneSchedule:
-    """The daemon's schedule on a given clock: every ``interval_s`` once ``min_new`` samples are new."""
+    """The daemon's schedule on a given clock: every ``interval_s`` once ``min_new`` samples are new
+    (the caller then checks :func:`history_is_fresh`, as the service does, and resets ``new``)."""
 
     interval_s: float
     min_new: int
@@ -87,7 +88,7 @@ class FinetuneSchedule:
         self.new = 0
 
     def due(self, now: float, new_samples: int) -> bool:
-        """Count new samples; True when a fine-tune should start now."""
+        """Count new samples; True when a fine-tune may start now."""
         self.new += new_samples
         if not self.enabled or now < self.next_at:
             return False
@@ -95,10 +96,7 @@ class FinetuneSchedule:
             self.next_at = now + self.interval_s
             return False
         self.next_at = now + self.interval_s
-        if self.new < self.min_new:
-            return False
-        self.new = 0
-        return True
+        return self.new >= self.min_new
 
 
 def detect_file(
@@ -120,9 +118,11 @@ def detect_file(
         out["flag"][i] = r.is_anomaly[0]
         out["reason"][i] = r.reason[0]
         if schedule is not None and schedule.due(float(nab.clock[i]), 1):
-            res = finetune(
-                engine.model, engine.history(min_len=engine.config.train.seq_len + 1), engine.config
-            )
+            history = engine.history(min_len=engine.config.train.seq_len + 1)
+            if not history_is_fresh(schedule.new, history, engine.config.train):
+                continue
+            schedule.new = 0
+            res = finetune(engine.model, history, engine.config)
             tunes.append(1.0 if res.accepted else 0.0)
             if res.accepted:
                 engine.swap_model(res.candidate)
@@ -208,7 +208,7 @@ def run(
     workers: int | None = None,
     detector: str = DETECTOR,
     finetune_every_s: float | None = None,
-    finetune_min_new: int = 5000,
+    finetune_min_new: int = 0,
     on_done: Callable[[dict], None] | None = None,
     files: Iterable[str] | None = None,
 ) -> list[dict]:

@@ -296,6 +296,15 @@ def fit(
     return train(model, train_seqs, val_seqs, cfg.train, progress)
 
 
+def history_is_fresh(new_samples: int, history: Sequence[Triple], cfg: TrainConfig) -> bool:
+    """Whether a fine-tune on ``history`` is worth starting: the samples that arrived since the last
+    run fill at least the held-out share (``val_fraction``) of the buffered history, so the part a run
+    is validated on is data no earlier run trained on (and, on a single stream, a run comes every
+    ``val_fraction x history_len`` samples, keeping the model close to the stream's recent data)."""
+    points = sum(len(z) for z, _, _ in history)
+    return points > 0 and new_samples >= cfg.val_fraction * points
+
+
 def finetune(
     live: Forecaster, history: Sequence[Triple], cfg: EngineConfig, progress: Progress | None = None
 ) -> FinetuneResult:

@@ -3,7 +3,9 @@
 ``mode = "process"`` (default) runs the training in a child process at low priority (``nice``) with one
 torch thread, exchanging safetensors files in the state directory: a crash or a hang in training can
 never take the service down, and the ingest core is not taken. ``mode = "thread"`` runs it in a
-thread with one torch thread (cheaper to start, shares the GIL with ingestion).
+thread with one torch thread (cheaper to start, shares the GIL with ingestion). ``mode = "inline"``
+runs it to the end inside :meth:`Finetuner.start` (blocking the caller): for offline replays such as
+``evaluate --online``, where the result must not depend on timing.
 """
 
 from __future__ import annotations
@@ -137,6 +139,9 @@ class Finetuner:
         """Start a run on copies of ``model`` and ``history``; False when one is already running."""
         if self.busy:
             return False
+        if self.mode == "inline":
+            self._run_thread(model, history, cfg)
+            return True
         target = self._run_process if self.mode == "process" else self._run_thread
         self._thread = threading.Thread(
             target=target, args=(model, history, cfg), name="finetune", daemon=True

@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
-from daemon.outputs.metrics import Metrics
 from daemon.service.finetuner import Finetuner, Outcome
 from daemon.settings import FinetuneSettings
 from lstm_stream.engine import Engine
+from lstm_stream.training import history_is_fresh
 
 log = logging.getLogger("lstm_stream.service")
 
 
-class Tuning:
-    """Starts a fine-tune every ``interval_s`` once ``min_new_samples`` arrived, swaps a better model in.
+class FinetuneObserver(Protocol):
+    """What Tuning reports to: the service's Metrics, or an offline replay's tally."""
 
-    Runs on the engine thread (housekeeping); the training itself is the :class:`Finetuner`'s.
+    def observe_finetune(self, outcome: str, seconds: float, candidate_loss: float, live_loss: float) -> None:
+        """One finished run."""
+
+    def set_model(self, version: int) -> None:
+        """The served model's version after a swap."""
+
+
+class Tuning:
+    """Starts a fine-tune every ``interval_s`` once ``min_new_samples`` arrived and the new samples fill
+    the held-out share of the buffered history (:func:`history_is_fresh`); swaps a better model in.
+
+    Runs on the engine thread (housekeeping); the training itself is the :class:`Finetuner`'s. The
+    clock is the caller's: the service passes monotonic seconds, an offline replay the data's own
+    timestamps (``evaluate --online``), so both follow one schedule.
     """
 
     def __init__(
-        self, settings: FinetuneSettings, finetuner: Finetuner, engine: Engine, metrics: Metrics
+        self, settings: FinetuneSettings, finetuner: Finetuner, engine: Engine, metrics: FinetuneObserver
     ) -> None:
         self.settings = settings
         self.finetuner = finetuner
@@ -28,9 +42,10 @@ class Tuning:
         self.metrics = metrics
         self.samples_since = 0  # samples the engine accepted since the last run started
         self.next_at = 0.0
+        self._forced = False  # force(): run at the next pass whatever the history
 
     def schedule(self, now: float) -> None:
-        """The first run may start ``interval_s`` after ``now`` (monotonic seconds)."""
+        """The first run may start ``interval_s`` after ``now`` (the caller's clock, in seconds)."""
         self.next_at = now + self.settings.interval_s
 
     def count(self, accepted: int) -> None:
@@ -48,8 +63,11 @@ class Tuning:
         self.next_at = now + ft.interval_s
         if self.samples_since < ft.min_new_samples:
             return
-        self.samples_since = 0
-        history = self.engine.history(min_len=self.engine.config.train.seq_len + 1)
+        train = self.engine.config.train
+        history = self.engine.history(min_len=train.seq_len + 1)
+        if not history_is_fresh(self.samples_since, history, train) and not self._forced:
+            return
+        self.samples_since, self._forced = 0, False
         if self.finetuner.start(self.engine.copy_model(), history, self.engine.config):
             log.info("fine-tune started on %d streams' history (%s)", len(history), ft.mode)
 
@@ -73,4 +91,5 @@ class Tuning:
     def force(self) -> None:
         """Make a run due at the next housekeeping pass, whatever arrived meanwhile."""
         self.samples_since = max(self.samples_since, self.settings.min_new_samples)
-        self.next_at = 0.0
+        self.next_at = -float("inf")
+        self._forced = True

@@ -41,7 +41,25 @@ def _add_evaluate(sub: Any) -> None:
         "only the test part counts (the same most recent share as held out in training); the "
         "engine still warms up on the rows before it.",
     )
-    p.add_argument("--model", type=Path, required=True, metavar="PATH", help="checkpoint from train")
+    p.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="checkpoint from train (required, except with --online: default the shipped model)",
+    )
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="replay the CSV through the daemon's whole loop (fresh engine, the service's fine-tuning "
+        "schedule, validation and swap on the data's own clock, the fine-tune run inline) and report "
+        "the errors with fine-tuning (as the daemon runs) and without it; implies --whole",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="TOML",
+        help="with --online: daemon config whose [engine] (but its model) and [finetune] sections are used",
+    )
     _add_csv_options(p, several=False, required=True, what="CSV file to evaluate on")
     p.add_argument(
         "--whole",
@@ -75,6 +93,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: serve, score against baselines, optional labels and plot."""
     if args.value_col and len(args.value_col) > 1:
         raise UserError("evaluate scores one value column: give --value-col once")
+    if args.online:
+        from .online import cmd_online
+
+        return cmd_online(args)
+    if args.model is None:
+        raise UserError("evaluate needs --model (only --online defaults to the shipped model)")
     loaded = _load_checkpoint(args.model)
     cfg = loaded.config
     if args.plot is not None:
