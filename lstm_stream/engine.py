@@ -16,7 +16,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import scaling, scoring, seasonal, selection
+from . import horizon, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -66,6 +66,10 @@ class Results:
     refused: list[str] = field(default_factory=list)  # new streams not admitted (full table, rate)
     served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     next_served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    # the path after each sample, steps 1..H (step 1 is next_forecast), and its interval: (n, H)
+    path: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    lower: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    upper: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -102,6 +106,9 @@ class StreamView:
     last_seen: np.ndarray  # time of the last sample (the ``now`` passed to process)
     samples: np.ndarray  # samples applied
     served: np.ndarray | None = None  # forecaster of next_forecast: index into selection.NAMES
+    path: np.ndarray | None = None  # (streams, H): forecasts of the next H values (None: horizon off)
+    lower: np.ndarray | None = None  # and their central interval
+    upper: np.ndarray | None = None
 
 
 def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +189,7 @@ class Engine:
             **scoring.COLUMNS,
             **seasonal.columns(cfg.seasonal),
             **selection.columns(cfg.selection),
+            **horizon.columns(cfg.horizon),
         }
         if self.stateful:
             shape = (cfg.model.layers, cfg.model.hidden)
@@ -245,6 +253,8 @@ class Engine:
             served=np.zeros(n, dtype=np.uint8),
             next_served=np.zeros(n, dtype=np.uint8),
         )
+        if self.config.horizon:
+            out.path, out.lower, out.upper = np.full((3, n, self.config.horizon), np.nan)
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
@@ -362,6 +372,8 @@ class Engine:
             next_fc, next_sp, choice = selection.update(a, s, x, next_fc, next_sp, naive, sc, cfg.selection)
             out.served[idx] = served
             out.next_served[idx] = choice
+        if cfg.horizon:
+            self._path(idx, s, x, count, next_fc, next_sp, out)
         a["fc_mean"][s] = next_fc
         a["fc_spread"][s] = next_sp
         a["count"][s] = count + 1
@@ -380,6 +392,25 @@ class Engine:
         out.reason[idx] = scored.reason
         out.next_forecast[idx] = next_fc
         out.next_spread[idx] = next_sp
+
+    def _path(
+        self,
+        idx: np.ndarray,
+        s: np.ndarray,
+        x: np.ndarray,
+        count: np.ndarray,
+        fc1: np.ndarray,
+        spread: np.ndarray,
+        out: Results,
+    ) -> None:
+        """The forecast path after this sample, steps 1..H, and its central interval (horizon.py)."""
+        cfg = self.config
+        path, q = horizon.update(
+            self.arrays, s, x, count, fc1, spread, cfg.selection.ewma_alpha, cfg.selection.memory, cfg.interval
+        )
+        out.path[idx] = path
+        out.lower[idx] = path - q
+        out.upper[idx] = path + q
 
     def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> None:
         """The history's target for the previous step: this value scaled as that forecast was."""
@@ -473,6 +504,7 @@ class Engine:
             fc, sp, _ = selection.serve(a, s, last, fc, sp, naive, sc, self.config.selection)
         a["fc_mean"][s] = np.where(count > 0, fc, np.nan)
         a["fc_spread"][s] = np.where(count > 0, sp, np.nan)
+        horizon.after_swap(a, s, count, fc)
 
     def history(self, min_len: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Each stream's buffered (inputs, targets, excluded) in time order, for fine-tuning."""
@@ -510,6 +542,7 @@ class Engine:
             last_seen=a["last_seen"][slots],
             samples=a["count"][slots],
             served=a["sel_choice"][slots] if "sel_choice" in a else np.zeros(len(slots), dtype=np.uint8),
+            **horizon.view(a, slots),
         )
 
     def copy_model(self) -> Forecaster:
