@@ -406,7 +406,15 @@ class Engine:
         """The forecast path after this sample, steps 1..H, and its central interval (horizon.py)."""
         cfg = self.config
         path, q = horizon.update(
-            self.arrays, s, x, count, fc1, spread, cfg.selection.ewma_alpha, cfg.selection.memory, cfg.interval
+            self.arrays,
+            s,
+            x,
+            count,
+            fc1,
+            spread,
+            cfg.selection.ewma_alpha,
+            cfg.selection.memory,
+            cfg.interval,
         )
         out.path[idx] = path
         out.lower[idx] = path - q

@@ -2,14 +2,16 @@
 
 The network forecasts one step; running it H times per sample would cost H LSTM steps. So the path
 is built from cheap candidates, each a function of the stream's state at the origin (the last value,
-the EWMA levels, the served one-step forecast, the ring of raw values), chosen per stream and per
-horizon by their running h-step errors, as :mod:`lstm_stream.selection` does for step 1:
+the EWMA levels, the served one-step forecast, the deviation from one period before), chosen per
+stream and per horizon by their running h-step errors, as :mod:`lstm_stream.selection` does for step 1:
 
 - ``flat``: the served one-step forecast, held (step 1 of the path is always this: the served forecast);
 - ``persistence``: the last value;
 - ``ewma``: the exponentially weighted level (weight ``ewma_alpha``), ``slow``: a slower one (``SLOW_ALPHA``);
 - ``damped``: the last value plus the served one-step change, continued with damping ``PHI``;
-- ``seasonal``: the value one (or more) detected periods before the target (streams with a period).
+- ``seasonal``: the value one (or more) detected periods before the target (streams with a period);
+  ``seasonal_adj``: that plus the origin's deviation from its own value one period before, damped
+  by ``PHI_SEASONAL`` per step (a day running 10 % high goes on running high for a while).
 
 Realised h-step errors need the forecasts made h steps ago: each stream keeps a ring of its last H
 origins (last value, levels, one-step forecast, the candidate chosen at each horizon) and rebuilds
@@ -22,80 +24,107 @@ Gaussian width of the running error. Everything is vectorised over the slots of 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
 
 from .state import Column
 
-CANDIDATES = ("flat", "persistence", "ewma", "slow", "damped", "seasonal")
-FLAT, PERSISTENCE, EWMA, SLOW, DAMPED, SEASONAL = range(len(CANDIDATES))
+CANDIDATES = ("flat", "persistence", "ewma", "slow", "damped", "seasonal", "seasonal_adj")
+FLAT, PERSISTENCE, EWMA, SLOW, DAMPED, SEASONAL, SEASONAL_ADJ = range(len(CANDIDATES))
 C = len(CANDIDATES)
 PHI = 0.8  # damping of the continued one-step change
+PHI_SEASONAL = 0.9  # damping of the last deviation from the value one period before
 SLOW_ALPHA = 0.05  # weight of the newest value in the slow level
 ETA = 0.05  # conformal step, in units of the running absolute error
 MIN_ERRORS = 20  # h-step errors before a candidate may be chosen and the conformal update starts
 MARGIN = 0.05  # switch only to a candidate with this fraction less running error
 MAD_TO_SIGMA = 1.2533
+ONE = np.ones(1, dtype=np.int64)
+ANCHORS = 5  # steps whose errors are tracked, step 1 included (the others follow the next anchor)
+
+
+@lru_cache(maxsize=16)
+def anchors(horizon: int) -> np.ndarray:
+    """The steps whose errors are tracked: 1, then about log-spaced up to H (1, 2, 4, 7, 12 at H = 12).
+    Step h >= 2 is served the candidate chosen at the first anchor at or after it; interval widths
+    between anchors are interpolated."""
+    inner = np.geomspace(2, horizon, min(ANCHORS - 1, horizon - 1)) if horizon > 1 else []
+    return np.unique(np.concatenate(([1], np.round(inner)))).astype(np.int64)
+
+
+@lru_cache(maxsize=16)
+def groups(horizon: int) -> np.ndarray:
+    """For each step 1..H, the index of its anchor (the first anchor at or after it)."""
+    return np.searchsorted(anchors(horizon), np.arange(1, horizon + 1))
+
+
+@lru_cache(maxsize=16)
+def spreading(horizon: int) -> np.ndarray:
+    """(anchors, H) weights that interpolate per-anchor values linearly to every step."""
+    a = anchors(horizon)
+    eye = np.eye(len(a))
+    return np.stack([np.interp(np.arange(1, horizon + 1), a, eye[i]) for i in range(len(a))])
 
 
 def columns(horizon: int | None) -> dict[str, Column]:
-    """Per-stream arrays: the ring of H origins, running errors per candidate and horizon, the
-    choice, the interval half-widths and the current path (about 1.5 kB per stream at H = 12)."""
+    """Per-stream arrays: the ring of the last H origins, the candidates' running errors at the
+    anchor steps, the choice, the interval half-widths and the current path (about 1 kB at H = 12)."""
     if not horizon:
         return {}
-    h = horizon
+    h, na = horizon, len(anchors(horizon))
     return {
-        "hz_last": Column((h,), np.float64, np.nan),  # ring of origins, indexed by sample % H
-        "hz_ewma": Column((h,), np.float64, np.nan),
-        "hz_slow": Column((h,), np.float64, np.nan),
-        "hz_fc1": Column((h,), np.float64, np.nan),
-        "hz_pick": Column((h, h), np.uint8, FLAT),  # the candidate served at each horizon, per origin
+        # ring of origins, indexed by sample % H: last value, fast and slow level, one-step forecast,
+        # deviation from the value one period before
+        "hz_origin": Column((h, 5), np.float64, np.nan),
+        "hz_pick": Column((h, na), np.uint8, FLAT),  # the candidate served at each anchor, per origin
         "hz_level": Column((2,), np.float64, np.nan),  # the fast and slow EWMA levels now
-        "hz_mae": Column((C, h), np.float64, 0.0),  # running h-step absolute errors
-        "hz_n": Column((C, h), np.int32, 0),
-        "hz_choice": Column((h,), np.uint8, FLAT),
-        "hz_smae": Column((h,), np.float64, np.nan),  # running error of the served path
-        "hz_q": Column((h,), np.float64, np.nan),  # interval half-width per horizon
+        "hz_mae": Column((C, na), np.float64, 0.0),  # running absolute errors at the anchor steps
+        "hz_n": Column((C, na), np.int32, 0),
+        "hz_choice": Column((na,), np.uint8, FLAT),
+        "hz_smae": Column((na,), np.float64, 0.0),  # running error of the served path
+        "hz_n_served": Column((na,), np.int32, 0),
+        "hz_q": Column((na,), np.float64, np.nan),  # interval half-width at the anchor steps
         "hz_path": Column((h,), np.float64, np.nan),  # the path made after the last sample
     }
 
 
+@lru_cache(maxsize=16)
 def z_of(coverage: float) -> float:
     """Half-width of a central ``coverage`` interval of a standard normal (1.28 for 80 %)."""
     return NormalDist().inv_cdf(0.5 + coverage / 2.0)
 
 
-def _damping(h: int) -> np.ndarray:
-    """1, 1 + PHI, 1 + PHI + PHI^2, ...: how far the one-step change is continued at each step."""
-    return np.cumsum(PHI ** np.arange(h))
+def _damping(steps: np.ndarray) -> np.ndarray:
+    """1, 1 + PHI, 1 + PHI + PHI^2, ... at each step: how far the one-step change is continued."""
+    return (1.0 - PHI**steps) / (1.0 - PHI)
 
 
-def candidates(
-    last: np.ndarray, ewma: np.ndarray, slow: np.ndarray, fc1: np.ndarray, seas: np.ndarray
-) -> np.ndarray:
-    """Every candidate's forecast, shape (n, C, H), from origin values broadcastable to (n, H)."""
-    h = seas.shape[1]
-    out = np.empty((seas.shape[0], C, h))
+def candidates(origin: np.ndarray, seas: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Every candidate's forecast (n, C, len(steps)) from the origins (n, len(steps), 5), or (n, 1, 5)
+    for one origin, and the seasonal values (n, len(steps))."""
+    last, ewma, slow, fc1, dev = (origin[..., i] for i in range(5))
+    out = np.empty((seas.shape[0], C, len(steps)))
     out[:, FLAT] = fc1
     out[:, PERSISTENCE] = last
     out[:, EWMA] = ewma
     out[:, SLOW] = slow
-    out[:, DAMPED] = last + (fc1 - last) * _damping(h)
+    out[:, DAMPED] = last + (fc1 - last) * _damping(steps)
     out[:, SEASONAL] = seas
+    out[:, SEASONAL_ADJ] = seas + dev * PHI_SEASONAL**steps
     return out
 
 
 def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """The value one or more periods before each target sample index (n, H); NaN without a period
-    or where that value is not in the seasonal ring."""
-    target = target + np.zeros_like(steps)  # (n, 1) -> (n, H)
-    n, h = target.shape
+    """The value one or more periods before each target sample index (n, len(steps)); NaN without a
+    period or where that value is not in the seasonal ring."""
+    target = target + np.zeros_like(steps)  # (n, 1) -> (n, len(steps))
     if "se_period" not in cols:
-        return np.full((n, h), np.nan)
+        return np.full(target.shape, np.nan)
     period = cols["se_period"][s]
     if not (period > 1).any():
-        return np.full((n, h), np.nan)
+        return np.full(target.shape, np.nan)
     ring = cols["se_ring"]
     window = ring.shape[1]
     p = np.maximum(period, 1)[:, None]
@@ -117,31 +146,30 @@ def update(
     memory: int,
     coverage: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One sample ``x`` per slot (``count`` samples before it): fold the realised h-step errors of
-    every forecast made for it, then make the path after it from ``fc1`` (the served one-step
-    forecast, with its ``spread``). Returns the path and the interval half-widths, (n, H) each."""
-    h = cols["hz_q"].shape[1]
-    steps = np.arange(1, h + 1)
-    _realise(cols, s, x, count, steps, memory, coverage)
+    """One sample ``x`` per slot (``count`` samples before it): fold the realised errors of the
+    forecasts made for it, then make the path after it from ``fc1`` (the served one-step forecast,
+    with its ``spread``). Returns the path and the interval half-widths, (n, H) each."""
+    h = cols["hz_path"].shape[1]
+    steps, marks = np.arange(1, h + 1), anchors(h)
+    _realise(cols, s, x, count, marks, memory, coverage)
     levels = cols["hz_level"][s]
-    levels = np.where(np.isnan(levels), x[:, None], levels + np.array([alpha, SLOW_ALPHA]) * (x[:, None] - levels))
+    levels = np.where(
+        np.isnan(levels), x[:, None], levels + np.array([alpha, SLOW_ALPHA]) * (x[:, None] - levels)
+    )
     cols["hz_level"][s] = levels
     choice = _choose(cols, s)
+    dev = x - _seasonal(cols, s, count[:, None], ONE)[:, 0]
+    origin = np.concatenate((x[:, None], levels, fc1[:, None], dev[:, None]), axis=1)
     at = count % h
-    cols["hz_last"][s, at] = x
-    cols["hz_ewma"][s, at] = levels[:, 0]
-    cols["hz_slow"][s, at] = levels[:, 1]
-    cols["hz_fc1"][s, at] = fc1
+    cols["hz_origin"][s, at] = origin
     cols["hz_pick"][s, at] = choice
-    cand = candidates(
-        x[:, None], levels[:, :1], levels[:, 1:], fc1[:, None], _seasonal(cols, s, count[:, None] + steps, steps)
-    )
-    path = np.take_along_axis(cand, choice[:, None, :].astype(np.intp), axis=1)[:, 0]
-    path = np.where(np.isfinite(path), path, fc1[:, None])  # a lost period falls back to flat
+    cand = candidates(origin[:, None, :], _seasonal(cols, s, count[:, None] + steps, steps), steps)
+    path = np.take_along_axis(cand, choice[:, None, groups(h)].astype(np.intp), axis=1)[:, 0]
+    path = np.where(np.isfinite(path), path, fc1[:, None])  # a lost period: the flat forecast
     cols["hz_path"][s] = path
     q = cols["hz_q"][s]
-    guess = z_of(coverage) * spread[:, None] * np.sqrt(steps)  # before any h-step error
-    return path, np.where(np.isnan(q), guess, q)
+    guess = z_of(coverage) * spread[:, None] * np.sqrt(marks)  # before any error at that step
+    return path, np.where(np.isnan(q), guess, q) @ spreading(h)
 
 
 def _realise(
@@ -149,26 +177,20 @@ def _realise(
     s: np.ndarray,
     x: np.ndarray,
     count: np.ndarray,
-    steps: np.ndarray,
+    marks: np.ndarray,
     memory: int,
     coverage: float,
 ) -> None:
-    """Fold every candidate's h-step error of ``x`` into its running error, and the served path's
-    into the interval half-width, for each horizon h whose origin (h samples ago) exists."""
-    h = len(steps)
-    origin = count[:, None] - steps  # sample index each forecast of x was made after
+    """Fold every candidate's error of ``x`` at the anchor steps into its running error, and the
+    served path's into the interval, where the origin (that many samples ago) exists."""
+    h = cols["hz_path"].shape[1]
+    origin = count[:, None] - marks  # sample index each forecast of x was made after
     valid = origin >= 0
     if not valid.any():
         return
     ring = origin % h
     rows = s[:, None]
-    cand = candidates(
-        cols["hz_last"][rows, ring],
-        cols["hz_ewma"][rows, ring],
-        cols["hz_slow"][rows, ring],
-        cols["hz_fc1"][rows, ring],
-        _seasonal(cols, s, count[:, None], steps),
-    )
+    cand = candidates(cols["hz_origin"][rows, ring], _seasonal(cols, s, count[:, None], marks), marks)
     err = np.abs(x[:, None, None] - cand)
     ok = np.isfinite(err) & valid[:, None, :]
     n = cols["hz_n"][s] + ok
@@ -176,36 +198,31 @@ def _realise(
     mae = cols["hz_mae"][s]
     cols["hz_mae"][s] = np.where(ok, mae + w * (err - mae), mae)
     cols["hz_n"][s] = n
-    pick = cols["hz_pick"][rows, ring, steps - 1].astype(np.intp)
+    pick = cols["hz_pick"][rows, ring, np.arange(len(marks))].astype(np.intp)
     served = np.take_along_axis(err, pick[:, None, :], axis=1)[:, 0]
     served = np.where(np.isfinite(served), served, err[:, FLAT])  # as the path fell back
-    _interval(cols, s, served, valid & np.isfinite(served), n[:, FLAT], memory, coverage)
+    _interval(cols, s, served, valid & np.isfinite(served), memory, coverage)
 
 
 def _interval(
-    cols: dict,
-    s: np.ndarray,
-    err: np.ndarray,
-    ok: np.ndarray,
-    n: np.ndarray,
-    memory: int,
-    coverage: float,
+    cols: dict, s: np.ndarray, err: np.ndarray, ok: np.ndarray, memory: int, coverage: float
 ) -> None:
-    """The served path's running error and the conformal half-width, per horizon."""
+    """The served path's running error and the conformal half-width at each anchor step."""
+    n = cols["hz_n_served"][s] + ok
+    err = np.where(ok, err, 0.0)
     smae = cols["hz_smae"][s]
-    w = 1.0 / np.clip(n, 1, memory)
-    smae = np.where(ok, np.where(np.isnan(smae), err, smae + w * (err - smae)), smae)
+    smae += np.where(ok, 1.0 / np.clip(n, 1, memory), 0.0) * (err - smae)
     q = cols["hz_q"][s]
-    gauss = z_of(coverage) * MAD_TO_SIGMA * smae
-    miss = (err > q).astype(np.float64)
-    stepped = np.maximum(q + ETA * smae * (miss - (1.0 - coverage)), 0.0)
-    q = np.where(ok, np.where((n < MIN_ERRORS) | np.isnan(q), gauss, stepped), q)
+    stepped = np.maximum(q + ETA * smae * ((err > q) - (1.0 - coverage)), 0.0)
+    fresh = (n < MIN_ERRORS) | np.isnan(q)
+    q = np.where(ok, np.where(fresh, z_of(coverage) * MAD_TO_SIGMA * smae, stepped), q)
+    cols["hz_n_served"][s] = n
     cols["hz_smae"][s] = smae
     cols["hz_q"][s] = q
 
 
 def _choose(cols: dict, s: np.ndarray) -> np.ndarray:
-    """Per horizon, the candidate with the lowest running error (once it has ``MIN_ERRORS``),
+    """Per anchor step, the candidate with the lowest running error (once it has ``MIN_ERRORS``),
     kept unless another is better by ``MARGIN``; step 1 is always the served one-step forecast."""
     mae = np.where(cols["hz_n"][s] >= MIN_ERRORS, cols["hz_mae"][s], np.inf)
     best = np.argmin(mae, axis=1)
@@ -222,22 +239,23 @@ def _choose(cols: dict, s: np.ndarray) -> np.ndarray:
 
 def after_swap(cols: dict, s: np.ndarray, count: np.ndarray, fc1: np.ndarray) -> None:
     """A new model made a new one-step forecast after the last sample: the latest origin and the
-    path's flat parts follow it."""
-    if "hz_fc1" not in cols:
+    path's flat steps follow it."""
+    if "hz_origin" not in cols:
         return
     seen = count > 0
     s, count, fc1 = s[seen], count[seen], fc1[seen]
-    h = cols["hz_fc1"].shape[1]
-    cols["hz_fc1"][s, (count - 1) % h] = fc1
-    path = cols["hz_path"][s]
-    flat = cols["hz_choice"][s] == FLAT
-    cols["hz_path"][s] = np.where(flat, fc1[:, None], path)
+    h = cols["hz_path"].shape[1]
+    at = (count - 1) % h
+    cols["hz_origin"][s, at, 3] = fc1
+    flat = cols["hz_pick"][s, at][:, groups(h)] == FLAT
+    cols["hz_path"][s] = np.where(flat, fc1[:, None], cols["hz_path"][s])
 
 
 def view(cols: dict, slots: np.ndarray) -> dict[str, np.ndarray]:
-    """The current path and its interval for ``slots`` (NaN bounds before a horizon's first error);
+    """The current path and its interval for ``slots`` (NaN bounds before a step's first errors);
     empty when the horizon is off."""
     if "hz_path" not in cols:
         return {}
-    path, q = cols["hz_path"][slots], cols["hz_q"][slots]
+    path = cols["hz_path"][slots]
+    q = cols["hz_q"][slots] @ spreading(path.shape[1])
     return {"path": path, "lower": path - q, "upper": path + q}

@@ -2,11 +2,15 @@
 
     python scripts/forecast_summary.py --data /work/shared/data/nab-dev --out /tmp/fc-summary.json
 
-Runs ``python -m daemon.offline evaluate --whole --json --quiet`` on every ``--data/*/*.csv`` (the
+Runs ``python -m daemon.commands.offline evaluate --whole --json --quiet`` on every ``--data/*/*.csv`` (the
 folders whose name starts with ``artificial`` are skipped unless ``--all``), one file at a time, and
 prints per file the MASE of the served forecast (``model``) and of persistence, EWMA and seasonal
 naive, then the median and mean MASE of the served forecast, the files above 1 and the files where
-the served forecast is no worse than the best simple forecaster. ``--out`` writes the same as JSON.
+the served forecast is no worse than the best simple forecaster. For the multi-step path (issue 17
+item 3) it prints per file the MASE at the last step H of the served path, of seasonal naive and of
+persistence at H, and the share of values inside the interval at steps 1 and H; then the median
+over files of each, the files where the path beats seasonal naive at H, and the median ratio of the
+two. ``--out`` writes the same as JSON.
 The code evaluated is the tree given by ``--root`` (default: the tree holding this script).
 """
 
@@ -22,12 +26,15 @@ from pathlib import Path
 import numpy as np
 
 SIMPLE = ("persistence", "ewma", "seasonal_naive")
+HZ_KEYS = ("h_model", "h_snaive", "h_persistence", "cover_1", "h_cover")
+HZ_HEAD = f"{'H:path':>8}{'snaive':>8}{'persist':>8}{'cov@1':>8}{'cov@H':>8}"
 
 
 def evaluate(root: Path, model: Path, csv: Path) -> dict:
     """``evaluate --whole --json`` of one CSV, as a dict (rows kept in file order, as NAB has them)."""
     env = dict(os.environ, PYTHONPATH=str(root))
-    cmd = [sys.executable, "-m", "daemon.offline", "evaluate", "--model", str(model), "--csv", str(csv)]
+    cmd = [sys.executable, "-m", "daemon.commands.offline", "evaluate", "--model", str(model)]
+    cmd += ["--csv", str(csv)]
     cmd += ["--whole", "--json", "--quiet", "--duplicates", "keep", "--unsorted", "keep"]
     done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -45,6 +52,49 @@ def summarise(rows: list[dict]) -> dict:
         "above_1": int(np.sum(served > 1.0)),
         "served_le_best_simple": int(sum(r["model"] <= r["best_simple"] for r in rows)),
         "served_le_persistence": int(sum(r["model"] <= r["persistence"] for r in rows)),
+        **summarise_horizon(rows),
+    }
+
+
+def horizon_row(res: dict) -> dict:
+    """The last step's MASE (served path, seasonal naive, persistence) and the coverage at 1 and H."""
+    hz = res.get("horizons")
+    if not hz:
+        return {}
+    h = max(hz, key=int)
+    last, first = hz[h], hz["1"]
+    return {
+        "h": int(h),
+        "h_model": last["model"]["mase"],
+        "h_snaive": last["seasonal_naive"]["mase"],
+        "h_persistence": last["persistence"]["mase"],
+        "h_cover": last["coverage"],
+        "cover_1": first["coverage"],
+        "cover_mean": float(np.nanmean([v["coverage"] for v in hz.values()])),
+    }
+
+
+def summarise_horizon(rows: list[dict]) -> dict:
+    """Medians over files of the H-step MASEs and of the coverages; files where the path beats
+    seasonal naive at H; the median ratio served / seasonal naive at H."""
+    rows = [r for r in rows if "h_model" in r]
+    if not rows:
+        return {}
+
+    def med(key: str) -> float:
+        return float(np.nanmedian([r[key] for r in rows]))
+
+    ratio = [r["h_model"] / r["h_snaive"] for r in rows if r["h_snaive"] > 0]
+    return {
+        "horizon": rows[0]["h"],
+        "median_h_mase_served": med("h_model"),
+        "median_h_mase_seasonal_naive": med("h_snaive"),
+        "median_h_mase_persistence": med("h_persistence"),
+        "median_ratio_served_to_seasonal_naive_at_h": float(np.median(ratio)),
+        "served_below_seasonal_naive_at_h": int(sum(r["h_model"] < r["h_snaive"] for r in rows)),
+        "median_coverage_at_h": med("h_cover"),
+        "median_coverage_at_1": med("cover_1"),
+        "median_coverage_mean_over_steps": med("cover_mean"),
     }
 
 
@@ -63,17 +113,19 @@ def main() -> int:
     if not files:
         raise SystemExit(f"no CSV files under {args.data}")
     rows = []
-    print(f"{'file':<44}{'served':>8}{'persist':>8}{'ewma':>8}{'snaive':>8}{'best':>8}  ok")
+    print(f"{'file':<44}{'served':>8}{'persist':>8}{'ewma':>8}{'snaive':>8}{'best':>8}  ok" + HZ_HEAD)
     for f in files:
         res = evaluate(args.root, args.model, f)
         row = {"file": f"{f.parent.name}/{f.name}", "period": res["meta"]["period"]}
         for name in ("model", *SIMPLE):
             row[name] = res[name]["mase"]
         row["best_simple"] = min(row[n] for n in SIMPLE)
+        row.update(horizon_row(res))
         rows.append(row)
         ok = "yes" if row["model"] <= row["best_simple"] else "NO"
         cells = "".join(f"{row[n]:>8.3f}" for n in ("model", *SIMPLE, "best_simple"))
-        print(f"{f.name[:43]:<44}{cells}  {ok}", flush=True)
+        hz = "".join(f"{row[k]:>8.3f}" for k in HZ_KEYS if k in row)
+        print(f"{f.name[:43]:<44}{cells}  {ok:<4}{hz}", flush=True)
     summary = summarise(rows)
     print(json.dumps(summary, indent=1))
     if args.out is not None:
