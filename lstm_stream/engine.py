@@ -553,6 +553,16 @@ class Engine:
             **horizon.view(a, slots),
         )
 
+    def step_seconds(self, names: Sequence[str]) -> np.ndarray:
+        """Each named stream's usual sampling interval (median spacing of its recent timestamps; NaN
+        for unknown streams or before a second sample): how far apart a path's steps are."""
+        slots = self.table.lookup(names)
+        known = slots >= 0
+        out = np.full(len(slots), np.nan)
+        if known.any():
+            out[known] = horizon.spacing(self.arrays["ts_ring"][slots[known]])
+        return out
+
     def copy_model(self) -> Forecaster:
         """A deep copy of the live model (what a fine-tune trains)."""
         return copy.deepcopy(self.model)

@@ -24,6 +24,7 @@ Gaussian width of the running error. Everything is vectorised over the slots of 
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from statistics import NormalDist
 
@@ -259,3 +260,12 @@ def view(cols: dict, slots: np.ndarray) -> dict[str, np.ndarray]:
     path = cols["hz_path"][slots]
     q = cols["hz_q"][slots] @ spreading(path.shape[1])
     return {"path": path, "lower": path - q, "upper": path + q}
+
+
+def spacing(ts_ring: np.ndarray) -> np.ndarray:
+    """Median spacing of each row's recent timestamps (a ring, NaN where unused); NaN below two."""
+    gaps = np.diff(np.sort(ts_ring, axis=1), axis=1)  # NaN sort last: their gaps are NaN
+    gaps[~(gaps > 0)] = np.nan
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, as documented
+        return np.nanmedian(gaps, axis=1)

@@ -19,7 +19,10 @@ from daemon.outputs.metrics import (
     ANOMALY,
     ANOMALY_SCORE,
     FORECAST,
+    FORECAST_AHEAD,
+    FORECAST_LOWER,
     FORECAST_NEXT,
+    FORECAST_UPPER,
     LAST_SEEN,
     VALUE,
 )
@@ -39,6 +42,13 @@ _FAMILIES = (
     (ANOMALY, "gauge", "1 while the stream is inside an anomalous condition, else 0.", "in_anomaly"),
     (ANOMALIES_TOTAL, "counter", "Anomaly flags raised for the stream.", "anomalies"),
     (LAST_SEEN, "gauge", "When the stream was last seen, in Unix seconds.", "last_seen"),
+)
+
+# per configured step h (label ``horizon``): (name, help, StreamView attribute, an (n, H) array)
+_HORIZON_FAMILIES = (
+    (FORECAST_AHEAD, "Forecast of the value the given number of samples ahead.", "path"),
+    (FORECAST_LOWER, "Lower bound of the central interval of that forecast.", "lower"),
+    (FORECAST_UPPER, "Upper bound of the central interval of that forecast.", "upper"),
 )
 
 
@@ -78,10 +88,11 @@ class StreamExporter:
     or expired) is simply not rendered, so its series end with the next scrape.
     """
 
-    def __init__(self, mode: str = "all") -> None:
+    def __init__(self, mode: str = "all", horizons: tuple[int, ...] = ()) -> None:
         if mode not in PER_STREAM_MODES:
             raise ValueError(f"per-stream mode {mode!r} is not one of {PER_STREAM_MODES}")
         self.mode = mode
+        self.horizons = tuple(horizons)  # steps of the path exported (none beyond the engine's horizon)
         self._view: StreamView | None = None
         self._labels: dict[str, str] = {}  # stream name -> '{stream="..."} '
         self._cache: tuple[StreamView | None, str, bytes] = (None, "", b"")
@@ -144,15 +155,26 @@ class StreamExporter:
             return ""
         labels = self._label_strings(names)
         parts: list[str] = []
-        add = operator.add
         for name, typ, help_text, attr in _FAMILIES:
             a = np.asarray(getattr(view, attr))
-            if idx is not None:
-                a = a[idx]
             parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {typ}\n")
-            sep = "\n" + name
-            for lo in range(0, len(labels), RENDER_CHUNK):
-                hi = lo + RENDER_CHUNK
-                parts.append(name + sep.join(map(add, labels[lo:hi], format_values(a[lo:hi]))) + "\n")
-                time.sleep(RENDER_PAUSE_S)  # each map/join above is one C call holding the GIL
+            _render_family(parts, name, labels, a if idx is None else a[idx])
+        steps = [h for h in self.horizons if view.path is not None and 1 <= h <= view.path.shape[1]]
+        for name, help_text, attr in _HORIZON_FAMILIES if steps else ():
+            table = np.asarray(getattr(view, attr))
+            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
+            for h in steps:
+                tagged = [lab[:-2] + f',horizon="{h}"}} ' for lab in labels]
+                a = table[:, h - 1]
+                _render_family(parts, name, tagged, a if idx is None else a[idx])
         return "".join(parts)
+
+
+def _render_family(parts: list[str], name: str, labels: list[str], values: np.ndarray) -> None:
+    """Append one family's samples (``name`` + label string + value per stream), in chunks."""
+    sep = "\n" + name
+    add = operator.add
+    for lo in range(0, len(labels), RENDER_CHUNK):
+        hi = lo + RENDER_CHUNK
+        parts.append(name + sep.join(map(add, labels[lo:hi], format_values(values[lo:hi]))) + "\n")
+        time.sleep(RENDER_PAUSE_S)  # each map/join above is one C call holding the GIL

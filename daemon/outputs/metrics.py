@@ -40,6 +40,10 @@ ANOMALY_SCORE = "lstm_stream_anomaly_score"
 ANOMALY = "lstm_stream_anomaly"
 ANOMALIES_TOTAL = "lstm_stream_anomalies_total"
 LAST_SEEN = "lstm_stream_last_seen_timestamp_seconds"
+# the forecast path at the configured steps (label ``horizon``, in samples; http.horizons)
+FORECAST_AHEAD = "lstm_stream_forecast_ahead"
+FORECAST_LOWER = "lstm_stream_forecast_ahead_lower"
+FORECAST_UPPER = "lstm_stream_forecast_ahead_upper"
 
 # --- process -------------------------------------------------------------------------------------
 MESSAGES_RECEIVED = "lstm_stream_messages_received_total"

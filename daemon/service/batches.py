@@ -142,7 +142,7 @@ class Batches:
         if r.is_anomaly.any():
             self.metrics.observe_publish(*self.events.publish_anomalies(r, self.engine.model_version))
         if self._forecasts:
-            self.events.publish_forecasts(r)
+            self.events.publish_forecasts(r, self.engine.step_seconds(r.stream))
         if self.feed is not None:
             self.feed.batch(r)
 

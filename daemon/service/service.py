@@ -86,7 +86,7 @@ class Service:
         )
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
-        self.exporter = StreamExporter(settings.http.per_stream)
+        self.exporter = StreamExporter(settings.http.per_stream, tuple(settings.http.horizons))
         self.finetuner = Finetuner(
             self.state_dir / "finetune", settings.finetune.mode, settings.finetune.nice
         )
