@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from numbers import Real
 
 import numpy as np
@@ -66,10 +67,10 @@ class Results:
     refused: list[str] = field(default_factory=list)  # new streams not admitted (full table, rate)
     served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     next_served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
-    # the path after each sample, steps 1..H (step 1 is next_forecast), and its interval: (n, H)
+    # the path after each sample, steps 1..H (step 1 is next_forecast), and the half-width of its
+    # central interval, (n, H); (0, 0) when the horizon is off or process() was asked for no paths
     path: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    lower: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    upper: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    halfwidth: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -90,6 +91,16 @@ class Results:
     def reject_of(self, i: int) -> str:
         """Reject reason name of sample ``i`` ('' when accepted)."""
         return REJECTS[int(self.reject[i])]
+
+    @cached_property
+    def lower(self) -> np.ndarray:
+        """Lower bounds of the paths' central intervals, (n, H)."""
+        return self.path - self.halfwidth
+
+    @cached_property
+    def upper(self) -> np.ndarray:
+        """Upper bounds of the paths' central intervals, (n, H)."""
+        return self.path + self.halfwidth
 
 
 @dataclass
@@ -220,8 +231,10 @@ class Engine:
         values: Sequence[object] | np.ndarray,
         now: float | None = None,
         limit_admission: bool = True,
+        paths: bool = True,
     ) -> Results:
         """Apply a micro-batch of samples; ``now`` (default: each sample's ts) marks streams seen.
+        ``paths=False`` leaves ``Results.path`` empty (the engine still tracks them, for ``view``).
 
         ``limit_admission=False`` creates new streams without the admission rate
         (``new_streams_per_s``): for samples that were taken in once already, as a write-ahead log
@@ -253,8 +266,8 @@ class Engine:
             served=np.zeros(n, dtype=np.uint8),
             next_served=np.zeros(n, dtype=np.uint8),
         )
-        if self.config.horizon:
-            out.path, out.lower, out.upper = np.full((3, n, self.config.horizon), np.nan)
+        if self.config.horizon and paths:
+            out.path, out.halfwidth = np.full((2, n, self.config.horizon), np.nan)
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
@@ -373,7 +386,10 @@ class Engine:
             out.served[idx] = served
             out.next_served[idx] = choice
         if cfg.horizon:
-            self._path(idx, s, x, count, next_fc, next_sp, out)
+            sel = cfg.selection
+            horizon.update(a, s, x, count, next_fc, sel.ewma_alpha, sel.memory, cfg.interval)
+            if out.path.shape[0]:
+                out.path[idx], out.halfwidth[idx] = horizon.current(a, s, count, next_sp, cfg.interval)
         a["fc_mean"][s] = next_fc
         a["fc_spread"][s] = next_sp
         a["count"][s] = count + 1
@@ -392,33 +408,6 @@ class Engine:
         out.reason[idx] = scored.reason
         out.next_forecast[idx] = next_fc
         out.next_spread[idx] = next_sp
-
-    def _path(
-        self,
-        idx: np.ndarray,
-        s: np.ndarray,
-        x: np.ndarray,
-        count: np.ndarray,
-        fc1: np.ndarray,
-        spread: np.ndarray,
-        out: Results,
-    ) -> None:
-        """The forecast path after this sample, steps 1..H, and its central interval (horizon.py)."""
-        cfg = self.config
-        path, q = horizon.update(
-            self.arrays,
-            s,
-            x,
-            count,
-            fc1,
-            spread,
-            cfg.selection.ewma_alpha,
-            cfg.selection.memory,
-            cfg.interval,
-        )
-        out.path[idx] = path
-        out.lower[idx] = path - q
-        out.upper[idx] = path + q
 
     def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> None:
         """The history's target for the previous step: this value scaled as that forecast was."""
@@ -550,7 +539,7 @@ class Engine:
             last_seen=a["last_seen"][slots],
             samples=a["count"][slots],
             served=a["sel_choice"][slots] if "sel_choice" in a else np.zeros(len(slots), dtype=np.uint8),
-            **horizon.view(a, slots),
+            **horizon.view(a, slots, self.config.interval),
         )
 
     def step_seconds(self, names: Sequence[str]) -> np.ndarray:

@@ -43,6 +43,7 @@ MIN_ERRORS = 20  # h-step errors before a candidate may be chosen and the confor
 MARGIN = 0.05  # switch only to a candidate with this fraction less running error
 MAD_TO_SIGMA = 1.2533
 ONE = np.ones(1, dtype=np.int64)
+STRIDE = 2  # errors are realised at every STRIDE-th sample of a stream (staggered across streams)
 ANCHORS = 5  # steps whose errors are tracked, step 1 included (the others follow the next anchor)
 
 
@@ -71,7 +72,7 @@ def spreading(horizon: int) -> np.ndarray:
 
 def columns(horizon: int | None) -> dict[str, Column]:
     """Per-stream arrays: the ring of the last H origins, the candidates' running errors at the
-    anchor steps, the choice, the interval half-widths and the current path (about 1 kB at H = 12)."""
+    anchor steps, the choice and the interval half-widths (under 1 kB at H = 12)."""
     if not horizon:
         return {}
     h, na = horizon, len(anchors(horizon))
@@ -81,13 +82,12 @@ def columns(horizon: int | None) -> dict[str, Column]:
         "hz_origin": Column((h, 5), np.float64, np.nan),
         "hz_pick": Column((h, na), np.uint8, FLAT),  # the candidate served at each anchor, per origin
         "hz_level": Column((2,), np.float64, np.nan),  # the fast and slow EWMA levels now
-        "hz_mae": Column((C, na), np.float64, 0.0),  # running absolute errors at the anchor steps
-        "hz_n": Column((C, na), np.int32, 0),
+        "hz_mae": Column((na, C), np.float64, 0.0),  # running absolute errors at the anchor steps
+        "hz_n": Column((na, C), np.int32, 0),
         "hz_choice": Column((na,), np.uint8, FLAT),
         "hz_smae": Column((na,), np.float64, 0.0),  # running error of the served path
         "hz_n_served": Column((na,), np.int32, 0),
         "hz_q": Column((na,), np.float64, np.nan),  # interval half-width at the anchor steps
-        "hz_path": Column((h,), np.float64, np.nan),  # the path made after the last sample
     }
 
 
@@ -103,18 +103,41 @@ def _damping(steps: np.ndarray) -> np.ndarray:
 
 
 def candidates(origin: np.ndarray, seas: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Every candidate's forecast (n, C, len(steps)) from the origins (n, len(steps), 5), or (n, 1, 5)
-    for one origin, and the seasonal values (n, len(steps))."""
+    """Every candidate's forecast (n, len(steps), C) from the origins (n, len(steps), 5) and the
+    seasonal values (n, len(steps))."""
     last, ewma, slow, fc1, dev = (origin[..., i] for i in range(5))
-    out = np.empty((seas.shape[0], C, len(steps)))
-    out[:, FLAT] = fc1
-    out[:, PERSISTENCE] = last
-    out[:, EWMA] = ewma
-    out[:, SLOW] = slow
-    out[:, DAMPED] = last + (fc1 - last) * _damping(steps)
-    out[:, SEASONAL] = seas
-    out[:, SEASONAL_ADJ] = seas + dev * PHI_SEASONAL**steps
+    out = np.empty((*seas.shape, C))
+    out[..., FLAT] = fc1
+    out[..., PERSISTENCE] = last
+    out[..., EWMA] = ewma
+    out[..., SLOW] = slow
+    out[..., DAMPED] = last + (fc1 - last) * _damping(steps)
+    out[..., SEASONAL] = seas
+    out[..., SEASONAL_ADJ] = seas + dev * PHI_SEASONAL**steps
     return out
+
+
+def make_path(choice: np.ndarray, origin: np.ndarray, seas: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The path (n, H): at each step the chosen candidate's forecast from one origin per row (n, 5),
+    computed only for the candidates some row chose; the flat forecast where that has none."""
+    last, ewma, slow, fc1, dev = (origin[:, i : i + 1] for i in range(5))
+    path = np.repeat(fc1, len(steps), axis=1)
+    used = np.flatnonzero(np.bincount(choice.ravel(), minlength=C))
+    for c in used[used != FLAT].tolist():
+        if c == PERSISTENCE:
+            value = last
+        elif c == EWMA:
+            value = ewma
+        elif c == SLOW:
+            value = slow
+        elif c == DAMPED:
+            value = last + (fc1 - last) * _damping(steps)
+        elif c == SEASONAL:
+            value = seas
+        else:
+            value = seas + dev * PHI_SEASONAL**steps
+        np.copyto(path, np.broadcast_to(value, path.shape), where=choice == c)
+    return np.where(np.isfinite(path), path, fc1)  # a lost period: the flat forecast
 
 
 def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -142,32 +165,40 @@ def update(
     x: np.ndarray,
     count: np.ndarray,
     fc1: np.ndarray,
-    spread: np.ndarray,
     alpha: float,
     memory: int,
     coverage: float,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> None:
     """One sample ``x`` per slot (``count`` samples before it): fold the realised errors of the
-    forecasts made for it, then make the path after it from ``fc1`` (the served one-step forecast,
-    with its ``spread``). Returns the path and the interval half-widths, (n, H) each."""
-    h = cols["hz_path"].shape[1]
-    steps, marks = np.arange(1, h + 1), anchors(h)
-    _realise(cols, s, x, count, marks, memory, coverage)
+    forecasts made for it (at every ``STRIDE``-th sample of a stream), then record this sample as
+    the origin of the next path, with ``fc1`` (the served one-step forecast)."""
+    h = cols["hz_origin"].shape[1]
+    due = np.flatnonzero((count + s) % STRIDE == 0)  # staggered: a share of the streams per batch
+    if len(due):
+        _realise(cols, s[due], x[due], count[due], anchors(h), memory, coverage)
+        _choose(cols, s[due])
     levels = cols["hz_level"][s]
     levels = np.where(
         np.isnan(levels), x[:, None], levels + np.array([alpha, SLOW_ALPHA]) * (x[:, None] - levels)
     )
     cols["hz_level"][s] = levels
-    choice = _choose(cols, s)
     dev = x - _seasonal(cols, s, count[:, None], ONE)[:, 0]
-    origin = np.concatenate((x[:, None], levels, fc1[:, None], dev[:, None]), axis=1)
     at = count % h
-    cols["hz_origin"][s, at] = origin
-    cols["hz_pick"][s, at] = choice
-    cand = candidates(origin[:, None, :], _seasonal(cols, s, count[:, None] + steps, steps), steps)
-    path = np.take_along_axis(cand, choice[:, None, groups(h)].astype(np.intp), axis=1)[:, 0]
-    path = np.where(np.isfinite(path), path, fc1[:, None])  # a lost period: the flat forecast
-    cols["hz_path"][s] = path
+    cols["hz_origin"][s, at] = np.concatenate((x[:, None], levels, fc1[:, None], dev[:, None]), axis=1)
+    cols["hz_pick"][s, at] = cols["hz_choice"][s]
+
+
+def current(
+    cols: dict, s: np.ndarray, latest: np.ndarray, spread: np.ndarray, coverage: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The path made after sample ``latest`` (the newest origin of each slot) and the half-widths
+    of its interval, (n, H) each; ``spread``: the served one-step spread, which sizes the interval
+    of a step before its first errors."""
+    h = cols["hz_origin"].shape[1]
+    steps, marks = np.arange(1, h + 1), anchors(h)
+    at = latest % h
+    origin, choice = cols["hz_origin"][s, at], cols["hz_pick"][s, at]
+    path = make_path(choice[:, groups(h)], origin, _seasonal(cols, s, latest[:, None] + steps, steps), steps)
     q = cols["hz_q"][s]
     guess = z_of(coverage) * spread[:, None] * np.sqrt(marks)  # before any error at that step
     return path, np.where(np.isnan(q), guess, q) @ spreading(h)
@@ -184,7 +215,7 @@ def _realise(
 ) -> None:
     """Fold every candidate's error of ``x`` at the anchor steps into its running error, and the
     served path's into the interval, where the origin (that many samples ago) exists."""
-    h = cols["hz_path"].shape[1]
+    h = cols["hz_origin"].shape[1]
     origin = count[:, None] - marks  # sample index each forecast of x was made after
     valid = origin >= 0
     if not valid.any():
@@ -193,15 +224,17 @@ def _realise(
     rows = s[:, None]
     cand = candidates(cols["hz_origin"][rows, ring], _seasonal(cols, s, count[:, None], marks), marks)
     err = np.abs(x[:, None, None] - cand)
-    ok = np.isfinite(err) & valid[:, None, :]
+    ok = np.isfinite(err) & valid[:, :, None]
     n = cols["hz_n"][s] + ok
-    w = 1.0 / np.clip(n, 1, memory)
     mae = cols["hz_mae"][s]
-    cols["hz_mae"][s] = np.where(ok, mae + w * (err - mae), mae)
+    step = err - mae
+    step /= np.clip(n, 1, memory)  # the exact mean while young, then 1 / memory
+    np.add(mae, step, out=mae, where=ok)
+    cols["hz_mae"][s] = mae
     cols["hz_n"][s] = n
     pick = cols["hz_pick"][rows, ring, np.arange(len(marks))].astype(np.intp)
-    served = np.take_along_axis(err, pick[:, None, :], axis=1)[:, 0]
-    served = np.where(np.isfinite(served), served, err[:, FLAT])  # as the path fell back
+    served = np.take_along_axis(err, pick[:, :, None], axis=2)[:, :, 0]
+    served = np.where(np.isfinite(served), served, err[:, :, FLAT])  # as the path fell back
     _interval(cols, s, served, valid & np.isfinite(served), memory, coverage)
 
 
@@ -222,43 +255,36 @@ def _interval(
     cols["hz_q"][s] = q
 
 
-def _choose(cols: dict, s: np.ndarray) -> np.ndarray:
+def _choose(cols: dict, s: np.ndarray) -> None:
     """Per anchor step, the candidate with the lowest running error (once it has ``MIN_ERRORS``),
     kept unless another is better by ``MARGIN``; step 1 is always the served one-step forecast."""
     mae = np.where(cols["hz_n"][s] >= MIN_ERRORS, cols["hz_mae"][s], np.inf)
-    best = np.argmin(mae, axis=1)
+    best = np.argmin(mae, axis=2)
     choice = cols["hz_choice"][s].astype(np.intp)
-    lowest = np.take_along_axis(mae, best[:, None, :], axis=1)[:, 0]
-    current = np.take_along_axis(mae, choice[:, None, :], axis=1)[:, 0]
+    lowest = np.take_along_axis(mae, best[:, :, None], axis=2)[:, :, 0]
+    current = np.take_along_axis(mae, choice[:, :, None], axis=2)[:, :, 0]
     with np.errstate(invalid="ignore"):
         choice = np.where(lowest < (1.0 - MARGIN) * current, best, choice)
     choice[:, 0] = FLAT
-    out = choice.astype(np.uint8)
-    cols["hz_choice"][s] = out
-    return out
+    cols["hz_choice"][s] = choice
 
 
 def after_swap(cols: dict, s: np.ndarray, count: np.ndarray, fc1: np.ndarray) -> None:
-    """A new model made a new one-step forecast after the last sample: the latest origin and the
-    path's flat steps follow it."""
+    """A new model made a new one-step forecast after the last sample: the newest origin's too."""
     if "hz_origin" not in cols:
         return
     seen = count > 0
-    s, count, fc1 = s[seen], count[seen], fc1[seen]
-    h = cols["hz_path"].shape[1]
-    at = (count - 1) % h
-    cols["hz_origin"][s, at, 3] = fc1
-    flat = cols["hz_pick"][s, at][:, groups(h)] == FLAT
-    cols["hz_path"][s] = np.where(flat, fc1[:, None], cols["hz_path"][s])
+    h = cols["hz_origin"].shape[1]
+    cols["hz_origin"][s[seen], (count[seen] - 1) % h, 3] = fc1[seen]
 
 
-def view(cols: dict, slots: np.ndarray) -> dict[str, np.ndarray]:
-    """The current path and its interval for ``slots`` (NaN bounds before a step's first errors);
-    empty when the horizon is off."""
-    if "hz_path" not in cols:
+def view(cols: dict, slots: np.ndarray, coverage: float) -> dict[str, np.ndarray]:
+    """The current path and its interval for ``slots`` (NaN before a stream's first sample); empty
+    when the horizon is off."""
+    if "hz_origin" not in cols:
         return {}
-    path = cols["hz_path"][slots]
-    q = cols["hz_q"][slots] @ spreading(path.shape[1])
+    path, q = current(cols, slots, cols["count"][slots] - 1, cols["fc_spread"][slots], coverage)
+    path[cols["count"][slots] == 0] = np.nan
     return {"path": path, "lower": path - q, "upper": path + q}
 
 

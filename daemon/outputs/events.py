@@ -130,12 +130,13 @@ class EventPublisher:
         """The next-value forecast of every accepted sample of a batch's results, with its forecaster;
         where the engine makes paths, the path of the next H values, its interval and ``step_s`` (the
         stream's usual sampling interval, aligned with ``r``: how far apart the path's steps are)."""
-        multi = r.path.shape[0] == len(r)
+        multi = r.path.shape[0] == len(r) > 0
+        lower, upper = (r.lower, r.upper) if multi else (None, None)
         for i in np.nonzero(r.accepted)[0].tolist():
             forecaster = NAMES[int(r.next_served[i])]
             extra: dict[str, Any] = {}
             if multi:
-                extra = {"path": r.path[i], "lower": r.lower[i], "upper": r.upper[i]}
+                extra = {"path": r.path[i], "lower": lower[i], "upper": upper[i]}
                 if step_s is not None:
                     extra["step_s"] = float(step_s[i])
             self.publish_forecast(r.stream[i], float(r.ts[i]), float(r.next_forecast[i]), forecaster, **extra)

@@ -125,6 +125,7 @@ class Batches:
             np.fromiter(ts, np.float64, len(ts)),
             np.fromiter(values, np.float64, len(values)),
             now=self.clock(),
+            paths=self._forecasts,  # per-sample paths only for the forecast topic (the view has its own)
         )
         self.applied += len(samples)
         elapsed = time.perf_counter() - t0
