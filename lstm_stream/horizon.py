@@ -42,6 +42,7 @@ ETA = 0.05  # conformal step, in units of the running absolute error
 MIN_ERRORS = 20  # h-step errors before a candidate may be chosen and the conformal update starts
 MARGIN = 0.05  # switch only to a candidate with this fraction less running error
 MAD_TO_SIGMA = 1.2533
+BIG = 1e300  # errors are capped here, so running means stay finite
 ONE = np.ones(1, dtype=np.int64)
 STRIDE = 2  # errors are realised at every STRIDE-th sample of a stream (staggered across streams)
 ANCHORS = 5  # steps whose errors are tracked, step 1 included (the others follow the next anchor)
@@ -223,7 +224,7 @@ def _realise(
     ring = origin % h
     rows = s[:, None]
     cand = candidates(cols["hz_origin"][rows, ring], _seasonal(cols, s, count[:, None], marks), marks)
-    err = np.abs(x[:, None, None] - cand)
+    err = np.minimum(np.abs(x[:, None, None] - cand), BIG)  # 1e308 - -1e308 must not poison a mean
     ok = np.isfinite(err) & valid[:, :, None]
     n = cols["hz_n"][s] + ok
     mae = cols["hz_mae"][s]

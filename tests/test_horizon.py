@@ -157,3 +157,12 @@ def test_daemon_publishes_paths_on_the_forecast_topic(tmp_path, broker) -> None:
     assert len(last["path"]) == len(last["lower"]) == len(last["upper"]) == 12
     assert last["path"][0] == last["forecast"]
     assert all(lo <= p <= up for lo, p, up in zip(last["lower"], last["path"], last["upper"], strict=True))
+
+
+def test_the_path_changes_nothing_of_the_one_step_outputs(cfg: EngineConfig) -> None:
+    y = _noisy_sine(700, seed=2)
+    y[500] += 15.0  # a spike, so scores and flags are exercised
+    _, on = _serve(cfg, y)
+    _, off = _serve(cfg.model_copy(update={"horizon": None}), y)
+    for name in ("forecast", "spread", "residual", "score", "is_anomaly", "next_forecast", "served"):
+        np.testing.assert_array_equal(getattr(on, name), getattr(off, name), err_msg=name)
