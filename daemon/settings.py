@@ -310,7 +310,7 @@ class HttpSettings(_Section):
     port: int = Field(9464, ge=0, le=65535, description="0 = any free port (tests)")
     per_stream: Literal["all", "anomalous", "none"] = "all"
     horizons: list[Annotated[int, Field(ge=1)]] = Field(
-        [1, 12], description="steps of the forecast path exported per stream (3 series each); [] = none"
+        [12], description="steps of the forecast path exported per stream (3 series each); [] = none"
     )
 
 

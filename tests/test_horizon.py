@@ -108,7 +108,7 @@ def test_exporter_renders_only_the_configured_steps(cfg: EngineConfig) -> None:
     assert f'lstm_stream_forecast_ahead{{stream="a",horizon="12"}} {float(r.path[-1, 11])!r}' in ahead
     assert f'lstm_stream_forecast_ahead_upper{{stream="a",horizon="1"}} {float(r.upper[-1, 0])!r}' in ahead
     assert "forecast_ahead" not in StreamExporter("all").render_view(engine.view())
-    assert Settings().http.horizons == [1, 12]
+    assert Settings().http.horizons == [12]
 
 
 def test_forecast_payload_carries_the_path(cfg: EngineConfig) -> None:
