@@ -123,8 +123,10 @@ def make_path(choice: np.ndarray, origin: np.ndarray, seas: np.ndarray, steps: n
     computed only for the candidates some row chose; the flat forecast where that has none."""
     last, ewma, slow, fc1, dev = (origin[:, i : i + 1] for i in range(5))
     path = np.repeat(fc1, len(steps), axis=1)
-    used = np.flatnonzero(np.bincount(choice.ravel(), minlength=C))
-    for c in used[used != FLAT].tolist():
+    used = np.flatnonzero(np.bincount(choice.ravel(), minlength=C)).tolist()
+    for c in used:
+        if c == FLAT:
+            continue
         if c == PERSISTENCE:
             value = last
         elif c == EWMA:
@@ -138,7 +140,9 @@ def make_path(choice: np.ndarray, origin: np.ndarray, seas: np.ndarray, steps: n
         else:
             value = seas + dev * PHI_SEASONAL**steps
         np.copyto(path, np.broadcast_to(value, path.shape), where=choice == c)
-    return np.where(np.isfinite(path), path, fc1)  # a lost period: the flat forecast
+    if SEASONAL in used or SEASONAL_ADJ in used:
+        path = np.where(np.isfinite(path), path, fc1)  # a lost period: the flat forecast
+    return path
 
 
 def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -156,7 +160,7 @@ def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) 
     back = p * -(-steps // p)  # P * ceil(h / P): the nearest whole periods reaching the past
     src = target - back
     ok = (period[:, None] > 1) & (src >= 0) & (back < window)
-    vals = ring[s[:, None], np.where(ok, src, 0) % window].astype(np.float64)
+    vals = np.take(ring.reshape(-1), s[:, None] * window + src % window)  # flat: cheaper than 2-D
     return np.where(ok, vals, np.nan)
 
 
@@ -197,8 +201,9 @@ def current(
     of a step before its first errors."""
     h = cols["hz_origin"].shape[1]
     steps, marks = np.arange(1, h + 1), anchors(h)
-    at = latest % h
-    origin, choice = cols["hz_origin"][s, at], cols["hz_pick"][s, at]
+    row = s * h + latest % h
+    origin = np.take(cols["hz_origin"].reshape(-1, 5), row, axis=0)
+    choice = np.take(cols["hz_pick"].reshape(-1, len(marks)), row, axis=0)
     path = make_path(choice[:, groups(h)], origin, _seasonal(cols, s, latest[:, None] + steps, steps), steps)
     q = cols["hz_q"][s]
     guess = z_of(coverage) * spread[:, None] * np.sqrt(marks)  # before any error at that step
@@ -223,20 +228,24 @@ def _realise(
         return
     ring = origin % h
     rows = s[:, None]
-    cand = candidates(cols["hz_origin"][rows, ring], _seasonal(cols, s, count[:, None], marks), marks)
-    err = np.minimum(np.abs(x[:, None, None] - cand), BIG)  # 1e308 - -1e308 must not poison a mean
-    ok = np.isfinite(err) & valid[:, :, None]
-    n = cols["hz_n"][s] + ok
+    past = np.take(cols["hz_origin"].reshape(-1, 5), rows * h + ring, axis=0)  # (n, anchors, 5)
+    cand = candidates(past, _seasonal(cols, s, count[:, None], marks), marks)
+    err = np.subtract(x[:, None, None], cand, out=cand)
+    np.minimum(np.abs(err, out=err), BIG, out=err)  # 1e308 - -1e308 must not poison a mean
+    pick = np.take(cols["hz_pick"].reshape(-1), (rows * h + ring) * len(marks) + np.arange(len(marks)))
+    served = np.take_along_axis(err, pick[:, :, None].astype(np.intp), axis=2)[:, :, 0]
+    served = np.where(np.isfinite(served), served, err[:, :, FLAT])  # as the path fell back
+    _interval(cols, s, served, valid & np.isfinite(served), memory, coverage)
+    ok = np.isfinite(err)
+    ok &= valid[:, :, None]
+    n = cols["hz_n"][s]
+    n += ok
     mae = cols["hz_mae"][s]
-    step = err - mae
+    step = np.subtract(err, mae, out=err)
     step /= np.clip(n, 1, memory)  # the exact mean while young, then 1 / memory
     np.add(mae, step, out=mae, where=ok)
     cols["hz_mae"][s] = mae
     cols["hz_n"][s] = n
-    pick = cols["hz_pick"][rows, ring, np.arange(len(marks))].astype(np.intp)
-    served = np.take_along_axis(err, pick[:, :, None], axis=2)[:, :, 0]
-    served = np.where(np.isfinite(served), served, err[:, :, FLAT])  # as the path fell back
-    _interval(cols, s, served, valid & np.isfinite(served), memory, coverage)
 
 
 def _interval(
