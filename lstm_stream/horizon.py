@@ -156,10 +156,14 @@ def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) 
         return np.full(target.shape, np.nan)
     ring = cols["se_ring"]
     window = ring.shape[1]
-    p = np.maximum(period, 1)[:, None]
-    back = p * -(-steps // p)  # P * ceil(h / P): the nearest whole periods reaching the past
+    has = period > 1
+    p = np.where(has, period, steps[-1])[:, None]
+    if (p >= steps[-1]).all():  # every step within one period (the usual case): back = P
+        back = p
+    else:
+        back = p * -(-steps // p)  # P * ceil(h / P): the nearest whole periods reaching the past
     src = target - back
-    ok = (period[:, None] > 1) & (src >= 0) & (back < window)
+    ok = has[:, None] & (src >= 0) & (back < window)
     vals = np.take(ring.reshape(-1), s[:, None] * window + src % window)  # flat: cheaper than 2-D
     return np.where(ok, vals, np.nan)
 
