@@ -328,6 +328,9 @@ class HttpSettings(_Section):
         "process",
         description="render per-stream series in a child process (own GIL) or in the daemon's HTTP thread",
     )
+    horizons: list[Annotated[int, Field(ge=1)]] = Field(
+        [12], description="steps of the forecast path exported per stream (3 series each); [] = none"
+    )
 
 
 def _default_state_directory() -> Path:

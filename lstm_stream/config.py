@@ -189,6 +189,10 @@ class EngineConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     train: TrainConfig = TrainConfig()
     torch_threads: int = Field(1, ge=1, description="torch threads in the serving path")
+    horizon: Annotated[int | None, OffOrZero] = Field(
+        12, ge=1, le=256, description="steps of the forecast path made after each sample; false or 0 = off"
+    )
+    interval: float = Field(0.8, gt=0.0, lt=1.0, description="coverage of the central interval of each step")
 
     @model_validator(mode="after")
     def _window_only_archs(self) -> EngineConfig:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from numbers import Real
 
 import numpy as np
 import torch
 
-from . import admission, late, scaling, scoring, seasonal, selection
+from . import admission, horizon, late, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -69,6 +70,10 @@ class Results:
     refused: list[str] = field(default_factory=list)  # new streams not admitted (full table, rate)
     served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     next_served: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    # the path after each sample, steps 1..H (step 1 is next_forecast), and the half-width of its
+    # central interval, (n, H); (0, 0) when the horizon is off or process() was asked for no paths
+    path: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    halfwidth: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -90,6 +95,16 @@ class Results:
         """Reject reason name of sample ``i`` ('' when accepted)."""
         return REJECTS[int(self.reject[i])]
 
+    @cached_property
+    def lower(self) -> np.ndarray:
+        """Lower bounds of the paths' central intervals, (n, H)."""
+        return self.path - self.halfwidth
+
+    @cached_property
+    def upper(self) -> np.ndarray:
+        """Upper bounds of the paths' central intervals, (n, H)."""
+        return self.path + self.halfwidth
+
 
 @dataclass
 class StreamView:
@@ -105,6 +120,9 @@ class StreamView:
     last_seen: np.ndarray  # time of the last sample (the ``now`` passed to process)
     samples: np.ndarray  # samples applied
     served: np.ndarray | None = None  # forecaster of next_forecast: index into selection.NAMES
+    path: np.ndarray | None = None  # (streams, H): forecasts of the next H values (None: horizon off)
+    lower: np.ndarray | None = None  # and their central interval
+    upper: np.ndarray | None = None
 
 
 def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +209,7 @@ class Engine:
             **scoring.COLUMNS,
             **seasonal.columns(cfg.seasonal),
             **selection.columns(cfg.selection),
+            **horizon.columns(cfg.horizon),
         }
         if self.stateful:
             shape = (cfg.model.layers, cfg.model.hidden)
@@ -222,8 +241,10 @@ class Engine:
         now: float | None = None,
         limit_admission: bool = True,
         max_rounds: int | None = None,
+        paths: bool = True,
     ) -> Results:
         """Apply a micro-batch of samples; ``now`` (default: each sample's ts) marks streams seen.
+        ``paths=False`` leaves ``Results.path`` empty (the engine still tracks them, for ``view``).
 
         A stream with k samples in the batch is stepped in k rounds; ``max_rounds`` bounds the rounds
         (and so the call's time, whatever one message holds): a stream's samples beyond it are left
@@ -258,6 +279,8 @@ class Engine:
             served=np.zeros(n, dtype=np.uint8),
             next_served=np.zeros(n, dtype=np.uint8),
         )
+        if self.config.horizon and paths:
+            out.path, out.halfwidth = np.full((2, n, self.config.horizon), np.nan)
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
@@ -357,6 +380,11 @@ class Engine:
             next_fc, next_sp, choice = selection.update(a, s, x, next_fc, next_sp, naive, sc, cfg.selection)
             out.served[idx] = served
             out.next_served[idx] = choice
+        if cfg.horizon:
+            sel = cfg.selection
+            horizon.update(a, s, x, count, next_fc, sel.ewma_alpha, sel.memory, cfg.interval)
+            if out.path.shape[0]:
+                out.path[idx], out.halfwidth[idx] = horizon.current(a, s, count, next_sp, cfg.interval)
         a["fc_mean"][s] = next_fc
         a["fc_spread"][s] = next_sp
         a["count"][s] = count + 1
@@ -491,6 +519,7 @@ class Engine:
             fc, sp, _ = selection.serve(a, s, last, fc, sp, naive, sc, self.config.selection)
         a["fc_mean"][s] = np.where(count > 0, fc, np.nan)
         a["fc_spread"][s] = np.where(count > 0, sp, np.nan)
+        horizon.after_swap(a, s, count, fc)
 
     def history(self, min_len: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Each stream's buffered (inputs, targets, excluded) in time order, for fine-tuning."""
@@ -528,7 +557,18 @@ class Engine:
             last_seen=a["last_seen"][slots],
             samples=a["count"][slots],
             served=a["sel_choice"][slots] if "sel_choice" in a else np.zeros(len(slots), dtype=np.uint8),
+            **horizon.view(a, slots, self.config.interval),
         )
+
+    def step_seconds(self, names: Sequence[str]) -> np.ndarray:
+        """Each named stream's usual sampling interval (median spacing of its recent timestamps; NaN
+        for unknown streams or before a second sample): how far apart a path's steps are."""
+        slots = self.table.lookup(names)
+        known = slots >= 0
+        out = np.full(len(slots), np.nan)
+        if known.any():
+            out[known] = horizon.spacing(self.arrays["ts_ring"][slots[known]])
+        return out
 
     def copy_model(self) -> Forecaster:
         """A deep copy of the live model (what a fine-tune trains)."""

@@ -190,6 +190,52 @@ BASELINES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
 """Baseline forecasters under a common ``(y, period) -> yhat`` signature, to loop over."""
 
 
+# --- multi-step paths --------------------------------------------------------------------------
+
+
+def at_horizon(path: np.ndarray, h: int) -> np.ndarray:
+    """Step ``h`` of a path table (row i: forecasts of rows i+1..i+H) aligned with the truth:
+    ``out[t]`` is the forecast of ``y[t]`` made ``h`` rows before (nan for t < h)."""
+    n = path.shape[0]
+    out = np.full(n, np.nan)
+    out[h:] = path[: n - h, h - 1]
+    return out
+
+
+def horizon_metrics(
+    y: ArrayLike, path: np.ndarray, lower: np.ndarray, upper: np.ndarray, start: int, period: int = 1
+) -> dict[str, dict]:
+    """Per step h of the path: MAE and MASE of the path, of persistence at h (``y[t-h]``) and of
+    seasonal naive at h (``y[t - P*ceil(h/P)]``) on the same rows ``t >= start``, and the share of
+    values inside the interval made h rows before. MASE divides by the one-step persistence MAE over
+    all rows from ``start``, the same for every h (as the one-step table)."""
+    y = np.asarray(y, dtype=float)
+    n, steps = path.shape
+    start = max(start, 1)
+    scale = mae(y[start:], y[start - 1 : -1])
+    out: dict[str, dict] = {}
+    for h in range(1, steps + 1):
+        back = period * -(-h // period)
+        fc = {"model": at_horizon(path, h), "persistence": seasonal_naive(y, h)}
+        fc["seasonal_naive"] = seasonal_naive(y, back)
+        rows = np.zeros(n, dtype=bool)
+        rows[start:] = True
+        for f in fc.values():
+            rows &= np.isfinite(f)
+        rows &= np.isfinite(y)
+        entry: dict = {"rows": int(rows.sum())}
+        for name, f in fc.items():
+            err = mae(y[rows], f[rows])
+            entry[name] = {"mae": err, "mase": err / scale if scale > 0.0 else float("nan")}
+        lo, up = at_horizon(lower, h)[rows], at_horizon(upper, h)[rows]
+        inside = (lo <= y[rows]) & (y[rows] <= up)
+        known = np.isfinite(lo) & np.isfinite(up)
+        entry["coverage"] = float(inside[known].mean()) if known.any() else float("nan")
+        entry["width"] = float(np.mean(up[known] - lo[known])) if known.any() else float("nan")
+        out[str(h)] = entry
+    return out
+
+
 # --- anomaly flags ------------------------------------------------------------------------------
 
 

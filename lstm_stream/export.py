@@ -288,6 +288,11 @@ class Served:
     spread: np.ndarray
     score: np.ndarray
     is_anomaly: np.ndarray
+    # row i: the path made after series[i] (forecasts of rows i+1..i+H) and its interval; None when
+    # the horizon is off
+    path: np.ndarray | None = None
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
 
 
 def engine_forecasts(
@@ -309,9 +314,12 @@ def engine_forecasts(
     )
     engine = Engine(ecfg, model)  # type: ignore[arg-type]
     names = [f"s{i}" for i in range(len(series))]
+    h = ecfg.horizon or 0
     out = [
         Served(
-            np.full(len(s), np.nan), np.full(len(s), np.nan), np.full(len(s), np.nan), np.zeros(len(s), bool)
+            *np.full((3, len(s)), np.nan),
+            np.zeros(len(s), bool),
+            *(np.full((3, len(s), h), np.nan) if h else (None, None, None)),
         )
         for s in series
     ]
@@ -342,6 +350,8 @@ def engine_forecasts(
             o.spread[rr] = res.spread[m]
             o.score[rr] = res.score[m]
             o.is_anomaly[rr] = res.is_anomaly[m]
+            if h:
+                o.path[rr], o.lower[rr], o.upper[rr] = res.path[m], res.lower[m], res.upper[m]
         if progress is not None:
             progress(len(streams))
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import scaling
+from . import horizon, scaling
 from .config import EngineConfig
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -32,6 +32,9 @@ def put_in_order(
     insert(a["win"], s, count, k, z)
     if "se_ring" in a:
         insert(a["se_ring"], s, count, k, np.clip(x, -F32_MAX, F32_MAX))
+    if "hz_origin" in a:  # the forecast paths made after each sample: none after this one
+        insert(a["hz_origin"], s, count, k, np.full((len(s), *a["hz_origin"].shape[2:]), np.nan))
+        insert(a["hz_pick"], s, count, k, np.full((len(s), *a["hz_pick"].shape[2:]), horizon.FLAT))
     if cfg.history_len:
         insert(a["hist_z"], s, count, k, z)
         insert(a["hist_y"], s, count, k, np.full(len(s), np.nan, np.float32))

@@ -7,7 +7,11 @@ Runs ``python -m daemon evaluate --whole --json --quiet`` on every ``--data/*/*.
 folders whose name starts with ``artificial`` are skipped unless ``--all``), one file at a time, and
 prints per file the MASE of the served forecast (``model``) and of persistence, EWMA and seasonal
 naive, then the median and mean MASE of the served forecast, the files above 1 and the files where
-the served forecast is no worse than the best simple forecaster. ``--out`` writes the same as JSON.
+the served forecast is no worse than the best simple forecaster. For the multi-step path (issue 17
+item 3) it prints per file the MASE at the last step H of the served path, of seasonal naive and of
+persistence at H, and the share of values inside the interval at steps 1 and H; then the median
+over files of each, the files where the path beats seasonal naive at H, and the median ratio of the
+two. ``--out`` writes the same as JSON.
 The code evaluated is the tree given by ``--root`` (default: the tree holding this script).
 ``--online`` runs ``evaluate --online`` instead (the daemon's loop with its fine-tuning schedule on
 the data's clock) and adds per file the served MASE without fine-tuning and the change of the served
@@ -29,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 SIMPLE = ("persistence", "ewma", "seasonal_naive")
+HZ_KEYS = ("h_model", "h_snaive", "h_persistence", "cover_1", "h_cover")
+HZ_HEAD = f"{'H:path':>8}{'snaive':>8}{'persist':>8}{'cov@1':>8}{'cov@H':>8}"
 
 
 LARGE = 5000  # rows: the files the fine-tuning target is measured on
@@ -57,6 +63,7 @@ def summarise(rows: list[dict]) -> dict:
         "above_1": int(np.sum(served > 1.0)),
         "served_le_best_simple": int(sum(r["model"] <= r["best_simple"] for r in rows)),
         "served_le_persistence": int(sum(r["model"] <= r["persistence"] for r in rows)),
+        **summarise_horizon(rows),
     }
     if rows and "no_finetune" in rows[0]:
         large = [r["change"] for r in rows if r["rows"] >= LARGE]
@@ -64,6 +71,48 @@ def summarise(rows: list[dict]) -> dict:
         out["median_change_large"] = float(np.median(large)) if large else None
         out["large_files_10pct_better"] = f"{sum(c <= -0.1 for c in large)} of {len(large)}"
     return out
+
+
+def horizon_row(res: dict) -> dict:
+    """The last step's MASE (served path, seasonal naive, persistence) and the coverage at 1 and H."""
+    hz = res.get("horizons")
+    if not hz:
+        return {}
+    h = max(hz, key=int)
+    last, first = hz[h], hz["1"]
+    return {
+        "h": int(h),
+        "h_model": last["model"]["mase"],
+        "h_snaive": last["seasonal_naive"]["mase"],
+        "h_persistence": last["persistence"]["mase"],
+        "h_cover": last["coverage"],
+        "cover_1": first["coverage"],
+        "cover_mean": float(np.nanmean([v["coverage"] for v in hz.values()])),
+    }
+
+
+def summarise_horizon(rows: list[dict]) -> dict:
+    """Medians over files of the H-step MASEs and of the coverages; files where the path beats
+    seasonal naive at H; the median ratio served / seasonal naive at H."""
+    rows = [r for r in rows if "h_model" in r]
+    if not rows:
+        return {}
+
+    def med(key: str) -> float:
+        return float(np.nanmedian([r[key] for r in rows]))
+
+    ratio = [r["h_model"] / r["h_snaive"] for r in rows if r["h_snaive"] > 0]
+    return {
+        "horizon": rows[0]["h"],
+        "median_h_mase_served": med("h_model"),
+        "median_h_mase_seasonal_naive": med("h_snaive"),
+        "median_h_mase_persistence": med("h_persistence"),
+        "median_ratio_served_to_seasonal_naive_at_h": float(np.median(ratio)),
+        "served_below_seasonal_naive_at_h": int(sum(r["h_model"] < r["h_snaive"] for r in rows)),
+        "median_coverage_at_h": med("h_cover"),
+        "median_coverage_at_1": med("cover_1"),
+        "median_coverage_mean_over_steps": med("cover_mean"),
+    }
 
 
 def file_row(f: Path, res: dict) -> dict:
@@ -80,6 +129,7 @@ def file_row(f: Path, res: dict) -> dict:
         row["no_finetune"] = res["without_finetune"]["model"]["mase"]
         row["change"] = res["finetune"]["change"]
         row["swaps"] = f"{res['finetune']['swaps']}/{res['finetune']['attempts']}"
+    row.update(horizon_row(res))
     return row
 
 
@@ -102,7 +152,7 @@ def main() -> int:
         raise SystemExit(f"no CSV files under {args.data}")
     rows = []
     extra = f"{'no-ft':>8}{'change':>8}  swaps" if args.online else ""
-    print(f"{'file':<44}{'served':>8}{'persist':>8}{'ewma':>8}{'snaive':>8}{'best':>8}  ok{extra}")
+    print(f"{'file':<44}{'served':>8}{'persist':>8}{'ewma':>8}{'snaive':>8}{'best':>8}  ok{extra}{HZ_HEAD}")
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         reports = pool.map(lambda f: evaluate(args.root, args.model, f, args.online, args.config), files)
@@ -115,6 +165,7 @@ def main() -> int:
                 cells += f"  {ok}{row['no_finetune']:>8.3f}{row['change']:>+8.1%}  {row['swaps']}"
             else:
                 cells += f"  {ok}"
+            cells += "".join(f"{row[k]:>8.3f}" for k in HZ_KEYS if k in row)
             print(f"{f.name[:43]:<44}{cells}", flush=True)
     summary = summarise(rows)
     summary["seconds"] = round(time.perf_counter() - t0, 1)

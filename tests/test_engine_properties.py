@@ -52,6 +52,9 @@ def _finite_state(engine: Engine) -> bool:
                 "sel_mae",
                 "sel_level",
                 "sel_spread",
+                "hz_origin",
+                "hz_level",
+                "hz_q",
             )
         ):
             continue  # NaN is a legitimate "unknown yet" marker in these columns

@@ -191,3 +191,37 @@ def test_the_daemons_exposition_child_is_restarted_and_dies_with_the_daemon(tmp_
         assert _wait_gone(child), "the exposition process outlived the daemon"
     finally:
         d.close()
+
+
+def _samples(text: str) -> dict[str, float]:
+    """Every sample line of an exposition as {name+labels: value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_snapshot_text_exports_the_forecast_path_steps_as_the_exporter_does(small_cfg) -> None:
+    from lstm_stream.engine import Engine
+
+    engine = Engine(small_cfg.model_copy(update={"horizon": 12}))
+    t = np.arange(40.0)
+    engine.process(["a"] * 40 + ["b"] * 40, np.r_[t, t], np.r_[np.sin(t), np.cos(t)])
+    view = engine.view()
+    writer = SnapshotWriter(horizons=(1, 12))
+    reader = SnapshotReader(writer.fd)
+    writer.update(view)
+    got = SnapshotText("all", (1, 12)).render(reader.read()).decode()
+    want = StreamExporter("all", (1, 12)).render_view(view)
+    assert headers(got) == headers(want)
+    assert got.count("# TYPE lstm_stream_forecast_ahead gauge") == 1  # one header for both steps
+    samples = _samples(got)
+    assert samples == pytest.approx(_samples(want), nan_ok=True)
+    assert samples['lstm_stream_forecast_ahead{stream="a",horizon="12"}'] == pytest.approx(view.path[0, 11])
+    assert samples['lstm_stream_forecast_ahead_upper{stream="b",horizon="1"}'] == pytest.approx(
+        view.upper[1, 0]
+    )
+    reader.close()
+    writer.close()

@@ -158,6 +158,9 @@ def test_dashboard_covers_the_issue_and_uses_only_exported_metrics() -> None:
     wanted = {
         metrics.VALUE,
         metrics.FORECAST,
+        metrics.FORECAST_AHEAD,
+        metrics.FORECAST_LOWER,
+        metrics.FORECAST_UPPER,
         metrics.ANOMALY,
         metrics.ANOMALIES_TOTAL,
         metrics.ANOMALY_SCORE,
@@ -181,6 +184,7 @@ def test_dashboard_covers_the_issue_and_uses_only_exported_metrics() -> None:
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
     assert "time() - (lstm_stream_checkpoint_last_success_timestamp_seconds" in exprs
     assert "vector($threshold)" in exprs
+    assert 'horizon="$horizon"} offset $ahead' in exprs  # the forecast made H steps ago, on the value
     annotations = [q for q in queries if q["where"].startswith("annotation")]
     assert {metrics.ANOMALY, metrics.ANOMALIES_TOTAL} <= set().union(
         *(metric_names(a["expr"]) for a in annotations)
@@ -316,6 +320,8 @@ def test_every_dashboard_query_returns_data(tmp_path, broker, prometheus) -> Non
             "stream": "|".join(names),
             "stream_regex": "sensors/.*",
             "threshold": "0.5",
+            "horizon": "12",  # exported by default (http.horizons)
+            "ahead": "3s",  # the forecasts made 12 samples (STEP_S apart) earlier
             "__interval": "15s",
             "__rate_interval": "3m",  # the flags happened up to a minute before the queries run
             "__range": "5m",

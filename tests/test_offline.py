@@ -117,10 +117,16 @@ def test_evaluate_json_has_every_metric_for_model_and_baselines(
     )
     assert rc == 0
     res = json.loads(out)
-    assert set(res) - {"meta"} == {"model", "persistence", "ewma", "seasonal_naive"}
+    assert set(res) - {"meta"} == {"model", "persistence", "ewma", "seasonal_naive", "horizons"}
     for name in ("model", "persistence", "ewma", "seasonal_naive"):
         assert set(res[name]) == {"mae", "rmse", "r2", "mase", "da", "mda"}
         assert all(isinstance(v, float) for v in res[name].values())
+    # per step of the path: the served path, persistence and seasonal naive at that step, coverage
+    assert set(res["horizons"]) == {str(h) for h in range(1, res["meta"]["horizon"] + 1)}
+    first = res["horizons"]["1"]
+    assert set(first) == {"rows", "model", "persistence", "seasonal_naive", "coverage", "width"}
+    assert first["model"]["mase"] == pytest.approx(res["model"]["mase"])  # step 1 is the served forecast
+    assert 0.0 <= res["horizons"]["12"]["coverage"] <= 1.0
     assert res["persistence"]["mase"] == pytest.approx(1.0)
     assert res["model"]["mase"] < 1.0
     assert res["meta"]["points"] == 240 and res["meta"]["period"] == 40  # test part; period detected

@@ -89,15 +89,19 @@ class EventPublisher:
         """An anomaly event on ``anomaly_topic`` at QoS 1."""
         return self.publish_json(self.anomaly_topic, event, qos=1)
 
-    def publish_forecast(self, stream: str, ts: float, forecast: Any, forecaster: str | None = None) -> bool:
+    def publish_forecast(
+        self, stream: str, ts: float, forecast: Any, forecaster: str | None = None, **path: Any
+    ) -> bool:
         """``{"ts", "forecast", "forecaster"}`` on ``forecast_topic`` (QoS 0) if configured; False
-        otherwise. ``forecaster`` names what made the forecast (``lstm_stream.selection.NAMES``)."""
+        otherwise. ``forecaster`` names what made the forecast (``lstm_stream.selection.NAMES``);
+        ``path`` adds the multi-step fields (``path``, ``lower``, ``upper``, ``step_s``)."""
         template = self.forecast_topic
         if template is None:
             return False
         body: dict[str, Any] = {"ts": ts, "forecast": forecast}
         if forecaster is not None:
             body["forecaster"] = forecaster
+        body.update(path)
         return self.publish_json(template.format(stream=stream), body, qos=0)
 
     def publish_anomalies(self, r: Results, model_version: int) -> tuple[int, int]:
@@ -122,8 +126,17 @@ class EventPublisher:
                 failed += 1
         return ok, failed
 
-    def publish_forecasts(self, r: Results) -> None:
-        """The next-value forecast of every accepted sample of a batch's results, with its forecaster."""
+    def publish_forecasts(self, r: Results, step_s: np.ndarray | None = None) -> None:
+        """The next-value forecast of every accepted sample of a batch's results, with its forecaster;
+        where the engine makes paths, the path of the next H values, its interval and ``step_s`` (the
+        stream's usual sampling interval, aligned with ``r``: how far apart the path's steps are)."""
+        multi = r.path.shape[0] == len(r) > 0
+        lower, upper = (r.lower, r.upper) if multi else (None, None)
         for i in np.nonzero(r.accepted)[0].tolist():
             forecaster = NAMES[int(r.next_served[i])]
-            self.publish_forecast(r.stream[i], float(r.ts[i]), float(r.next_forecast[i]), forecaster)
+            extra: dict[str, Any] = {}
+            if multi:
+                extra = {"path": r.path[i], "lower": lower[i], "upper": upper[i]}
+                if step_s is not None:
+                    extra["step_s"] = float(step_s[i])
+            self.publish_forecast(r.stream[i], float(r.ts[i]), float(r.next_forecast[i]), forecaster, **extra)

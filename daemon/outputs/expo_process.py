@@ -83,7 +83,7 @@ class ExpositionProcess:
         rpc, rpc_child = ctx.Pipe()
         proc = ctx.Process(
             target=child_main,
-            args=(ctl_child, rpc_child, self.mode, logging.getLogger().level),
+            args=(ctl_child, rpc_child, self.mode, self.writer.horizons, logging.getLogger().level),
             name="lstm-stream-exposition",
             daemon=True,
         )
@@ -208,7 +208,9 @@ class _ChildOwner:
             return 503, f"{exc}\n".encode()
 
 
-def child_main(ctl: Connection, rpc: Connection, mode: str, log_level: int) -> None:
+def child_main(
+    ctl: Connection, rpc: Connection, mode: str, horizons: tuple[int, ...], log_level: int
+) -> None:
     """The exposition process: serve HTTP until the parent says stop or goes away."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
@@ -217,7 +219,7 @@ def child_main(ctl: Connection, rpc: Connection, mode: str, log_level: int) -> N
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=reduction.recv_handle(ctl))
     reader = SnapshotReader(reduction.recv_handle(ctl))
-    server = serve_socket(sock, _ChildOwner(rpc, reader, SnapshotText(mode)))
+    server = serve_socket(sock, _ChildOwner(rpc, reader, SnapshotText(mode, horizons)))
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     with contextlib.suppress(EOFError, OSError):
         ctl.recv_bytes()  # STOP, or EOF when the parent is gone

@@ -16,10 +16,10 @@ import numpy as np
 
 from daemon.outputs.families import (
     ANOMALOUS_SCORE,
-    FAMILIES,
     PER_STREAM_MODES,
     escape_label_value,
-    family_header,
+    headers,
+    series,
 )
 
 if TYPE_CHECKING:
@@ -59,10 +59,11 @@ class StreamExporter:
     or expired) is simply not rendered, so its series end with the next scrape.
     """
 
-    def __init__(self, mode: str = "all") -> None:
+    def __init__(self, mode: str = "all", horizons: tuple[int, ...] = ()) -> None:
         if mode not in PER_STREAM_MODES:
             raise ValueError(f"per-stream mode {mode!r} is not one of {PER_STREAM_MODES}")
         self.mode = mode
+        self.horizons = tuple(horizons)  # steps of the path exported (none beyond the engine's horizon)
         self._view: StreamView | None = None
         self._labels: dict[str, str] = {}  # stream name -> '{stream="..."} '
         self._cache: tuple[StreamView | None, str, bytes] = (None, "", b"")
@@ -130,15 +131,21 @@ class StreamExporter:
             return ""
         labels = self._label_strings(names)
         parts: list[str] = []
-        add = operator.add
-        for name, typ, help_text, attr in FAMILIES:
-            a = np.asarray(getattr(view, attr))
-            if idx is not None:
-                a = a[idx]
-            parts.append(family_header(name, typ, help_text))
-            sep = "\n" + name
-            for lo in range(0, len(labels), RENDER_CHUNK):
-                hi = lo + RENDER_CHUNK
-                parts.append(name + sep.join(map(add, labels[lo:hi], format_values(a[lo:hi]))) + "\n")
-                time.sleep(RENDER_PAUSE_S)  # each map/join above is one C call holding the GIL
+        steps = [h for h in self.horizons if view.path is not None and 1 <= h <= view.path.shape[1]]
+        all_series = series(steps)
+        for header, one in zip(headers(all_series), all_series, strict=True):
+            a = one.column(view)
+            parts.append(header)
+            tagged = labels if one.step is None else list(map(one.label, labels))
+            _render_family(parts, one.name, tagged, a if idx is None else a[idx])
         return "".join(parts)
+
+
+def _render_family(parts: list[str], name: str, labels: list[str], values: np.ndarray) -> None:
+    """Append one family's samples (``name`` + label string + value per stream), in chunks."""
+    sep = "\n" + name
+    add = operator.add
+    for lo in range(0, len(labels), RENDER_CHUNK):
+        hi = lo + RENDER_CHUNK
+        parts.append(name + sep.join(map(add, labels[lo:hi], format_values(values[lo:hi]))) + "\n")
+        time.sleep(RENDER_PAUSE_S)  # each map/join above is one C call holding the GIL

@@ -30,7 +30,10 @@ from daemon.outputs.families import (  # noqa: F401 - re-exported: dashboards an
     ANOMALY,
     ANOMALY_SCORE,
     FORECAST,
+    FORECAST_AHEAD,
+    FORECAST_LOWER,
     FORECAST_NEXT,
+    FORECAST_UPPER,
     LAST_SEEN,
     VALUE,
 )

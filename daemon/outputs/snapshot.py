@@ -2,7 +2,7 @@
 
 One anonymous ``memfd`` (freed with the last process holding it, never left behind in /dev/shm),
 laid out as a 4 KiB header, the families' columns as float64 (one row per tracked stream, in
-:data:`~daemon.outputs.families.FAMILIES` order), then the stream names as a JSON array, rewritten
+:func:`~daemon.outputs.families.series` order), then the stream names as a JSON array, rewritten
 only when they change. A sequence number makes it a seqlock: odd while the writer is at work, so a
 reader that saw it move copies again. The writer never waits for a reader.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daemon.outputs.families import FAMILIES
+from daemon.outputs.families import series
 
 if TYPE_CHECKING:
     from lstm_stream.engine import StreamView
@@ -54,7 +54,9 @@ class SnapshotWriter:
     A drop-in for :class:`~daemon.outputs.exposition.StreamExporter` in the housekeeping's hands.
     """
 
-    def __init__(self, size: int = 1 << 20) -> None:
+    def __init__(self, size: int = 1 << 20, horizons: tuple[int, ...] = ()) -> None:
+        self.horizons = tuple(horizons)
+        self.series = series(horizons)  # the columns, in the order the reader's SnapshotText expects
         self.fd = os.memfd_create("lstm-stream-metrics", os.MFD_CLOEXEC)
         self.size = _align(max(size, 2 * HEADER))
         os.ftruncate(self.fd, self.size)
@@ -66,7 +68,7 @@ class SnapshotWriter:
     def update(self, view: StreamView) -> None:
         """Publish ``view`` (names only when they differ from the last ones)."""
         names = view.names
-        rows, nfam = len(names), len(FAMILIES)
+        rows, nfam = len(names), len(self.series)
         blob = b""
         if names != self._names:
             blob = json.dumps(names, ensure_ascii=False).encode("utf-8", "surrogatepass")
@@ -80,8 +82,8 @@ class SnapshotWriter:
         try:
             cols = np.frombuffer(mm, np.float64, nfam * rows, cols_off).reshape(nfam, rows)
             kinds = bytearray(nfam)
-            for k, (_, _, _, attr) in enumerate(FAMILIES):
-                a = np.asarray(getattr(view, attr))
+            for k, one in enumerate(self.series):
+                a = one.column(view)
                 kinds[k] = FLOAT if a.dtype.kind == "f" else INT
                 cols[k] = a
             del cols

@@ -19,7 +19,8 @@ from daemon.outputs.families import (
     FAMILIES,
     PER_STREAM_MODES,
     escape_label_value,
-    family_header,
+    headers,
+    series,
 )
 from daemon.outputs.snapshot import INT, Snapshot
 
@@ -56,15 +57,17 @@ def fast_values(a: np.ndarray, integer: bool = False) -> list[str]:
 class SnapshotText:
     """Renders snapshots as text format 0.0.4 (the series :class:`StreamExporter` writes)."""
 
-    def __init__(self, mode: str = "all") -> None:
+    def __init__(self, mode: str = "all", horizons: tuple[int, ...] = ()) -> None:
         if mode not in PER_STREAM_MODES:
             raise ValueError(f"per-stream mode {mode!r} is not one of {PER_STREAM_MODES}")
         self.mode = mode
+        self.series = series(horizons)  # as the SnapshotWriter wrote them
+        self._headers = headers(self.series)
         self._names: list[str] | None = None
         self._prefixes: list[list[str]] = []  # per family, per row: 'name{stream="..."} '
         self._labels: dict[str, str] = {}  # stream name -> escaped label set, across name changes
-        self._bits: list[bytes] = [b""] * len(FAMILIES)  # per family: the column it was made from
-        self._text: list[bytes] = [b""] * len(FAMILIES)  # per family: header and lines, UTF-8
+        self._bits: list[bytes] = [b""] * len(self.series)  # per series: the column it was made from
+        self._text: list[bytes] = [b""] * len(self.series)  # per series: header and lines, UTF-8
         self._shown: list[bytes] = []  # the families of the last snapshot (joined per request)
         self._seq = -1
         self._lock = threading.Lock()
@@ -86,7 +89,7 @@ class SnapshotText:
         rows = self._rows(snap)
         if not snap.names or (rows is not None and not len(rows)):
             return []
-        return [self._family(k, snap, rows) for k in range(len(FAMILIES))]
+        return [self._family(k, snap, rows) for k in range(min(len(self.series), len(snap.cols)))]
 
     def _family(self, k: int, snap: Snapshot, rows: np.ndarray | None) -> bytes:
         """Family ``k``'s sample lines; reused when its column (and the rows shown) are unchanged."""
@@ -98,8 +101,7 @@ class SnapshotText:
         bits = col.tobytes() + (rows.tobytes() if rows is not None else b"")
         if bits != self._bits[k]:
             values = fast_values(col, snap.kinds[k] == INT)
-            name, typ, help_text, _ = FAMILIES[k]
-            text = family_header(name, typ, help_text) + "\n".join(map(operator.add, prefixes, values)) + "\n"
+            text = self._headers[k] + "\n".join(map(operator.add, prefixes, values)) + "\n"
             self._text[k] = text.encode("utf-8", "replace")
             self._bits[k] = bits
             self.families_rendered += 1
@@ -110,8 +112,11 @@ class SnapshotText:
         cache = self._labels
         labels = [cache.get(n) or '{stream="' + escape_label_value(n) + '"} ' for n in names]
         self._labels = dict(zip(names, labels, strict=True))  # the departed are forgotten
-        self._prefixes = [list(map(name.__add__, labels)) for name, _, _, _ in FAMILIES]
-        self._bits = [b""] * len(FAMILIES)
+        self._prefixes = [
+            list(map(one.name.__add__, labels if one.step is None else map(one.label, labels)))
+            for one in self.series
+        ]
+        self._bits = [b""] * len(self.series)
         self._names = names
 
     def _rows(self, snap: Snapshot) -> np.ndarray | None:

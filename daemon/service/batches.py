@@ -154,6 +154,7 @@ class Batches:
             np.fromiter(values, np.float64, len(values)),
             now=self.clock(),
             max_rounds=self.max_rounds,
+            paths=self._forecasts,  # per-sample paths only for the forecast topic (the view has its own)
         )
         elapsed = time.perf_counter() - t0
         self._carry, self._carry_at = self._deferred(r, samples, carried_at, first)
@@ -175,7 +176,7 @@ class Batches:
         if r.is_anomaly.any():
             self.metrics.observe_publish(*self.events.publish_anomalies(r, self.engine.model_version))
         if self._forecasts:
-            self.events.publish_forecasts(r)
+            self.events.publish_forecasts(r, self.engine.step_seconds(r.stream))
         if self.feed is not None:
             self.feed.batch(r)
 

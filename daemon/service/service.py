@@ -98,11 +98,13 @@ class Service:
         )
         self.stats = LinkStats()
         self.rlog = RateLimitedLogger(log, settings.log.rate_limit_s)
-        # per-stream series rendered by a child process from a shared-memory snapshot, or here
+        # per-stream series rendered by a child process from a shared-memory snapshot, or here; the
+        # forecast path's configured steps that the engine's horizon has
         h = settings.http
+        steps = tuple(k for k in h.horizons if k <= (settings.engine.horizon or 0))
         in_child = h.exposition == "process" and h.per_stream != "none"
         self.exporter: SnapshotWriter | StreamExporter = (
-            SnapshotWriter() if in_child else StreamExporter(h.per_stream)
+            SnapshotWriter(horizons=steps) if in_child else StreamExporter(h.per_stream, steps)
         )
         self.finetuner = Finetuner(
             self.state_dir / "finetune", settings.finetune.mode, settings.finetune.nice

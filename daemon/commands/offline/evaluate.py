@@ -26,7 +26,7 @@ from .common import (
 )
 from .labels import _flag_report, _flag_table, load_labels
 from .plot import plot_evaluation
-from .scoring import FORECASTERS, _period, _table, compare
+from .scoring import FORECASTERS, _horizon_table, _period, _table, compare
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -125,6 +125,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         served = engine_forecasts(cfg, loaded.model, [y], progress=bar.update)[0]
     results, a = compare(y, served.forecast, start, period)
     out: dict[str, Any] = {name: results[name] for name in FORECASTERS}
+    if served.path is not None:
+        from lstm_stream.evaluation import horizon_metrics
+
+        out["horizons"] = horizon_metrics(y, served.path, served.lower, served.upper, a, period)
     flags = None
     windows: list[tuple[int, int]] = []
     if args.labels is not None:
@@ -143,6 +147,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "period": period,
         "model": {"arch": cfg.model.arch, "mode": cfg.mode, "path": str(args.model)},
         "mase": "MAE / MAE of persistence on the same rows",
+        "horizon": cfg.horizon or 0,
+        "interval": cfg.interval,
     }
     out["meta"] = meta
     if args.plot is not None:
@@ -158,6 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(_table(results))
     print("MASE = MAE / MAE of persistence on the same rows (below 1 beats persistence)")
+    if "horizons" in out:
+        print(_horizon_table(out["horizons"], cfg.interval))
     if flags is not None:
         print(_flag_table(flags))
     if args.plot is not None:

@@ -20,7 +20,8 @@ def plot_evaluation(
     title: str,
     cfg: Any,
 ) -> None:
-    """Truth vs one-step forecast (with a +-2 spread band), flagged anomalies and label windows."""
+    """Truth vs one-step forecast (with a +-2 spread band), the forecast made H steps earlier with its
+    interval (where the engine makes paths), flagged anomalies and label windows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,6 +63,8 @@ def plot_evaluation(
         lw=0,
         label="forecast ± 2 spread",
     )
+    if getattr(served, "path", None) is not None:
+        _draw_ahead(ax, x, served, a, cfg)
     ax.plot(x, y, color="0.15", lw=0.9, label="truth")
     mm = results["model"]
     pm = results["persistence"]
@@ -102,7 +105,27 @@ def plot_evaluation(
     ax.set_title(f"{title} — {cfg.model.arch} ({cfg.mode}): truth vs one-step-ahead forecast", fontsize=12)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
     plt.close(fig)
+
+
+def _draw_ahead(ax: Any, x: np.ndarray, served: Any, a: int, cfg: Any) -> None:
+    """The last step of the paths, aligned with what it forecast, and its central interval."""
+    from lstm_stream.evaluation import at_horizon
+
+    h = served.path.shape[1]
+    ahead, lo, hi = (at_horizon(m, h)[a:] for m in (served.path, served.lower, served.upper))
+    known = np.isfinite(lo) & np.isfinite(hi)
+    ax.fill_between(
+        x,
+        lo,
+        hi,
+        where=known,
+        color="tab:green",
+        alpha=0.13,
+        lw=0,
+        label=f"{cfg.interval:.0%} interval, {h} steps ahead",
+    )
+    ax.plot(x, ahead, color="tab:green", lw=0.8, ls="--", alpha=0.9, label=f"forecast made {h} steps earlier")

@@ -54,6 +54,18 @@ def _table(results: dict[str, dict[str, float]], names: Sequence[str] = FORECAST
     return "\n".join(lines)
 
 
+def _horizon_table(horizons: dict[str, dict], coverage: float) -> str:
+    """Per step of the path: MASE of the served path, persistence and seasonal naive at that step,
+    and how many values fell inside the interval."""
+    head = f"{'step':>5}{'served':>9}{'persist':>9}{'snaive':>9}{'covered':>9}"
+    lines = [head, "-" * len(head)]
+    for h, row in horizons.items():
+        cells = [row[k]["mase"] for k in ("model", "persistence", "seasonal_naive")] + [row["coverage"]]
+        lines.append(f"{h:>5}" + "".join(f"{c:>9.3f}" if math.isfinite(c) else f"{'n/a':>9}" for c in cells))
+    lines.append(f"MASE per step on the same rows; covered: share inside the {coverage:.0%} interval")
+    return "\n".join(lines)
+
+
 def _mean_metrics(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Each metric averaged over series (NaN ignored); the only result when there is one series."""
     if len(results) == 1:
