@@ -160,10 +160,10 @@ class _Committer:
         self.last_send = 0.0
         self.retry_at = 0.0
 
-    def delivered(self, msg) -> None:
+    def delivered(self, mid: int, qos: int) -> None:
         """Network thread, after the inlet queued the message's samples: ack it once they are logged."""
-        if msg.qos:
-            self._acks.append((msg.mid, msg.qos, self.stats.connects))
+        if qos:
+            self._acks.append((mid, qos, self.stats.connects))
 
     def commit(self, heartbeat: bool = True) -> bool:
         """Log, fsync, ack and send what is queued; an empty send when due (counters, liveness).
