@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.commands.bench import ceiling
 from daemon.commands.bench.broker import Broker
 from daemon.commands.bench.common import (
     cpu_seconds,
@@ -409,6 +410,8 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         wal=o.wal,
     )
     bare: BareSubscriber | None = None
+    bare2: BareSubscriber | None = None  # the other MQTT version's bare subscriber
+    other = ceiling.other_prefix(ceiling.other_protocol(o.protocol))
     cells: dict[str, dict] = {}
     try:
         a.start()
@@ -416,25 +419,49 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         a.wait_healthy()
         b.wait_healthy()
         bare = BareSubscriber(c.mpctx, c.broker, qos, o.protocol, "bare/s")
+        bare2 = BareSubscriber(c.mpctx, c.broker, qos, ceiling.other_protocol(o.protocol), other)
         time.sleep(0.5)  # SUBACKs
         for n in sorted(o.streams):
             c.log(f"qos {qos}, {n} streams: warm-up")
             warm_up(c, a.processed, "bench/s", n, qos)
             warm_up(c, bare.count, "bare/s", n, qos)
+            warm_up(c, bare2.count, other, n, qos)
             runs: dict[str, list[dict]] = {"daemon": [], "bare": [], "daemon_drain": [], "bare_drain": []}
+            runs.update(bare_other=[], bare_other_drain=[])
             wal_before = a.counters()
             for r in range(o.rounds):
                 if r == 0:
                     start_profiler(c, a.pid, f"throughput-qos{qos}-{n}", o.messages / 15000 + 2)
-                runs["daemon"].append(throughput_run(c, a.processed, "bench/s", n, o.messages, qos, a.pid))
+                runs["daemon"].append(
+                    ceiling.with_receiver_cpu(
+                        a.pid, throughput_run, c, a.processed, "bench/s", n, o.messages, qos, a.pid
+                    )
+                )
                 stop_profilers(c)
                 runs["bare"].append(throughput_run(c, bare.count, "bare/s", n, o.messages, qos, bare.pid))
+                runs["bare_other"].append(
+                    throughput_run(c, bare2.count, other, n, o.messages, qos, bare2.pid)
+                )
                 if o.drain:
                     runs["daemon_drain"].append(
-                        throughput_run(c, a.processed, "bench/s", n, o.messages, qos, a.pid, drain=True)
+                        ceiling.with_receiver_cpu(
+                            a.pid,
+                            throughput_run,
+                            c,
+                            a.processed,
+                            "bench/s",
+                            n,
+                            o.messages,
+                            qos,
+                            a.pid,
+                            drain=True,
+                        )
                     )
                     runs["bare_drain"].append(
                         throughput_run(c, bare.count, "bare/s", n, o.messages, qos, bare.pid, drain=True)
+                    )
+                    runs["bare_other_drain"].append(
+                        throughput_run(c, bare2.count, other, n, o.messages, qos, bare2.pid, drain=True)
                     )
                 c.log(
                     f"qos {qos}, {n} streams, round {r + 1}: "
@@ -477,6 +504,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                     "daemon_rounds_msgs_per_s": [rnd(x["rate"]) for x in runs["daemon_drain"]],
                     "bare_rounds_msgs_per_s": [rnd(x["rate"]) for x in runs["bare_drain"]],
                 }
+            cell.update(ceiling.cell_figures(runs, o.protocol, drate, o.drain))
             after = a.counters()
             cell["daemon_counters"] = {k: v for k, v in after.items() if v}
             cell["wal"] = wal_figures(o.wal, wal_before, after, runs["daemon"] + runs["daemon_drain"])
@@ -525,8 +553,9 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         return cells
     finally:
         stop_profilers(c)
-        if bare is not None:
-            bare.close()
+        for sub in (bare, bare2):
+            if sub is not None:
+                sub.close()
         for d in (a, b):  # both at once: each writes a checkpoint on SIGTERM
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.terminate()
