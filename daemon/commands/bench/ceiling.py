@@ -89,6 +89,16 @@ def cell_figures(runs: dict[str, list[dict]], protocol: str, drate: float, drain
     return out
 
 
+def batched_figures(run: dict, batch_size: int) -> dict[str, Any]:
+    """Where the batched phase's CPU went, per sample: the receiver child and the rest (engine side)."""
+    per = 1.0 / max(1, batch_size)
+    return {
+        "batched_receiver_cpu_us_per_sample": rnd(run["receiver_cpu_us_per_msg"] * per, 2),
+        "batched_engine_cpu_us_per_sample": rnd(run["engine_cpu_us_per_msg"] * per, 2),
+        "batched_daemon_cpu_cores": rnd(run["cpu_cores"], 2),
+    }
+
+
 def _key(protocol: str, suffix: str) -> str:
     return "bare_mqtt" + protocol.replace(".", "") + suffix
 

@@ -511,7 +511,9 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
             if n == max(o.streams) and o.batch_size > 1:
                 c.log(f"qos {qos}, {n} streams: batched, {o.batch_size} samples per message")
                 before = a.counters()
-                batched = throughput_run(
+                batched = ceiling.with_receiver_cpu(
+                    a.pid,
+                    throughput_run,
                     c,
                     a.processed,
                     "bench/s",
@@ -525,6 +527,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                 cell["batched_samples_per_s"] = rnd(batched["rate"])
                 cell["batched_msgs_per_s"] = rnd(batched["rate"] / o.batch_size)
                 cell["batched_lost_samples"] = batched["lost"]
+                cell.update(ceiling.batched_figures(batched, o.batch_size))
                 time.sleep(0.6)  # the daemon copies the queue's drop count into /metrics every 0.5 s
                 dropped = a.counters().get("queue_dropped", 0.0) - before.get("queue_dropped", 0.0)
                 cell["batched_queue_dropped_samples"] = dropped
