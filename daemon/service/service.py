@@ -24,6 +24,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from daemon.heap import freeze_startup_objects
+from daemon.ingest.columns import ColumnQueue
 from daemon.ingest.link import MqttLink
 from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import IngestQueue, LinkStats
@@ -81,7 +82,9 @@ class Service:
         self.registry = CollectorRegistry()
         wal_on = settings.state.wal and settings.ingest.receiver == "process"
         # with the log, queued samples are acknowledged already: wait for room, never drop them
-        self.queue = IngestQueue(
+        # the receiver process hands samples over in columns, and they stay columns up to the engine
+        queue_type = ColumnQueue if settings.ingest.receiver == "process" else IngestQueue
+        self.queue = queue_type(
             settings.ingest.queue_size, float("inf") if wal_on else settings.ingest.block_s
         )
         self.stats = LinkStats()
