@@ -96,6 +96,9 @@ def batched_figures(run: dict, batch_size: int) -> dict[str, Any]:
         "batched_receiver_cpu_us_per_sample": rnd(run["receiver_cpu_us_per_msg"] * per, 2),
         "batched_engine_cpu_us_per_sample": rnd(run["engine_cpu_us_per_msg"] * per, 2),
         "batched_daemon_cpu_cores": rnd(run["cpu_cores"], 2),
+        "batched_publish_msgs_per_s": rnd(run["publish_rate"]),
+        "batched_publishers_cpu_s": run["publishers_cpu_s"],
+        "batched_seconds": run["seconds"],
     }
 
 
