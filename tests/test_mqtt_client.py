@@ -184,3 +184,11 @@ def test_publishes_skip_paho_but_keep_their_order_with_what_paho_reads(pair, v5)
         want.append(("paho", b"a/4", b"4", 0, 0))
     want += [("raw", b"a/5", b"5", 0, 0), ("paho", b"a/6", b"6", 1, 8)]
     assert got == want
+
+
+def test_manual_acks_go_out_in_one_write(pair) -> None:
+    writer, reader = pair
+    client = Client(paho.CallbackAPIVersion.VERSION2, manual_ack=True)
+    client._sock = BufferedSocket(writer)
+    client.ack_many([1, 258, 65535])
+    assert reader.recv(100) == b"\x40\x02\x00\x01" + b"\x40\x02\x01\x02" + b"\x40\x02\xff\xff"

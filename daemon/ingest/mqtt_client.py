@@ -21,8 +21,10 @@ this one does).
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -35,6 +37,7 @@ MAX_PACKETS = 1000  # packets per loop_read: a flood still leaves room for write
 # as handling a message; the sample waits at most this much longer
 COALESCE_S = 0.002
 SMALL_READ = READ_SIZE // 4
+_PUBACK = struct.Struct("!BBH")  # PUBACK: type, remaining length 2, packet id
 
 
 def tcp_nodelay(sock: Any) -> None:
@@ -132,6 +135,13 @@ class Client(paho.Client):
                 break
             rc = super().loop_read(max_packets)
         return rc
+
+    def ack_many(self, mids: list[int]) -> None:
+        """Manual QoS 1 acknowledgements, all in one write: paho's ``ack`` queues one packet per
+        message and wakes its network thread (a system call) for each."""
+        if mids:
+            packet = b"".join(map(_PUBACK.pack, repeat(0x40, len(mids)), repeat(2, len(mids)), mids))
+            self._packet_queue(0x40, packet, 0, 1)
 
     def _take_publishes(self, sock: BufferedSocket, handler: RawHandler) -> None:
         """Hand every whole QoS 0/1 PUBLISH at the front of the buffer to ``handler``; stop at the

@@ -227,10 +227,13 @@ class _Committer:
         client, connection = self.client, self.stats.connects
         if client is None:
             return
-        for mid, qos, conn_no in acks:
-            # a mid from an earlier connection may name another message now: the broker redelivers it
-            if conn_no == connection:
-                client.ack(mid, qos)
+        # a mid from an earlier connection may name another message now: the broker redelivers it
+        current = [a for a in acks if a[2] == connection]
+        if hasattr(client, "ack_many") and all(qos == 1 for _, qos, _ in current):
+            client.ack_many([mid for mid, _, _ in current])  # one write for all of them
+            return
+        for mid, qos, _ in current:
+            client.ack(mid, qos)
 
     def _heartbeat(self, heartbeat: bool) -> None:
         if heartbeat and time.monotonic() - self.last_send >= HEARTBEAT_S:
