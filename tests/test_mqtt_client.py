@@ -3,6 +3,7 @@ TCP and TLS, QoS 0 and 1, MQTT 5 and 3.1.1) arrive whole and in order through it
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -192,3 +193,25 @@ def test_manual_acks_go_out_in_one_write(pair) -> None:
     client._sock = BufferedSocket(writer)
     client.ack_many([1, 258, 65535])
     assert reader.recv(100) == b"\x40\x02\x00\x01" + b"\x40\x02\x01\x02" + b"\x40\x02\xff\xff"
+
+
+def test_the_topic_cache_keeps_only_topics_that_can_name_a_stream() -> None:
+    """Decoded topics are remembered (bounded), but never one over ``payload.max_topic_bytes``."""
+    from daemon.ingest.inlet import Inlet
+    from daemon.ingest.payload import PayloadParser
+    from daemon.ingest.queue import IngestQueue, LinkStats
+    from daemon.ratelog import RateLimitedLogger
+
+    stats, queue = LinkStats(), IngestQueue(10)
+    inlet = Inlet(
+        PayloadParser(PayloadSettings(max_topic_bytes=16)),
+        queue,
+        stats,
+        RateLimitedLogger(logging.getLogger("t")),
+    )
+    inlet.on_publish(b"a/b", b"1")
+    inlet.on_publish(b"x" * 17, b"1")
+    inlet.on_publish(b"\xff", b"1")
+    assert list(inlet._topics) == [b"a/b"]
+    assert stats.received == 3 and stats.rejected["topic_too_long"] == 1 and stats.rejected["bad_name"] == 1
+    assert queue.drain(10)[0][0] == "a/b"

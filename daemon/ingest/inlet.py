@@ -57,6 +57,7 @@ class Inlet:
         self._on_status = on_status
         self._on_enqueued = on_enqueued
         self._topics: dict[bytes, str] = {}
+        self._cache_bytes = parser.max_topic_bytes
 
     def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         """paho's callback (messages its own path handles): as :meth:`on_publish`."""
@@ -76,9 +77,10 @@ class Inlet:
             except UnicodeDecodeError:
                 self._take(None, payload)
                 return
-            if len(self._topics) >= TOPIC_CACHE:  # a flood of new topics: start over rather than grow
-                self._topics.clear()
-            self._topics[topic] = name
+            if len(topic) <= self._cache_bytes:  # a topic too long to be a stream is not kept
+                if len(self._topics) >= TOPIC_CACHE:  # a flood of new topics: start over, not grow
+                    self._topics.clear()
+                self._topics[topic] = name
         self._take(name, payload)
 
     def _take(self, topic: str | None, payload: bytes) -> None:
