@@ -1,4 +1,5 @@
-"""Write-ahead log of accepted samples: versioned segment files of checksummed records (stdlib only).
+"""Write-ahead log of accepted samples: versioned segment files of checksummed records (stdlib; orjson
+if installed).
 
 A log is a folder of segments ``wal-<first index:016d>.log``. Every sample ever logged has a global
 index (0, 1, 2, ... across restarts); a segment is named by the index of its first sample and holds
@@ -27,6 +28,11 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # pragma: no cover - orjson is optional
+    _orjson_dumps = None
 
 MAGIC = b"LSWAL"
 VERSION = 1
@@ -62,7 +68,17 @@ def segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def encode_samples(samples: list[Sample]) -> bytes:
-    """A record's payload: the samples as compact JSON (the receiver also sends these bytes on)."""
+    """A record's payload: the samples as compact JSON. orjson when installed (about 8x faster; the
+    same floats read back), except where its output holds ``null``: it writes NaN and infinities so,
+    and the stdlib encoder keeps them (the receiver never logs them; a stream may be named ``null``)."""
+    if _orjson_dumps is not None:
+        try:
+            data = _orjson_dumps(samples)
+        except TypeError:  # e.g. a lone surrogate in a name
+            pass
+        else:
+            if b"null" not in data:
+                return data
     return json.dumps(samples, separators=(",", ":")).encode()
 
 

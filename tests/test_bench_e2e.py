@@ -74,6 +74,9 @@ def test_bench_e2e_smoke(tmp_path) -> None:
         memory = cell["latency_daemon_memory"]
         assert {"engine", "receiver", "exposition"} <= memory["processes"].keys(), memory
         assert memory["engine_parts_mb"]["state"] > 0, memory
+        # both MQTT versions' bare subscribers, and the receiver process's CPU (ticks: may round to 0)
+        assert cell["bare_mqtt311_msgs_per_s"] > 0 and cell["bare_mqtt5_msgs_per_s"] > 0
+        assert cell["ratio_vs_fastest_bare"] > 0 and cell["receiver_cpu_us_per_msg"] >= 0
     assert result["lost_total"] == 0
     assert result["daemon_msgs_per_s"] == result["by_qos"]["1"]["20"]["daemon_msgs_per_s"]
     assert result["notes"]

@@ -3,6 +3,7 @@ TCP and TLS, QoS 0 and 1, MQTT 5 and 3.1.1) arrive whole and in order through it
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ import paho.mqtt.client as paho
 import paho.mqtt.publish as publish
 import pytest
 
-from daemon.ingest.mqtt_client import READ_SIZE, BufferedSocket
+from daemon.ingest.mqtt_client import READ_SIZE, BufferedSocket, Client
 from daemon.settings import PayloadSettings, TlsSettings
 from tests.broker import Broker
 from tests.test_mqtt import make_link, settings_for, values, wait_for  # noqa: F401 (fixture)
@@ -138,3 +139,79 @@ def test_a_burst_over_tls_arrives_whole_and_in_order(tls_broker, make_link) -> N
 
     wait_for(all_in, timeout=30, what=f"{n} messages over TLS")
     assert [v for _, v in got] == [float(i) for i in range(n)]
+
+
+def _publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, props: bytes | None = None) -> bytes:
+    """One PUBLISH packet; ``props`` (MQTT 5) is the property block after its length byte."""
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    if props is not None:
+        body += bytes([len(props)]) + props
+    body += payload
+    return bytes([0x30 | qos << 1, len(body)]) + body  # bodies under 128 bytes here
+
+
+@pytest.mark.parametrize("v5", [False, True])
+def test_publishes_skip_paho_but_keep_their_order_with_what_paho_reads(pair, v5) -> None:
+    """Whole QoS 0/1 PUBLISH packets go to ``on_publish_raw``; a packet paho must see (MQTT 5
+    properties, a PINGRESP) and one cut by the end of what was sent go through paho, in order."""
+    writer, reader = pair
+    proto = paho.MQTTv5 if v5 else paho.MQTTv311
+    client = Client(paho.CallbackAPIVersion.VERSION2, protocol=proto, manual_ack=True)
+    client.coalesce_s = 0.0
+    client._sock = BufferedSocket(reader)
+    got: list[tuple] = []
+    client.on_publish_raw = lambda topic, payload, qos, mid: got.append(("raw", topic, payload, qos, mid))
+    client.on_message = lambda c, u, msg: got.append(
+        ("paho", msg.topic.encode(), msg.payload, msg.qos, msg.mid)
+    )
+    empty = b"" if v5 else None
+    packets = [
+        _publish(b"a/1", b"1", props=empty),
+        _publish(b"a/2", b"2", qos=1, mid=7, props=empty),
+        b"\xd0\x00",  # PINGRESP
+        _publish(b"a/3", b"3", props=empty),
+    ]
+    if v5:
+        packets.append(_publish(b"a/4", b"4", props=b"\x01\x01"))  # payload format indicator
+    packets.append(_publish(b"a/5", b"5", props=empty))
+    last = _publish(b"a/6", b"6", qos=1, mid=8, props=empty)
+    writer.sendall(b"".join(packets) + last[:4])
+    client.loop_read()
+    writer.sendall(last[4:])
+    client.loop_read()
+    # the packet that starts a read of the socket is paho's (it did the read), the rest of the chunk not
+    want = [("paho", b"a/1", b"1", 0, 0), ("raw", b"a/2", b"2", 1, 7), ("raw", b"a/3", b"3", 0, 0)]
+    if v5:
+        want.append(("paho", b"a/4", b"4", 0, 0))
+    want += [("raw", b"a/5", b"5", 0, 0), ("paho", b"a/6", b"6", 1, 8)]
+    assert got == want
+
+
+def test_manual_acks_go_out_in_one_write(pair) -> None:
+    writer, reader = pair
+    client = Client(paho.CallbackAPIVersion.VERSION2, manual_ack=True)
+    client._sock = BufferedSocket(writer)
+    client.ack_many([1, 258, 65535])
+    assert reader.recv(100) == b"\x40\x02\x00\x01" + b"\x40\x02\x01\x02" + b"\x40\x02\xff\xff"
+
+
+def test_the_topic_cache_keeps_only_topics_that_can_name_a_stream() -> None:
+    """Decoded topics are remembered (bounded), but never one over ``payload.max_topic_bytes``."""
+    from daemon.ingest.inlet import Inlet
+    from daemon.ingest.payload import PayloadParser
+    from daemon.ingest.queue import IngestQueue, LinkStats
+    from daemon.ratelog import RateLimitedLogger
+
+    stats, queue = LinkStats(), IngestQueue(10)
+    inlet = Inlet(
+        PayloadParser(PayloadSettings(max_topic_bytes=16)),
+        queue,
+        stats,
+        RateLimitedLogger(logging.getLogger("t")),
+    )
+    inlet.on_publish(b"a/b", b"1")
+    inlet.on_publish(b"x" * 17, b"1")
+    inlet.on_publish(b"\xff", b"1")
+    assert list(inlet._topics) == [b"a/b"]
+    assert stats.received == 3 and stats.rejected["topic_too_long"] == 1 and stats.rejected["bad_name"] == 1
+    assert queue.drain(10)[0][0] == "a/b"

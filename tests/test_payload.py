@@ -257,6 +257,51 @@ def test_finite_numbers_round_trip(x: float) -> None:
     assert parse(json.dumps({"value": x})) == [(T, NOW, x)]
 
 
+array_elements = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70) | st.floats() | st.booleans() | st.none(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "value": st.integers(min_value=-(2**70), max_value=2**70)
+            | st.floats()
+            | st.sampled_from(["1", None]),
+            "ts": st.sampled_from([NOW, NOW + 1e7, 0, -5, NOW * 1e3, NOW * 1e6, NOW * 1e9, 2**80, None, "x"])
+            | st.floats(min_value=-1e20, max_value=1e20)
+            | st.integers(min_value=-(2**64), max_value=2**64),
+            "other": st.just(1),
+        },
+    ),
+)
+
+
+class _ElementLoop(PayloadParser):
+    """The parser without its whole-list fast path for arrays."""
+
+    __slots__ = ()
+
+    def _array_fast(self, *args: object) -> None:
+        return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(array_elements, min_size=1, max_size=8), st.sampled_from([None, 0.0, 3600.0]))
+def test_array_fast_path_matches_the_element_loop(items: list, future: float | None) -> None:
+    """Whole-list parsing of arrays gives exactly what the per-element loop gives: samples or reason."""
+    cfg = PayloadSettings(max_future_s=future)
+    raw = json.dumps(items).encode()
+    fast = PayloadParser(cfg).parse(T, raw, NOW)
+    assert fast == _ElementLoop(cfg).parse(T, raw, NOW)
+
+
+def test_array_fast_path_takes_the_common_arrays() -> None:
+    """Numbers, and objects with value and ts (seconds or milliseconds), skip the element loop."""
+    parser = PayloadParser()
+    for raw in (b"[1, 2.5, 3]", b'[{"ts": 1732700000.5, "value": 1}, {"ts": 1732700001000, "value": 2.5}]'):
+        items = json.loads(raw)
+        assert parser._array_fast(T, items, NOW) == parser.parse(T, raw, NOW)
+    assert parser._array_fast(T, [1, True], NOW) is None
+
+
 # --- rate-limited logging ----------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BAD_NAME = _BAD_NAME.reason
 SHOWN_CHARS = 120  # of a rejected topic in a log line (topics may be 64 KiB)
+TOPIC_CACHE = 65_536  # topics remembered decoded (bytes -> str): a known one costs a dict lookup
 
 
 def _shown(topic: str) -> str:
@@ -55,15 +56,46 @@ class Inlet:
         self._status_topic = status_topic if on_status is not None else None
         self._on_status = on_status
         self._on_enqueued = on_enqueued
+        self._topics: dict[bytes, str] = {}
+        self._cache_bytes = parser.max_topic_bytes
 
     def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        """Hot path, once per message: count, parse, enqueue or count the reject reason."""
-        if self._status_topic is not None and self._route_status(msg):
+        """paho's callback (messages its own path handles): as :meth:`on_publish`."""
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # a topic that is not UTF-8 names no stream
+            topic = None
+        self._take(topic, msg.payload)
+
+    def on_publish(self, topic: bytes, payload: bytes) -> None:
+        """Hot path, once per message from the client's own PUBLISH reader: the topic decoded once
+        per distinct topic (a bounded cache), then as :meth:`on_message`."""
+        name = self._topics.get(topic)
+        if name is None:
+            try:
+                name = topic.decode("utf-8")
+            except UnicodeDecodeError:
+                self._take(None, payload)
+                return
+            if len(topic) <= self._cache_bytes:  # a topic too long to be a stream is not kept
+                if len(self._topics) >= TOPIC_CACHE:  # a flood of new topics: start over, not grow
+                    self._topics.clear()
+                self._topics[topic] = name
+        self._take(name, payload)
+
+    def _take(self, topic: str | None, payload: bytes) -> None:
+        """Count, parse, enqueue or count the reject reason (``topic`` None: not UTF-8)."""
+        if self._status_topic is not None and topic == self._status_topic:
+            self._status(payload)
             return
         stats = self.stats
         stats.received += 1
+        if topic is None:
+            stats.rejected[BAD_NAME] += 1
+            self._rlog.log(BAD_NAME, "rejected payload on a topic that is not UTF-8: %s", BAD_NAME)
+            return
         try:
-            result = self._parse(msg.topic, msg.payload, time.time())
+            result = self._parse(topic, payload, time.time())
             if type(result) is list:
                 if self._put_many(result):
                     self._rlog.log("queue_full", "ingest queue full: samples dropped (engine behind)")
@@ -72,23 +104,14 @@ class Inlet:
                 return
             reason = result.reason
             stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
-            self._rlog.log(reason, "rejected payload on %s: %s", _shown(msg.topic), reason)
-        except UnicodeDecodeError:  # msg.topic: a topic that is not UTF-8 names no stream
-            stats.rejected[BAD_NAME] += 1
-            self._rlog.log(BAD_NAME, "rejected payload on a topic that is not UTF-8: %s", BAD_NAME)
+            self._rlog.log(reason, "rejected payload on %s: %s", _shown(topic), reason)
         except Exception as exc:  # never raise into paho's loop
             stats.rejected[INTERNAL] += 1
             self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)
 
-    def _route_status(self, msg: paho.MQTTMessage) -> bool:
-        """Hand a message on ``status_topic`` to ``on_status`` (it only sets a flag); True if it was one."""
+    def _status(self, payload: bytes) -> None:
+        """Hand a message on ``status_topic`` to ``on_status`` (it only sets a flag)."""
         try:
-            if msg.topic != self._status_topic:
-                return False
-        except UnicodeDecodeError:  # not the status topic; the sample path counts it
-            return False
-        try:
-            self._on_status(msg.payload)
+            self._on_status(payload)
         except Exception:  # never raise into paho's loop
             log.exception("error handling a message on %s", self._status_topic)
-        return True

@@ -68,15 +68,15 @@ class MqttLink:
         on_status: Callable[[bytes], None] | None = None,
         on_enqueued: Callable[[], None] | None = None,
         availability: bool = True,
-        on_delivered: Callable[[paho.MQTTMessage], None] | None = None,
+        on_delivered: Callable[[int, int], None] | None = None,
     ) -> None:
         """``status_topic`` (e.g. Home Assistant's ``homeassistant/status``) is subscribed too and
         its messages go to ``on_status(payload)`` on the network thread instead of the parser.
         ``on_enqueued()`` runs on the network thread after each message's samples are queued.
         ``availability``: keep the retained availability topic (will, ``online``, ``offline``); off
-        for a second, receive-only connection of the same daemon. ``on_delivered(msg)``: manual
+        for a second, receive-only connection of the same daemon. ``on_delivered(mid, qos)``: manual
         acknowledgements; it runs after each message's samples are queued and the owner acks
-        ``msg.mid`` with ``client.ack`` once they are durable (the write-ahead log)."""
+        ``mid`` with ``client.ack`` once they are durable (the write-ahead log)."""
         self.settings = settings
         self.queue = queue
         self.stats = stats if stats is not None else LinkStats()
@@ -124,13 +124,27 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self.inlet.on_message if self._on_delivered is None else self._on_message_acked
+        client.on_publish_raw = self._on_publish_raw if self._on_delivered is not None else self._on_publish
         return client
 
     def _on_message_acked(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         """With manual acks: the inlet queues the samples, then the owner notes the message to ack."""
         self.inlet.on_message(client, userdata, msg)
+        self._delivered(msg.mid, msg.qos)
+
+    def _on_publish(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+        """The client's own PUBLISH reader (most messages): straight to the inlet."""
+        self.inlet.on_publish(topic, payload)
+
+    def _on_publish_raw(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+        """The client's own PUBLISH reader with manual acks: as :meth:`_on_message_acked`."""
+        self.inlet.on_publish(topic, payload)
+        if qos:
+            self._delivered(mid, qos)
+
+    def _delivered(self, mid: int, qos: int) -> None:
         try:
-            self._on_delivered(msg)
+            self._on_delivered(mid, qos)
         except Exception:  # see _on_connect
             log.exception("error noting a message to acknowledge")
 

@@ -7,6 +7,12 @@ message handling itself. :class:`Client` reads the socket in chunks of ``READ_SI
 take its small reads from the chunk, and its ``loop_read`` keeps handling packets while whole ones
 are buffered, so ``select`` and the loop's bookkeeping run once per chunk.
 
+With ``on_publish_raw`` set, whole QoS 0/1 PUBLISH packets in the buffer skip paho altogether: they
+are cut out of the buffer here and handed over as ``(topic bytes, payload, qos, mid)``, without
+paho's per-packet dict updates, ``MQTTMessage``, logging call and callback dispatch (about two
+thirds of a receiver's CPU a message, more on MQTT 5). Anything else (QoS 2, MQTT 5 properties such
+as a topic alias, a packet cut by the chunk's end, other packet types) goes through paho as before.
+
 Everything else is paho's: the wrapper only stands between paho and its socket, and a paho that no
 longer creates sockets through ``_create_socket`` simply gets no buffering (the tests check that
 this one does).
@@ -15,7 +21,10 @@ this one does).
 from __future__ import annotations
 
 import socket
+import struct
 import time
+from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -28,6 +37,7 @@ MAX_PACKETS = 1000  # packets per loop_read: a flood still leaves room for write
 # as handling a message; the sample waits at most this much longer
 COALESCE_S = 0.002
 SMALL_READ = READ_SIZE // 4
+_PUBACK = struct.Struct("!BBH")  # PUBACK: type, remaining length 2, packet id
 
 
 def tcp_nodelay(sock: Any) -> None:
@@ -88,11 +98,15 @@ class BufferedSocket:
         return getattr(self.sock, name)
 
 
+RawHandler = Callable[[bytes, bytes, int, int], None]  # (topic, payload, qos, mid); must not raise
+
+
 class Client(paho.Client):
     """``paho.Client`` with Nagle off, reading through a :class:`BufferedSocket` (TCP and TLS;
-    websockets as paho makes them)."""
+    websockets as paho makes them); ``on_publish_raw`` takes whole PUBLISH packets off the buffer."""
 
     coalesce_s = COALESCE_S
+    on_publish_raw: RawHandler | None = None
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
@@ -111,8 +125,71 @@ class Client(paho.Client):
         if self.coalesce_s and not sock.buffered() and sock.last_read < SMALL_READ:
             time.sleep(self.coalesce_s)
         rc = super().loop_read(max_packets)
+        raw = self.on_publish_raw
         for _ in range(MAX_PACKETS):
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock or not sock.buffered():
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
+                break
+            if raw is not None and sock.buffered() and self._in_packet["command"] == 0:
+                self._take_publishes(sock, raw)
+            if not sock.buffered():
                 break
             rc = super().loop_read(max_packets)
         return rc
+
+    def ack_many(self, mids: list[int]) -> None:
+        """Manual QoS 1 acknowledgements, all in one write: paho's ``ack`` queues one packet per
+        message and wakes its network thread (a system call) for each."""
+        if mids:
+            packet = b"".join(map(_PUBACK.pack, repeat(0x40, len(mids)), repeat(2, len(mids)), mids))
+            self._packet_queue(0x40, packet, 0, 1)
+
+    def _take_publishes(self, sock: BufferedSocket, handler: RawHandler) -> None:
+        """Hand every whole QoS 0/1 PUBLISH at the front of the buffer to ``handler``; stop at the
+        first packet paho must see (other types, QoS 2, MQTT 5 properties, malformed or incomplete)."""
+        buf, pos = sock._buf, sock._pos
+        end = len(buf)
+        v5 = self._protocol == paho.MQTTv5
+        auto_ack = not self._manual_ack
+        taken = pos
+        try:
+            while pos + 4 <= end:
+                cmd = buf[pos]
+                qos = (cmd >> 1) & 3
+                if cmd & 0xF0 != 0x30 or qos > 1:
+                    break
+                i, length, shift = pos + 1, 0, 0
+                while i < end and shift <= 21:  # remaining length: at most 4 bytes
+                    b = buf[i]
+                    i += 1
+                    length |= (b & 127) << shift
+                    shift += 7
+                    if b < 128:
+                        break
+                else:
+                    break  # cut by the chunk's end, or malformed: paho reads it
+                stop = i + length
+                if stop > end or length < 2:
+                    break
+                head = i + 2 + ((buf[i] << 8) | buf[i + 1])  # end of the topic
+                if head == i + 2:  # no topic (an MQTT 5 alias): paho's job
+                    break
+                topic = buf[i + 2 : head]
+                mid = 0
+                if qos:
+                    mid = (buf[head] << 8) | buf[head + 1] if head + 2 <= stop else -1
+                    head += 2
+                if v5:
+                    if head >= stop or buf[head] != 0:  # properties (or malformed): paho's job
+                        break
+                    head += 1
+                if head > stop or mid < 0:
+                    break
+                pos = taken = stop
+                handler(topic, buf[head:stop], qos, mid)
+                if qos and auto_ack:
+                    self._send_puback(mid)
+        finally:
+            if taken != sock._pos:
+                sock._pos = taken
+                with self._msgtime_mutex:
+                    self._last_bytes_received = paho.time_func()

@@ -27,6 +27,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Protocol
 
 from daemon.rejects import REASONS, valid_name
@@ -88,6 +90,8 @@ class _Refused(Exception):
 
 
 _WORDS = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0}
+_NUMBERS = (frozenset({float}), frozenset({int}), frozenset({float, int}))  # element types, fast path
+_FLOATS, _DICTS = frozenset({float}), frozenset({dict})
 _MISSING = object()
 _isfinite = math.isfinite
 
@@ -394,6 +398,9 @@ class PayloadParser:
         if len(items) > self.max_samples:
             return TOO_MANY_SAMPLES
         stream = self.stream(topic)
+        fast = self._array_fast(stream, items, arrival_ts)
+        if fast is not None:
+            return fast
         out: list[Sample] = []
         last = len(items) - 1
         for i, item in enumerate(items):
@@ -411,6 +418,54 @@ class PayloadParser:
                 return value
             out.append((stream, ts, value))
         return out
+
+    def _array_fast(self, stream: str, items: list[Any], arrival_ts: float) -> list[Sample] | None:
+        """The common arrays (numbers, or objects with a numeric value and timestamp in seconds or
+        milliseconds at the top level) with whole-list operations in C instead of a Python loop per
+        element; None when anything is unusual (the element loop then finds the same samples or reason)."""
+        kinds = frozenset(map(type, items))
+        n = len(items)
+        if kinds in _NUMBERS:
+            values: list[Any] = items
+            last = n - 1
+            ts: list[Any] = [arrival_ts - (last - i) * ARRAY_SPACING_S for i in range(last)] + [arrival_ts]
+        elif (
+            kinds == _DICTS
+            and len(self.value_path) == 1
+            and self.ts_path is not None
+            and len(self.ts_path) == 1
+        ):
+            try:
+                values = list(map(itemgetter(self.value_path[0]), items))
+                ts = list(map(itemgetter(self.ts_path[0]), items))
+            except KeyError:
+                return None
+            ts_kinds = frozenset(map(type, ts))
+            if ts_kinds not in _NUMBERS or frozenset(map(type, values)) not in _NUMBERS:
+                return None
+            try:
+                if int in ts_kinds:
+                    ts = list(map(float, ts))
+                if not (0.0 < min(ts) and max(ts) <= 1e11):  # not all epoch seconds: scale each
+                    ts = list(map(_to_timestamp, ts))
+                    if frozenset(map(type, ts)) != _FLOATS:
+                        return None
+            except OverflowError:
+                return None
+            # the element loop checks each against its own arrival (up to n us earlier): near the
+            # limit, let it decide
+            if not all(map(_isfinite, ts)) or max(ts) > arrival_ts - n * ARRAY_SPACING_S + self.max_future_s:
+                return None
+        else:
+            return None
+        try:
+            if type(values[0]) is not float or int in frozenset(map(type, values)):
+                values = list(map(float, values))
+        except OverflowError:
+            return None
+        if not all(map(_isfinite, values)):
+            return None
+        return list(zip(repeat(stream, n), ts, values, strict=True))
 
 
 _cache: tuple[object, PayloadParser] | None = None

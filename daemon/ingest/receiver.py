@@ -38,11 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
 from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import IngestQueue, LinkStats
+from daemon.ingest.wire import encode_columns
 from daemon.ratelog import RateLimitedLogger
 from daemon.settings import MqttSettings, PayloadSettings
 from lstm_stream.wal import SegmentWriter, encode_samples
@@ -72,12 +74,15 @@ def _encode(samples: list | str, stats: tuple, first: int) -> bytes:
     return json.dumps([samples, stats, first], separators=(",", ":")).encode()
 
 
-def _decode(data: bytes) -> tuple[list | str, list, int]:
-    """A message from :func:`_encode` or :meth:`_Committer._send_encoded`: (samples, stats, first)."""
-    if data[:1] == b"L":  # L[[stats...], first]\n[samples...]
+def _decode(data: bytes) -> tuple[Any, list, int]:
+    """A message from :func:`_encode` or :meth:`_Committer._send_columns`: (samples, stats, first);
+    samples in columns (:class:`~daemon.ingest.columns.Columns`) for the ``C`` form."""
+    if data[:1] == b"C":  # C[[stats...], first]\n<column block>
+        from daemon.ingest.columns import decode_columns  # numpy: the parent only
+
         cut = data.index(b"\n")
         stats, first = json.loads(data[1:cut])
-        return json.loads(data[cut + 1 :]), stats, first
+        return decode_columns(data, cut + 1), stats, first
     return json.loads(data)
 
 
@@ -135,8 +140,14 @@ class _Sender:
                 self._send([])
 
     def _send(self, samples: list) -> None:
-        self.conn.send_bytes(_encode(samples, _stats_tuple(self.stats), -1))
+        self.conn.send_bytes(_columns_message(samples, _stats_tuple(self.stats), -1))
         self.last_send = time.monotonic()
+
+
+def _columns_message(samples: list, stats: tuple, first: int) -> bytes:
+    """``C``, ``[stats, first]`` as JSON, a newline, the samples as a column block (:mod:`.wire`)."""
+    head = json.dumps([stats, first], separators=(",", ":")).encode()
+    return b"C" + head + b"\n" + encode_columns(samples)
 
 
 class _Committer:
@@ -160,10 +171,10 @@ class _Committer:
         self.last_send = 0.0
         self.retry_at = 0.0
 
-    def delivered(self, msg) -> None:
+    def delivered(self, mid: int, qos: int) -> None:
         """Network thread, after the inlet queued the message's samples: ack it once they are logged."""
-        if msg.qos:
-            self._acks.append((msg.mid, msg.qos, self.stats.connects))
+        if qos:
+            self._acks.append((mid, qos, self.stats.connects))
 
     def commit(self, heartbeat: bool = True) -> bool:
         """Log, fsync, ack and send what is queued; an empty send when due (counters, liveness).
@@ -198,8 +209,9 @@ class _Committer:
         self.wal.bytes, self.wal.syncs = self.writer.bytes_written, self.writer.syncs
         self._ack()
         self._pending = []
-        if samples:  # the logged bytes go on as they are: the samples are encoded once
-            self._send_encoded(payload, first)
+        if samples:
+            self.conn.send_bytes(_columns_message(samples, _stats_tuple(self.stats, self.wal), first))
+            self.last_send = time.monotonic()
         self._heartbeat(heartbeat)
         return True
 
@@ -215,10 +227,13 @@ class _Committer:
         client, connection = self.client, self.stats.connects
         if client is None:
             return
-        for mid, qos, conn_no in acks:
-            # a mid from an earlier connection may name another message now: the broker redelivers it
-            if conn_no == connection:
-                client.ack(mid, qos)
+        # a mid from an earlier connection may name another message now: the broker redelivers it
+        current = [a for a in acks if a[2] == connection]
+        if hasattr(client, "ack_many") and all(qos == 1 for _, qos, _ in current):
+            client.ack_many([mid for mid, _, _ in current])  # one write for all of them
+            return
+        for mid, qos, _ in current:
+            client.ack(mid, qos)
 
     def _heartbeat(self, heartbeat: bool) -> None:
         if heartbeat and time.monotonic() - self.last_send >= HEARTBEAT_S:
@@ -226,12 +241,6 @@ class _Committer:
 
     def _send(self, samples: list, first: int) -> None:
         self.conn.send_bytes(_encode(samples, _stats_tuple(self.stats, self.wal), first))
-        self.last_send = time.monotonic()
-
-    def _send_encoded(self, payload: bytes, first: int) -> None:
-        """Samples as the log holds them: ``L``, ``[stats, first]`` as JSON, a newline, the samples."""
-        head = json.dumps([_stats_tuple(self.stats, self.wal), first], separators=(",", ":")).encode()
-        self.conn.send_bytes(b"L" + head + b"\n" + payload)
         self.last_send = time.monotonic()
 
     def rotate(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from daemon.ingest.columns import EMPTY, ColumnQueue, Columns
 from daemon.ingest.queue import IngestQueue
 from daemon.outputs.events import EventPublisher
 from daemon.outputs.metrics import Metrics, code_counts
@@ -40,7 +41,7 @@ class Batches:
         self,
         settings: Settings,
         engine: Engine,
-        queue: IngestQueue,
+        queue: IngestQueue | ColumnQueue,
         metrics: Metrics,
         events: EventPublisher,
         tuning: Tuning,
@@ -68,8 +69,8 @@ class Batches:
         # samples of one stream applied per batch (engine max_rounds); the rest are carried, in log order,
         # to the front of the next batch, so one long array cannot hold every other stream up
         self.max_rounds = settings.ingest.stream_batch_max
-        self._carry: list = []  # samples deferred by the engine, oldest first
-        self._carry_at: list[int] = []  # their log indices
+        self._carry: Columns = EMPTY  # samples deferred by the engine, oldest first
+        self._carry_at = np.empty(0, dtype=np.int64)  # their log indices
         self._taken = 0  # log index one past the last sample taken off the queue (it keeps log order)
         self.inline = True  # run batches on the receiving thread (off while shutting down)
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
@@ -96,7 +97,7 @@ class Batches:
     def applied(self) -> int:
         """Log index below which every sample was applied (what a checkpoint records): the first
         carried sample's, else one past the last taken."""
-        return self._carry_at[0] if self._carry_at else self._taken
+        return int(self._carry_at[0]) if len(self._carry_at) else self._taken
 
     @applied.setter
     def applied(self, index: int) -> None:
@@ -113,7 +114,7 @@ class Batches:
         period, batch_max, queue = self.period, self.batch_max, self.queue
         time.sleep(max(0.0, queue.since + 1.5 * period - time.monotonic()))
         with self.lock:
-            while self._carry or queue.due(batch_max, period):
+            while len(self._carry) or queue.due(batch_max, period):
                 batch = queue.drain(batch_max)
                 self.process(batch)
                 if len(batch) < batch_max or stop.is_set():
@@ -123,7 +124,7 @@ class Batches:
         """At shutdown: process what is queued until ``deadline`` (monotonic); returns what is left
         (with the log, it is replayed at the next start)."""
         with self.lock:
-            while (len(self.queue) or self._carry) and time.monotonic() < deadline:
+            while (len(self.queue) or len(self._carry)) and time.monotonic() < deadline:
                 self.process(self.queue.drain(self.batch_max))
             return len(self.queue) + len(self._carry)
 
@@ -134,24 +135,25 @@ class Batches:
             torch.set_num_threads(self.engine.config.torch_threads)
             self._torch_threads.set = True
 
-    def process(self, samples: list) -> None:
-        """One micro-batch (what was carried, then ``samples`` off the queue) through the engine
-        (caller holds :attr:`lock`), then its results out."""
+    def process(self, samples: Columns | list) -> None:
+        """One micro-batch (what was carried, then ``samples`` off the queue: columns, or
+        ``(stream, ts, value)`` rows) through the engine (caller holds :attr:`lock`), then its results out."""
+        if not isinstance(samples, Columns):
+            samples = Columns.from_rows(samples)
         carried, carried_at = self._carry, self._carry_at
         first = self._taken  # log index of samples[0]
         self._taken += len(samples)
-        if carried:
-            samples = carried + samples
-        if not samples:
+        if len(carried):
+            samples = Columns.concat([carried, samples])
+        if not len(samples):
             return
         self.limit_torch_threads()
-        streams, ts, values = zip(*samples, strict=True)
         reordered = self.engine.counters["reordered"]
         t0 = time.perf_counter()
         r = self.engine.process(
-            streams,
-            np.fromiter(ts, np.float64, len(ts)),
-            np.fromiter(values, np.float64, len(values)),
+            samples.streams,
+            samples.ts,
+            samples.values,
             now=self.clock(),
             max_rounds=self.max_rounds,
             paths=self._forecasts,  # per-sample paths only for the forecast topic (the view has its own)
@@ -181,14 +183,19 @@ class Batches:
             self.feed.batch(r)
 
     @staticmethod
-    def _deferred(r: Results, samples: list, carried_at: list[int], first: int) -> tuple[list, list[int]]:
+    def _deferred(
+        r: Results, samples: Columns, carried_at: np.ndarray, first: int
+    ) -> tuple[Columns, np.ndarray]:
         """The samples the engine deferred, in order, with their log indices: the carried ones keep
         theirs, the others follow ``first``."""
-        later = np.nonzero(r.reject == DEFERRED)[0].tolist()
-        if not later:
-            return [], []
+        later = np.nonzero(r.reject == DEFERRED)[0]
+        if not len(later):
+            return EMPTY, np.empty(0, dtype=np.int64)
         k = len(carried_at)
-        return [samples[i] for i in later], [carried_at[i] if i < k else first + i - k for i in later]
+        old = later < k
+        at = first + later - k
+        at[old] = carried_at[later[old]]
+        return samples.take(later), at
 
     def _log_refused(self, r: Results) -> None:
         """One rate-limited line per reason naming a stream that was not admitted (and how many)."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from daemon.heap import freeze_startup_objects
+from daemon.ingest.columns import ColumnQueue
 from daemon.ingest.link import MqttLink
 from daemon.ingest.nats_positions import KEY as NATS_KEY
 from daemon.ingest.nats_positions import Positions
@@ -92,8 +93,11 @@ class Service:
         self.nats_on = settings.ingest.source == "nats"
         wal_on = settings.state.wal and settings.ingest.receiver == "process" and not self.nats_on
         # with the log, queued samples are acknowledged already (with NATS, the server holds the
-        # rest): wait for room, never drop them
-        self.queue = IngestQueue(
+        # rest): wait for room, never drop them. The receiver process hands samples over in columns,
+        # and they stay columns up to the engine
+        from_child = settings.ingest.receiver == "process" and not self.nats_on
+        queue_type = ColumnQueue if from_child else IngestQueue
+        self.queue = queue_type(
             settings.ingest.queue_size, float("inf") if wal_on or self.nats_on else settings.ingest.block_s
         )
         self.stats = LinkStats()

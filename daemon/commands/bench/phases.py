@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.commands.bench import ceiling
 from daemon.commands.bench.broker import Broker
 from daemon.commands.bench.common import (
     cpu_seconds,
@@ -436,6 +437,8 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
     ]
     b = lat_daemons[0]
     bare: BareSubscriber | None = None
+    bare2: BareSubscriber | None = None  # the other MQTT version's bare subscriber
+    other = ceiling.other_prefix(ceiling.other_protocol(o.protocol))
     cells: dict[str, dict] = {}
     try:
         for d in (a, *lat_daemons):
@@ -443,25 +446,49 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         for d in (a, *lat_daemons):
             d.wait_healthy()
         bare = BareSubscriber(c.mpctx, c.broker, qos, o.protocol, "bare/s")
+        bare2 = BareSubscriber(c.mpctx, c.broker, qos, ceiling.other_protocol(o.protocol), other)
         time.sleep(0.5)  # SUBACKs
         for n in sorted(o.streams):
             c.log(f"qos {qos}, {n} streams: warm-up")
             warm_up(c, a.processed, "bench/s", n, qos)
             warm_up(c, bare.count, "bare/s", n, qos)
+            warm_up(c, bare2.count, other, n, qos)
             runs: dict[str, list[dict]] = {"daemon": [], "bare": [], "daemon_drain": [], "bare_drain": []}
+            runs.update(bare_other=[], bare_other_drain=[])
             wal_before = a.counters()
             for r in range(o.rounds):
                 if r == 0:
                     start_profiler(c, a.pid, f"throughput-qos{qos}-{n}", o.messages / 15000 + 2)
-                runs["daemon"].append(throughput_run(c, a.processed, "bench/s", n, o.messages, qos, a.pid))
+                runs["daemon"].append(
+                    ceiling.with_receiver_cpu(
+                        a.pid, throughput_run, c, a.processed, "bench/s", n, o.messages, qos, a.pid
+                    )
+                )
                 stop_profilers(c)
                 runs["bare"].append(throughput_run(c, bare.count, "bare/s", n, o.messages, qos, bare.pid))
+                runs["bare_other"].append(
+                    throughput_run(c, bare2.count, other, n, o.messages, qos, bare2.pid)
+                )
                 if o.drain:
                     runs["daemon_drain"].append(
-                        throughput_run(c, a.processed, "bench/s", n, o.messages, qos, a.pid, drain=True)
+                        ceiling.with_receiver_cpu(
+                            a.pid,
+                            throughput_run,
+                            c,
+                            a.processed,
+                            "bench/s",
+                            n,
+                            o.messages,
+                            qos,
+                            a.pid,
+                            drain=True,
+                        )
                     )
                     runs["bare_drain"].append(
                         throughput_run(c, bare.count, "bare/s", n, o.messages, qos, bare.pid, drain=True)
+                    )
+                    runs["bare_other_drain"].append(
+                        throughput_run(c, bare2.count, other, n, o.messages, qos, bare2.pid, drain=True)
                     )
                 c.log(
                     f"qos {qos}, {n} streams, round {r + 1}: "
@@ -504,13 +531,16 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                     "daemon_rounds_msgs_per_s": [rnd(x["rate"]) for x in runs["daemon_drain"]],
                     "bare_rounds_msgs_per_s": [rnd(x["rate"]) for x in runs["bare_drain"]],
                 }
+            cell.update(ceiling.cell_figures(runs, o.protocol, drate, o.drain))
             after = a.counters()
             cell["daemon_counters"] = {k: v for k, v in after.items() if v}
             cell["wal"] = wal_figures(o.wal, wal_before, after, runs["daemon"] + runs["daemon_drain"])
             if n == max(o.streams) and o.batch_size > 1:
                 c.log(f"qos {qos}, {n} streams: batched, {o.batch_size} samples per message")
                 before = a.counters()
-                batched = throughput_run(
+                batched = ceiling.with_receiver_cpu(
+                    a.pid,
+                    throughput_run,
                     c,
                     a.processed,
                     "bench/s",
@@ -524,6 +554,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                 cell["batched_samples_per_s"] = rnd(batched["rate"])
                 cell["batched_msgs_per_s"] = rnd(batched["rate"] / o.batch_size)
                 cell["batched_lost_samples"] = batched["lost"]
+                cell.update(ceiling.batched_figures(batched, o.batch_size))
                 time.sleep(0.6)  # the daemon copies the queue's drop count into /metrics every 0.5 s
                 dropped = a.counters().get("queue_dropped", 0.0) - before.get("queue_dropped", 0.0)
                 cell["batched_queue_dropped_samples"] = dropped
@@ -559,8 +590,9 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
         return cells
     finally:
         stop_profilers(c)
-        if bare is not None:
-            bare.close()
+        for sub in (bare, bare2):
+            if sub is not None:
+                sub.close()
         for d in (a, *lat_daemons):  # all at once: each writes a checkpoint on SIGTERM
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.terminate()

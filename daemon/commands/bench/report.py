@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from daemon.commands.bench import ceiling
 from daemon.commands.bench.options import Options
 
 TARGET_RATIO = 0.85
@@ -42,6 +43,7 @@ def _targets_notes(result: dict, opts: Options) -> list[str]:
                 f"qos {q}, {top} streams: draining a backlog (no publisher competing), daemon/bare = "
                 f"{drain['ratio']:.2f} ({verdict} >= {TARGET_RATIO})"
             )
+    notes += ceiling.notes(result, top, TARGET_RATIO)
     if result.get("lost_total"):
         notes.append(
             f"lost over all phases: {result['lost_total']:.0f} (MISSES nothing lost; see the notes below)"
