@@ -297,7 +297,8 @@ def view(cols: dict, slots: np.ndarray, coverage: float) -> dict[str, np.ndarray
     when the horizon is off."""
     if "hz_origin" not in cols:
         return {}
-    path, q = current(cols, slots, cols["count"][slots] - 1, cols["fc_spread"][slots], coverage)
+    with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way, as in Engine.process
+        path, q = current(cols, slots, cols["count"][slots] - 1, cols["fc_spread"][slots], coverage)
     path[cols["count"][slots] == 0] = np.nan
     return {"path": path, "lower": path - q, "upper": path + q}
 

@@ -215,10 +215,11 @@ def test_finite_extremes_give_no_numpy_warnings(small_cfg: EngineConfig) -> None
     """Every caller (daemon batches, log replay, NAB, evaluate) gets the engine's own guard."""
     import warnings
 
-    e = Engine(small_cfg)
+    e = Engine(small_cfg.model_copy(update={"horizon": 12}))
     values = [1.0, 1e308, -1.7e308, 1e308, 2.0] * 60
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for i, v in enumerate(values):
             r = e.process(["x"], [float(i)], [v])
             assert r.accepted.all()
+            e.view()  # what metrics export (the forecast path too), outside process()
