@@ -11,6 +11,7 @@ import threading
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from daemon.ingest.nats_leases import PartitionStore
 from daemon.ingest.nats_positions import Positions
@@ -53,6 +54,7 @@ def _store(server, data: bytes | None = None) -> bytes | None:
     return server.run(run)
 
 
+@pytest.mark.integration
 def test_a_take_cut_short_never_overwrites_the_previous_owners_checkpoint(nats_server, monkeypatch):  # noqa: F811
     saved = _previous_owners_checkpoint()
     _store(nats_server, saved)
