@@ -5,6 +5,7 @@ Also the engine side of moving a partition (``lstm_stream.handover``) without a 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import time
@@ -100,14 +101,20 @@ def _partition_counts(server, partitions: int) -> Counter:
 
     async def read(js):
         obj = await js.object_store("lstm-stream-checkpoints")
-        from nats.js.errors import ObjectNotFoundError
+        from nats.js.errors import DigestMismatchError, ObjectNotFoundError
 
         out = []
         for k in range(partitions):
-            try:
-                out.append((await obj.get(f"partition-{k}")).data)
-            except ObjectNotFoundError:
-                pass
+            for _ in range(20):  # a read racing a worker's write of the object never ends (nats-py): again
+                try:
+                    out.append((await asyncio.wait_for(obj.get(f"partition-{k}"), 2)).data)
+                except ObjectNotFoundError:
+                    pass
+                except (asyncio.TimeoutError, DigestMismatchError):
+                    continue
+                break
+            else:
+                raise TimeoutError(f"partition-{k} could not be read")
         return out
 
     counts: Counter = Counter()
