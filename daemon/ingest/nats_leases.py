@@ -59,9 +59,9 @@ class Leases:
     async def census(self) -> tuple[int, set[int]]:
         """(live workers, partitions leased by anyone) as the bucket says now."""
         try:
-            keys = await self.kv.keys()
+            keys = set(await self.kv.keys())  # a key written while listed can be listed twice
         except NoKeysError:
-            keys = []
+            keys = set()
         workers = sum(1 for k in keys if k.startswith("w."))
         taken = {int(k[2:]) for k in keys if k.startswith("p.")}
         return max(1, workers), taken

@@ -8,6 +8,12 @@ streams' checkpoint written first) or take free ones up to it (their checkpoint 
 resumed right after its position). Every ``state.checkpoint_interval_s`` each held partition's
 streams go to the object store, so a worker that dies is resumed by the others from there: what it
 applied after that checkpoint is read again from JetStream and applied once in the new owner's state.
+
+A hand-over is ordered: the giver writes its final checkpoint, then releases the lease; the taker
+acquires, adopts the checkpoint, consumes, and only then may write one (:attr:`adopted`). A take cut
+short (the store slow or failing, or shutdown in the middle) leaves the partition leased but not
+adopted: it is adopted again next tick, or given back without a write, never saved empty over the
+previous owner's state.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class LeaseOwnership:
         self.store: PartitionStore | None = None
         self._settings = n
         self._task: Any = None
+        self._runner: asyncio.Task | None = None  # the lease loop's task, on the source's loop
+        self.adopted: set[int] = set()  # held partitions whose state was adopted and which are consumed
         self._next_checkpoint = 0.0
         self.moves = 0  # partitions taken or given back (log and tests)
 
@@ -60,9 +68,10 @@ class LeaseOwnership:
         """Stop the loop, write every held partition's checkpoint and give its lease back."""
         if self._task is None:
             return
-        self._task.cancel()
+        self._task.cancel()  # if the loop has not started yet
+        self._task = None
         try:
-            self.source.call(self._leave(), timeout)
+            self.source.call(self._stop(), timeout)
         except Exception as exc:  # noqa: BLE001 - leases then expire by themselves
             log.error("handing partitions back at shutdown failed: %r", exc)
 
@@ -72,6 +81,7 @@ class LeaseOwnership:
 
     # ------------------------------------------------------------------ on the source's loop
     async def _run(self) -> None:
+        self._runner = asyncio.current_task()
         await self.source.wait_ready()
         n = self._settings
         self.leases = Leases(self.source.js, n.lease_bucket, n.lease_ttl_s, n.holder())
@@ -100,6 +110,9 @@ class LeaseOwnership:
         held = leases.held
         for k in held[share:]:  # another worker came: give back the highest ones
             await self._hand_over(k)
+        for k in leases.held:  # a take cut short last time: adopt its state now
+            if k not in self.adopted:
+                await self._take(k)
         for k in range(self.count):
             if len(leases.held) >= share:
                 break
@@ -108,11 +121,14 @@ class LeaseOwnership:
         if time.monotonic() >= self._next_checkpoint:
             self._next_checkpoint = time.monotonic() + self.checkpoint_s
             for k in leases.held:
-                await self.store.put(k, self._export(k))
+                if k in self.adopted and leases.fresh(k, self.tick_s / 2):
+                    await self.store.put(k, self._export(k))
 
     async def _take(self, k: int) -> None:
-        """A lease was just taken: adopt the partition's last checkpoint, then consume after it."""
-        data = await self.store.get(k)
+        """A lease was just taken: adopt the partition's last checkpoint, then consume after it; only
+        then is the partition :attr:`adopted` (checkpointed from here). Raises if the store fails."""
+        # bounded: a read racing another writer's purge of the old chunks never ends (nats-py)
+        data = await asyncio.wait_for(self.store.get(k), self.leases.ttl_s)
         position = None
         with self.batches.lock:
             if data is not None:
@@ -124,16 +140,19 @@ class LeaseOwnership:
                     log.error("partition %d: checkpoint refused (%s): starting it afresh", k, exc)
             self.positions.adopt(k, position)
         await self.source.consume([k])
+        self.adopted.add(k)
         self.moves += 1
         log.info("partition %d taken (resuming after sequence %s)", k, position)
 
     async def _hand_over(self, k: int) -> None:
-        """Give a partition back: stop consuming, apply what is queued, save its streams, release."""
+        """Give a partition back: stop consuming, apply what is queued, save its streams (only if
+        adopted here: else the store keeps the previous owner's), then release the lease."""
         await self.source.stop_consuming([k])
         self.batches.drain()
-        data = self._export(k)
-        if self.leases.fresh(k, 0.0) and await self.leases.renew(k):  # still ours: the state is current
-            await self.store.put(k, data)
+        if k in self.adopted:
+            data = self._export(k)
+            if self.leases.fresh(k, 0.0) and await self.leases.renew(k):  # still ours: state current
+                await self.store.put(k, data)
         await self.leases.release(k)
         self._forget(k)
         self.moves += 1
@@ -148,6 +167,15 @@ class LeaseOwnership:
             self.positions.applied(self.batches.applied)
         self._forget(k)
         log.warning("partition %d: lease lost; dropped its streams", k)
+
+    async def _stop(self) -> None:
+        """Stop the lease loop and wait until it has (a take or a write in progress is cut short
+        first), then hand every partition back."""
+        runner = self._runner
+        while runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait({runner}, timeout=self.tick_s)
+        await self._leave()
 
     async def _leave(self) -> None:
         for k in self.held:
@@ -167,6 +195,7 @@ class LeaseOwnership:
         return handover.encode_streams(*parts)
 
     def _forget(self, k: int) -> None:
+        self.adopted.discard(k)
         names = self._names(k)
         with self.batches.lock:
             self.engine.forget(names)
