@@ -98,12 +98,14 @@ class Results:
     @cached_property
     def lower(self) -> np.ndarray:
         """Lower bounds of the paths' central intervals, (n, H)."""
-        return self.path - self.halfwidth
+        with np.errstate(all="ignore"):  # 1e308 minus a width may overflow: -inf is the bound then
+            return self.path - self.halfwidth
 
     @cached_property
     def upper(self) -> np.ndarray:
         """Upper bounds of the paths' central intervals, (n, H)."""
-        return self.path + self.halfwidth
+        with np.errstate(all="ignore"):
+            return self.path + self.halfwidth
 
 
 @dataclass

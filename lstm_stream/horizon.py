@@ -299,8 +299,8 @@ def view(cols: dict, slots: np.ndarray, coverage: float) -> dict[str, np.ndarray
         return {}
     with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way, as in Engine.process
         path, q = current(cols, slots, cols["count"][slots] - 1, cols["fc_spread"][slots], coverage)
-    path[cols["count"][slots] == 0] = np.nan
-    return {"path": path, "lower": path - q, "upper": path + q}
+        path[cols["count"][slots] == 0] = np.nan
+        return {"path": path, "lower": path - q, "upper": path + q}
 
 
 def spacing(ts_ring: np.ndarray) -> np.ndarray:

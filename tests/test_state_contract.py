@@ -216,10 +216,11 @@ def test_finite_extremes_give_no_numpy_warnings(small_cfg: EngineConfig) -> None
     import warnings
 
     e = Engine(small_cfg.model_copy(update={"horizon": 12}))
-    values = [1.0, 1e308, -1.7e308, 1e308, 2.0] * 60
+    values = [1.0, 1e308, -1.7e308, 1e308, 2.0] * 60 + [0.0, 1e300, -1.7976931348623157e308, 5.0] * 10
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for i, v in enumerate(values):
             r = e.process(["x"], [float(i)], [v])
             assert r.accepted.all()
+            assert r.lower.shape == r.upper.shape == (1, 12)  # the forecast topic's interval
             e.view()  # what metrics export (the forecast path too), outside process()
