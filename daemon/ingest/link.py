@@ -92,6 +92,7 @@ class MqttLink:
         )
         self._v5 = settings.protocol == "5"
         self._connected = threading.Event()
+        self._suback_mid: int | None = None  # the connect's SUBSCRIBE, until its SUBACK
         self._connect_error: str | None = None  # last refusal logged; reset on success
         self._closed = False
         self._status_topic = status_topic if on_status is not None else None
@@ -233,12 +234,19 @@ class MqttLink:
         self._rlog.flush()
 
     def is_connected(self) -> bool:
-        """True between a successful CONNACK (subscriptions sent) and the next disconnect."""
+        """True from the SUBACK of the connect's subscriptions (the CONNACK without any) to the next
+        disconnect."""
         return self.stats.connected
 
     def wait_connected(self, timeout: float) -> bool:
         """Block until connected or ``timeout`` seconds pass (for start-up readiness)."""
         return self._connected.wait(timeout)
+
+    def _mark_connected(self) -> None:
+        """Connected, and the subscriptions (if any) acknowledged: what is published from now on
+        reaches this client."""
+        self.stats.connected = True
+        self._connected.set()
 
     def _mark_disconnected(self) -> bool:
         """Set the state to disconnected; True if it was connected."""
@@ -264,16 +272,18 @@ class MqttLink:
                 return
             self._connect_error = None
             subscriptions = self._subscriptions()
+            self._suback_mid = None
             if subscriptions:
-                rc, _ = client.subscribe(subscriptions)
+                rc, mid = client.subscribe(subscriptions)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     log.warning("subscribe failed: %s", paho.error_string(rc))
+                else:
+                    self._suback_mid = mid  # connected once the broker has the subscriptions
             if self._availability:
                 client.publish(self.settings.availability_topic, ONLINE, qos=1, retain=True)
-            stats = self.stats
-            stats.connects += 1
-            stats.connected = True
-            self._connected.set()
+            self.stats.connects += 1
+            if self._suback_mid is None:
+                self._mark_connected()
             log.info(
                 "connected to %s:%d as %s (session present: %s)",
                 self.settings.host,
@@ -330,8 +340,12 @@ class MqttLink:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        """Log filters the broker refused (e.g. by ACL); the others still work."""
+        """Log filters the broker refused (e.g. by ACL); the others still work. The SUBACK of the
+        connect's subscriptions makes the link connected."""
         try:
+            if mid == self._suback_mid:
+                self._suback_mid = None
+                self._mark_connected()
             for topic_filter, rc in zip(self.settings.topics, reason_codes, strict=False):
                 if rc.is_failure:
                     self._rlog.log(
