@@ -47,19 +47,18 @@ class IngestQueue:
 
     def put_many(self, samples: list[Sample]) -> int:
         """Append ``samples`` in order, waiting for room when full; return how many were dropped."""
-        if self._closed or len(samples) <= self.maxsize - len(self._q):  # the common case
+        if self._closed or len(samples) <= self.maxsize - len(self):  # the common case
             self._append(samples)
             return 0
         return self._put_waiting(samples)
 
     def _put_waiting(self, samples: list[Sample]) -> int:
         """Put what fits, wait for room (at most ``block_s`` in all), repeat; drop what is left."""
-        q = self._q
         started = time.monotonic()
         deadline = started + self.block_s
         done, n = 0, len(samples)
         while done < n:
-            free = n - done if self._closed else min(n - done, self.maxsize - len(q))
+            free = n - done if self._closed else min(n - done, self.maxsize - len(self))
             if free > 0:
                 self._append(samples[done : done + free])
                 done += free
@@ -68,7 +67,7 @@ class IngestQueue:
             if left <= 0:
                 break
             self._space.clear()
-            if len(q) < self.maxsize:  # clear-then-check, as in wait()
+            if len(self) < self.maxsize:  # clear-then-check, as in wait()
                 continue
             self._wake()
             self._space.wait(min(left, 0.1))
@@ -91,7 +90,7 @@ class IngestQueue:
 
     def due(self, max_items: int, age_s: float) -> bool:
         """A batch should go now: ``max_items`` are queued, or the oldest has waited ``age_s``."""
-        n = len(self._q)
+        n = len(self)
         return n >= max_items or (n > 0 and time.monotonic() - self.since >= age_s)
 
     def drain(self, max_items: int) -> list[Sample]:
