@@ -1,0 +1,68 @@
+"""What one long array costs the other streams: engine batch times with and without the per-stream bound.
+
+    python scripts/bench_array_stall.py [--streams 9000] [--array 1000] [--cap 16]
+
+9,000 warm streams get batches of 500 one-sample streams every 50 ms (of data time); at batch 5 one
+stream brings an array of ``--array`` samples. Without a bound the engine steps it in one call (one
+batched LSTM round per sample); with ``max_rounds = --cap`` (the daemon's ingest.stream_batch_max) the
+rest is carried into the next batches, as the service does. Prints per mode the median and longest
+batch time: the longest is what the other streams' samples in that batch waited extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from lstm_stream.engine import DEFERRED, Engine
+from lstm_stream.pretrained import load_pretrained
+
+
+def run(streams: int, array: int, cap: int | None, batches: int = 80) -> np.ndarray:
+    """Batch times (ms) of one run."""
+    p = load_pretrained()
+    e = Engine(p.config, p.model)
+    names = [f"s{i}" for i in range(streams)]
+    rng = np.random.default_rng(0)
+    t = 1000.0
+    for _ in range(5):
+        e.process(names, np.full(streams, t), rng.normal(size=streams), now=t, limit_admission=False)
+        t += 1
+    carry: tuple[list[str], np.ndarray, np.ndarray] = ([], np.zeros(0), np.zeros(0))
+    times = []
+    for b in range(batches):
+        lo = (b * 500) % streams
+        st, ts, v = names[lo : lo + 500], np.full(500, t), rng.normal(size=500)
+        if b == 5:
+            st = st + ["arr"] * array
+            ts = np.concatenate([ts, t - 1 + np.arange(array) / array])
+            v = np.concatenate([v, rng.normal(size=array)])
+        st, ts, v = carry[0] + st, np.concatenate([carry[1], ts]), np.concatenate([carry[2], v])
+        t0 = time.perf_counter()
+        r = e.process(st, ts, v, now=t, max_rounds=cap, limit_admission=False)
+        times.append(time.perf_counter() - t0)
+        d = np.nonzero(r.reject == DEFERRED)[0]
+        carry = ([st[i] for i in d], ts[d], v[d])
+        t += 0.05
+    return np.array(times) * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--streams", type=int, default=9000)
+    ap.add_argument("--array", type=int, default=1000)
+    ap.add_argument("--cap", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for cap in (None, args.cap):
+        ms = run(args.streams, args.array, cap)
+        med, top = np.median(ms), ms.max()
+        print(f"max_rounds {cap}: batch ms median {med:.1f}, longest {top:.1f}, total {ms.sum():.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
