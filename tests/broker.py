@@ -44,6 +44,18 @@ def wait_port(port: int, timeout: float = 10.0, up: bool = True) -> None:
     raise TimeoutError(f"port {port} still {'closed' if up else 'open'} after {timeout}s")
 
 
+def terminate(proc: subprocess.Popen | None, grace_s: float = 5.0) -> None:
+    """SIGTERM a server process still running and reap it; SIGKILL after ``grace_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Broker:
     """One Mosquitto process; restartable on the same port with the same persistence file."""
 
@@ -86,13 +98,7 @@ class Broker:
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM: it saves its persistence file)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     @property

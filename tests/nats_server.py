@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import free_port, wait_port
+from tests.broker import free_port, terminate, wait_port
 
 NATS_SERVER = shutil.which("nats-server") or (
     "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
@@ -63,13 +63,7 @@ class NatsServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def run(self, coro_fn, *args):
