@@ -50,7 +50,7 @@ def test_bench_e2e_smoke(tmp_path) -> None:
     cmd = [
         sys.executable, "-m", "daemon", "bench", "e2e",
         "--streams", "20", "--qos", "0,1", "--messages", "600", "--publishers", "2", "--rounds", "1",
-        "--latency-seconds", "1", "--batch-messages", "30", "--no-prometheus", "--timeout", "150",
+        "--latency-seconds", "1", "--batch-messages", "30", "--array-samples", "200", "--no-prometheus", "--timeout", "150",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,6 +67,9 @@ def test_bench_e2e_smoke(tmp_path) -> None:
         assert cell["drain"]["lost"] == 0 and cell["drain"]["bare_lost"] == 0, (qos, cell["drain"])
         assert cell["daemon_msgs_per_s"] > 0 and cell["bare_subscriber_msgs_per_s"] > 0
         assert cell["latency_phase"]["observed"] > 0
+        arrays = cell["array_phase"]  # every array sample scored, none counted as live latency
+        assert arrays["arrays_sent"] >= 1 and arrays["lost"] == 0, (qos, arrays)
+        assert "array_p99_added_ms" in cell
         assert cell["rss_mb"] > 0
         lat = cell["latency_phase"]  # what /metrics cost the engine, from its own counters
         assert lat["engine_cpu_ms_per_scrape"] > 0 and lat["scrape_requests"] > 0, (qos, lat)

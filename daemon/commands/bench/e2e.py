@@ -47,8 +47,9 @@ from typing import Any
 
 from daemon.commands.bench.broker import Broker
 from daemon.commands.bench.options import BenchError, Options, add_arguments, options_from_args
-from daemon.commands.bench.phases import Ctx, run_qos
+from daemon.commands.bench.phases import Ctx
 from daemon.commands.bench.publishers import Publishers
+from daemon.commands.bench.qos import run_qos
 from daemon.commands.bench.report import assemble
 
 

@@ -20,6 +20,7 @@ class Options:
     latency_seconds: float = 10.0
     batch_size: int = 20
     batch_messages: int | None = None  # default: messages // 10
+    array_samples: int = 1000  # the array phase: one stream's array of this many samples a second (0: off)
     protocol: str = "5"
     wal: bool = True  # the daemons' write-ahead log (state.wal)
     finetune: str = "off"
@@ -51,6 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-seconds", type=float, default=None, help="e2e: latency phase (default 10)")
     g.add_argument("--batch-size", type=int, default=None, help="e2e: samples per batched message (20)")
     g.add_argument("--batch-messages", type=int, default=None, help="e2e: batched messages (messages/10)")
+    g.add_argument(
+        "--array-samples",
+        type=int,
+        default=None,
+        help="e2e: samples per array in the array phase, one array a second among the live streams "
+        "(1000; 0 = skip)",
+    )
     g.add_argument("--protocol", choices=["5", "3.1.1"], default=None, help="e2e: MQTT version (5)")
     g.add_argument(
         "--wal",
@@ -109,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     pick("latency_seconds", "latency_seconds")
     pick("batch_size", "batch_size")
     pick("batch_messages", "batch_messages")
+    pick("array_samples", "array_samples")
     pick("protocol", "protocol")
     pick("timeout", "timeout_s")
     pick("profile_dir", "profile_dir", Path)
