@@ -31,9 +31,14 @@ def drift_csv(path: Path, n: int = 1200, seed: int = 0) -> Path:
 def test_evaluate_online_reports_both_runs_and_finetuning_pays_on_a_drift(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    csv = drift_csv(tmp_path / "drift.csv")
-    assert main(["evaluate", "--online", "--csv", str(csv), "--json", "--quiet"]) == 0
+    csv, png = drift_csv(tmp_path / "drift.csv"), tmp_path / "online.png"
+    cmd = ["evaluate", "--online", "--csv", str(csv), "--json", "--quiet"]
+    cmd += ["--plot", str(png), "--plot-rows", "300"]
+    assert main(cmd) == 0
     res = json.loads(capsys.readouterr().out)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and res["meta"]["plot"] == str(png)
+    h = res["horizons"]["12"]  # the paths as served online, with the interval's coverage
+    assert h["rows"] > 1000 and 0 < h["coverage"] <= 1 and h["model"]["mae"] > 0
     for name in ("model", "persistence", "ewma", "seasonal_naive"):
         assert {"mae", "rmse", "mase"} <= set(res[name])
     assert {"mae", "rmse", "mase"} <= set(res["without_finetune"]["model"])

@@ -82,6 +82,7 @@ def _add_evaluate(sub: Any) -> None:
         "'start,end' for a window); adds precision/recall/F1 of the anomaly flags",
     )
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw truth vs forecast, flags and label windows")
+    p.add_argument("--plot-rows", type=_positive_int, metavar="N", help="draw only the last N rows")
     p.add_argument("--period", type=_positive_int, metavar="N", help="seasonal period (default: detected)")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="torch threads (default 1, as served)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -152,7 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }
     out["meta"] = meta
     if args.plot is not None:
-        plot_evaluation(args.plot, data, served, a, windows, results, f"{data.path.name}: {part}", cfg)
+        first = a if args.plot_rows is None else max(a, len(y) - args.plot_rows)
+        plot_evaluation(args.plot, data, served, first, windows, results, f"{data.path.name}: {part}", cfg)
         meta["plot"] = str(args.plot)
     if args.json:
         print(_dumps(out))

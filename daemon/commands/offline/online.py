@@ -26,8 +26,19 @@ from lstm_stream.csvdata import load_csv
 from lstm_stream.engine import Engine
 from lstm_stream.models import Forecaster
 
-from .common import UserError, _bar, _csv_kwargs, _dumps, _load_checkpoint, _note, _one_column, _set_threads
-from .scoring import FORECASTERS, _period, _table, compare
+from .common import (
+    UserError,
+    _bar,
+    _check_writable,
+    _csv_kwargs,
+    _dumps,
+    _load_checkpoint,
+    _note,
+    _one_column,
+    _set_threads,
+)
+from .plot import plot_evaluation
+from .scoring import FORECASTERS, _horizon_table, _period, _table, compare
 
 STREAM = "csv"
 
@@ -50,11 +61,16 @@ class Tally:
 
 @dataclass
 class Replay:
-    """What one replay served: the forecast of each row (NaN for the first) and the fine-tune tally."""
+    """What one replay served, row by row (NaN where nothing was forecast), and the fine-tune tally."""
 
     forecast: np.ndarray
     tally: Tally
     served: np.ndarray  # index into selection.NAMES of the forecaster that made each forecast
+    spread: np.ndarray
+    is_anomaly: np.ndarray
+    path: np.ndarray | None  # (rows, H): the path made after each row; None when the horizon is off
+    lower: np.ndarray | None
+    upper: np.ndarray | None
 
 
 def replay(
@@ -73,21 +89,26 @@ def replay(
     tally = Tally()
     tuning = Tuning(finetune, Finetuner(workdir, mode="inline"), engine, tally)
     clock = np.maximum.accumulate(np.nan_to_num(np.asarray(clock, dtype=np.float64), nan=-np.inf))
-    forecast = np.full(len(y), np.nan)
+    forecast, spread = np.full(len(y), np.nan), np.full(len(y), np.nan)
     served = np.zeros(len(y), dtype=np.uint8)
+    flags = np.zeros(len(y), dtype=bool)
+    h = cfg.horizon
+    path, lower, upper = (np.full((len(y), h), np.nan) for _ in range(3)) if h > 1 else (None, None, None)
     name = [STREAM]
     for i in range(len(y)):
         now = float(clock[i]) if math.isfinite(clock[i]) else 0.0
         if i == 0:
             tuning.schedule(now)
-        r = engine.process(name, (float(i),), y[i : i + 1], now=now)
-        forecast[i] = r.forecast[0]
+        r = engine.process(name, (float(i),), y[i : i + 1], now=now, paths=path is not None)
+        forecast[i], spread[i], flags[i] = r.forecast[0], r.spread[0], r.is_anomaly[0]
         served[i] = r.served[0] if len(r.served) else 0
+        if path is not None and r.path.shape[1] == h:
+            path[i], lower[i], upper[i] = r.path[0], r.lower[0], r.upper[0]
         tuning.count(int(r.accepted.sum()))
         tuning.step(now)
         if progress is not None and i % 256 == 255:
             progress(256)
-    return Replay(forecast, tally, served)
+    return Replay(forecast, tally, served, spread, flags, path, lower, upper)
 
 
 def finetune_summary(with_ft: Replay, without: Replay, mae_with: float, mae_without: float) -> dict:
@@ -129,9 +150,11 @@ def cmd_online(args: argparse.Namespace) -> int:
     """``evaluate --online``: two replays (fine-tuning on, off), scored on the same rows."""
     import tempfile
 
-    for flag in ("plot", "labels", "test_fraction"):
+    for flag in ("labels", "test_fraction"):
         if getattr(args, flag, None) is not None:
             raise UserError(f"--{flag.replace('_', '-')} is not supported with --online (yet)")
+    if args.plot is not None:
+        _check_writable(args.plot)
     cfg, model, ft, path = engine_setup(args)
     data = load_csv(args.csv, **_csv_kwargs(args), min_rows=cfg.look_back + 3, min_rows_reason="look-back")
     _one_column(args, data.columns, args.csv)
@@ -154,6 +177,11 @@ def cmd_online(args: argparse.Namespace) -> int:
         runs["with"], runs["without"], results["model"]["mae"], without["model"]["mae"]
     )
     out["finetune"]["settings"] = {"interval_s": ft.interval_s, "min_new_samples": ft.min_new_samples}
+    served = runs["with"]
+    if served.path is not None:
+        from lstm_stream.evaluation import horizon_metrics
+
+        out["horizons"] = horizon_metrics(y, served.path, served.lower, served.upper, a, period)
     out["meta"] = {
         "file": str(args.csv),
         "column": data.columns[0],
@@ -166,6 +194,11 @@ def cmd_online(args: argparse.Namespace) -> int:
         "model": {"arch": cfg.model.arch, "mode": cfg.mode, "path": path},
         "mase": "MAE / MAE of persistence on the same rows",
     }
+    if args.plot is not None:
+        first = a if args.plot_rows is None else max(a, len(y) - args.plot_rows)
+        title = f"{data.path.name}: online, fine-tuning on"
+        plot_evaluation(args.plot, data, served, first, [], results, title, cfg)
+        out["meta"]["plot"] = str(args.plot)
     if args.json:
         print(_dumps(out))
         return 0
@@ -176,8 +209,12 @@ def cmd_online(args: argparse.Namespace) -> int:
     )
     print(_table(results))
     print(_table({"model, no fine-tuning": without["model"]}, ["model, no fine-tuning"]))
+    if "horizons" in out:
+        print(_horizon_table(out["horizons"], cfg.interval))
     print(
         f"served MAE: with fine-tuning {f['mae_with']:.6g}, without "
         f"{f['mae_without']:.6g} ({f['change']:+.1%})"
     )
+    if args.plot is not None:
+        print(f"plot: {args.plot}")
     return 0

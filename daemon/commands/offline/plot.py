@@ -93,7 +93,7 @@ def plot_evaluation(
     lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
     pad = 0.08 * (hi - lo if hi > lo else 1.0)
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlim(x[0], x[-1])
+    ax.margins(x=0)  # the data, and the last path past it
     if dated:
         locator = mdates.AutoDateLocator()
         ax.xaxis.set_major_locator(locator)
@@ -129,3 +129,20 @@ def _draw_ahead(ax: Any, x: np.ndarray, served: Any, a: int, cfg: Any) -> None:
         label=f"{cfg.interval:.0%} interval, {h} steps ahead",
     )
     ax.plot(x, ahead, color="tab:green", lw=0.8, ls="--", alpha=0.9, label=f"forecast made {h} steps earlier")
+    _draw_last_path(ax, x, served, cfg)
+
+
+def _draw_last_path(ax: Any, x: np.ndarray, served: Any, cfg: Any) -> None:
+    """The path made after the last row (steps 1..H past the data) with its interval: what a user
+    sees on the forecast topic now."""
+    last = np.flatnonzero(np.isfinite(served.path[:, 0]))
+    if not len(last) or len(x) < 2:
+        return
+    i, h = last[-1], served.path.shape[1]
+    if i < len(served.path) - len(x):
+        return  # not in the plotted rows
+    step = np.median(np.diff(x[-min(len(x), 50) :]))
+    k = i - (len(served.path) - len(x))  # row i's position in the plotted rows
+    future = x[k] + step * np.arange(1, h + 1)
+    ax.fill_between(future, served.lower[i], served.upper[i], color="tab:purple", alpha=0.2, lw=0)
+    ax.plot(future, served.path[i], color="tab:purple", lw=1.4, label=f"path from the last row, {h} steps")
