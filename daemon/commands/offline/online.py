@@ -11,6 +11,8 @@ off is the baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.service import tuning as tuning_module
 from daemon.service.finetuner import Finetuner
 from daemon.service.tuning import Tuning
 from daemon.settings import FinetuneSettings
@@ -164,7 +167,12 @@ def cmd_online(args: argparse.Namespace) -> int:
     y = data.series(0)
     period = _period(y, 0, args.period)
     runs = {}
-    with tempfile.TemporaryDirectory(prefix="lstm-stream-online-") as tmp:
+    # the service warns on each rejected fine-tune; here every outcome is counted in the report instead
+    tuning_log = tuning_module.log
+    level = tuning_log.level
+    tuning_log.setLevel(logging.ERROR)
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lstm-stream-online-") as tmp:
+        stack.callback(tuning_log.setLevel, level)
         for label, on in (("with", True), ("without", False)):
             settings = ft.model_copy(update={"enabled": on and ft.enabled})
             with _bar(args, len(y), f"replay ({label} fine-tuning)", "row") as bar:
