@@ -20,7 +20,8 @@ class Options:
     latency_seconds: float = 10.0
     batch_size: int = 20
     batch_messages: int | None = None  # default: messages // 10
-    array_samples: int = 1000  # the array phase: one stream's array of this many samples a second (0: off)
+    array_samples: int = 1000  # the array phase: one stream's array of this many samples (0: no phase)
+    array_every_s: float = 0.0  # ... sent once, 1 s into the phase, or again every this many seconds
     protocol: str = "5"
     wal: bool = True  # the daemons' write-ahead log (state.wal)
     finetune: str = "off"
@@ -56,8 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--array-samples",
         type=int,
         default=None,
-        help="e2e: samples per array in the array phase, one array a second among the live streams "
-        "(1000; 0 = skip)",
+        help="e2e: samples in the array phase's one array among the live streams (1000; 0 = skip)",
+    )
+    g.add_argument(
+        "--array-every",
+        type=float,
+        default=None,
+        help="e2e: send the array again every this many seconds of the phase (default 0: once)",
     )
     g.add_argument("--protocol", choices=["5", "3.1.1"], default=None, help="e2e: MQTT version (5)")
     g.add_argument(
@@ -118,6 +124,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     pick("batch_size", "batch_size")
     pick("batch_messages", "batch_messages")
     pick("array_samples", "array_samples")
+    pick("array_every", "array_every_s")
     pick("protocol", "protocol")
     pick("timeout", "timeout_s")
     pick("profile_dir", "profile_dir", Path)

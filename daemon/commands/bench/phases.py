@@ -244,7 +244,7 @@ def latency_phase(
 ) -> dict:
     """Live samples at ``rate`` to ``n`` streams while /metrics is scraped every second: the ingest
     latency's p50/p99 over the phase. ``array_samples`` > 0 adds one stream sending an array of that
-    many (historic) samples every second (:mod:`daemon.commands.bench.arrays`)."""
+    many (historic) samples 1 s into the phase, or every ``--array-every`` s (:mod:`...bench.arrays`)."""
     c.check_time()
     o = c.opts
     total = max(1, int(rate * o.latency_seconds))
@@ -272,7 +272,8 @@ def latency_phase(
         start_profiler(c, b.pid, f"latency-qos{qos}-{n}", o.latency_seconds)
         phase_start = time.time()
         if array_samples:
-            arrays = ArrayLoad(c.broker, topic_filter(prefix)[:-1] + "array", array_samples, qos).start()
+            topic = topic_filter(prefix)[:-1] + "array"
+            arrays = ArrayLoad(c.broker, topic, array_samples, qos, o.array_every_s).start()
         c.pubs.start(prefix, n, total, qos, rate=rate)
         pub = c.pubs.results(o.latency_seconds * 3 + 60)
         if arrays is not None:

@@ -210,7 +210,7 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
             cell["latency_phase"] = lat
             cell["latency_daemon_rss_mb"] = rss_mb(b.pid)
             if n == max(o.streams) and o.array_samples > 0:
-                c.log(f"qos {qos}, {n} streams: latency phase with a {o.array_samples}-sample array a second")
+                c.log(f"qos {qos}, {n} streams: latency phase with a {o.array_samples}-sample array")
                 arr = latency_phase(c, b, n, qos, lat["rate_msgs_per_s"], None, array_samples=o.array_samples)
                 cell["array_phase"] = arr
                 cell["array_p99_added_ms"] = rnd(arr["p99_ms"] - lat["p99_ms"], 2)
