@@ -40,7 +40,8 @@ def wal_figures(on: bool, before: dict[str, float], after: dict[str, float], run
 
 def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
     o = c.opts
-    max_streams = max(10000, max(o.streams))
+    # one slot more than the most live streams: the array phase's stream (a full table refuses it)
+    max_streams = max(10000, max(o.streams) + 1)
     a = Daemon(
         c.workdir,
         f"A-qos{qos}",
@@ -214,6 +215,11 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                 arr = latency_phase(c, b, n, qos, lat["rate_msgs_per_s"], None, array_samples=o.array_samples)
                 cell["array_phase"] = arr
                 cell["array_p99_added_ms"] = rnd(arr["p99_ms"] - lat["p99_ms"], 2)
+                if arr["lost"]:
+                    c.notes.append(
+                        f"qos {qos}, {n} streams, array phase: {arr['lost']:.0f} samples not applied "
+                        "(see the latency daemon's reject counters)"
+                    )
             cell["latency_daemon_memory"] = memory_figures(b)
             for i, other in enumerate(lat_daemons[1:], 1):
                 mode = o.exposition[i]
