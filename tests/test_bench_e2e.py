@@ -50,7 +50,8 @@ def test_bench_e2e_smoke(tmp_path) -> None:
     cmd = [
         sys.executable, "-m", "daemon", "bench", "e2e",
         "--streams", "20", "--qos", "0,1", "--messages", "600", "--publishers", "2", "--rounds", "1",
-        "--latency-seconds", "1", "--batch-messages", "30", "--array-samples", "200", "--no-prometheus", "--timeout", "150",
+        "--latency-seconds", "1", "--batch-messages", "30", "--array-samples", "200", "--no-prometheus",
+        "--timeout", "150",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -73,6 +74,7 @@ def test_bench_e2e_smoke(tmp_path) -> None:
         assert cell["rss_mb"] > 0
         lat = cell["latency_phase"]  # what /metrics cost the engine, from its own counters
         assert lat["engine_cpu_ms_per_scrape"] > 0 and lat["scrape_requests"] > 0, (qos, lat)
+        assert {"answers", "answer_p50_ms", "answer_max_ms"} <= lat.keys(), lat
         assert "exposition" in lat["cpu_s_by_process"], lat
         memory = cell["latency_daemon_memory"]
         assert {"engine", "receiver", "exposition"} <= memory["processes"].keys(), memory

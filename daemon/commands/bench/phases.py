@@ -258,12 +258,10 @@ def latency_phase(
         if exe is not None:  # started first: it applies its targets only about 5 s after start
             prom = Prometheus(exe, c.workdir, f"127.0.0.1:{b.http_port}")
         warm_up(c, b.processed, prefix, n, qos)
-        if prom is not None:
-            if not prom.wait_scraping():
-                c.notes.append("Prometheus did not scrape within 30 s of starting")
-        else:
-            scraper = Scraper(b)
-            scraper.start()
+        if prom is not None and not prom.wait_scraping():
+            c.notes.append("Prometheus did not scrape within 30 s of starting")
+        scraper = Scraper(b, 0.5 if prom is not None else 0.0)  # the answer time, beside Prometheus
+        scraper.start()
         time.sleep(1.2)  # a scrape or two before the phase
         text0 = b.scrape()
         h0 = latency_buckets(text0)
@@ -340,12 +338,15 @@ def latency_phase(
             out["scrape_max_s"] = rnd(prom.scalar(f"max_over_time(scrape_duration_seconds[{window}])"), 3)
             out["scrape_avg_s"] = rnd(prom.scalar(f"avg_over_time(scrape_duration_seconds[{window}])"), 3)
             out["scrape_series"] = rnd(prom.scalar("scrape_samples_scraped"), 0)
-        elif scraper is not None:
-            d = scraper.durations[-max(1, int(phase_s)) :]
+        answers = scraper.since(phase_start)
+        if prom is None:
             out["scraper"] = "bench"
-            out["scrapes"] = len(d)
-            out["scrape_max_s"] = rnd(max(d, default=math.nan), 3)
-            out["scrape_avg_s"] = rnd(median(d), 3)
+            out["scrapes"] = len(answers)
+            out["scrape_max_s"] = rnd(max(answers, default=math.nan), 3)
+            out["scrape_avg_s"] = rnd(median(answers), 3)
+        out["answers"] = len(answers)  # the bench's own GETs of the whole body during the phase
+        out["answer_p50_ms"] = rnd(1000 * median(answers), 1)
+        out["answer_max_ms"] = rnd(1000 * max(answers, default=math.nan), 1)
         if bare is not None:
             out.update(bare_latency(c, bare, n, qos, rate, total))
         return out

@@ -98,6 +98,10 @@ def assemble(by_qos: dict, opts: Options, notes: list[str], seconds: float, tmp:
         'scrape_s_per_stream_none); with "all", each poll would render every stream '
         "(scrape_s_per_stream_all) and distort the rate; the latency phase uses a second daemon with "
         '"all", scraped every second by Prometheus (or by the bench without it)',
+        "latency_phase.scrape_avg_s/scrape_max_s are Prometheus's scrape_duration_seconds, which also "
+        "counts its own parsing and storing of every sample; answer_p50_ms/answer_max_ms time the "
+        "bench's own GET of the whole /metrics body every second during the phase (half a second "
+        "after Prometheus's): the daemon's answer time",
         "each run is preceded by an untimed warm-up (one message per topic), so stream creation is "
         "not in the rates; each stream's messages come from one publisher connection, in order",
         "latency = publish time.time() in the payload -> the daemon's clock after Engine.process, from "

@@ -140,20 +140,29 @@ class Prometheus:
 
 
 class Scraper(threading.Thread):
-    """Without Prometheus: GET /metrics every second (body discarded), recording durations."""
+    """GET /metrics every second at ``offset`` s past the second (body read and discarded), recording
+    how long each whole answer took: beside Prometheus (offset 0.5), whose scrape_duration_seconds
+    also counts its own parsing and storing of the samples, this is the daemon's answer time alone."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, offset: float = 0.0) -> None:
         super().__init__(name="bench-scraper", daemon=True)
         self.daemon_ = daemon
+        self.offset = offset
         self.stop_event = threading.Event()
         self.durations: list[float] = []
+        self.started: list[float] = []  # time.time() of each GET
 
     def run(self) -> None:
-        while not self.stop_event.wait(max(0.0, 1.0 - (time.time() % 1.0))):
+        while not self.stop_event.wait(max(0.0, 1.0 - ((time.time() - self.offset) % 1.0))):
+            self.started.append(time.time())
             t = time.perf_counter()
             with contextlib.suppress(OSError):
                 self.daemon_.scrape(timeout=5)
             self.durations.append(time.perf_counter() - t)
+
+    def since(self, t0: float) -> list[float]:
+        """Durations of the GETs started at or after ``t0`` (one may still be running: not strict)."""
+        return [d for s, d in zip(self.started, self.durations, strict=False) if s >= t0]
 
     def stop(self) -> None:
         self.stop_event.set()
