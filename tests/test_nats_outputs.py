@@ -133,8 +133,9 @@ def test_paused_worker_publishes_nothing_for_partitions_taken_over(tmp_path, nat
         assert first  # (b replays a's last stretch after its last checkpoint: those may come twice)
 
         a.proc.send_signal(signal.SIGCONT)
+        # each drop applies what was queued (unfenced, its forecasts would be published) before its line
         _wait(lambda: a.log().count("lease lost") == 4, "a noticed it lost its 4 leases")
-        _wait(lambda: a.metric("lstm_stream_nats_partitions_owned") == 0, "a consumes nothing")
+        # (then b hands two partitions back to it with their checkpoints: a rebalance, not a duplicate)
         applied_by_a = a.metric(PROCESSED)  # a may have applied some of the second 80 meanwhile
         assert a.stop() == 0
         assert b.stop() == 0

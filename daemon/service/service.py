@@ -59,6 +59,7 @@ from lstm_stream.engine import Engine
 if TYPE_CHECKING:
     from daemon.ingest.nats_source import NatsSource
     from daemon.service.ownership import LeaseOwnership
+    from daemon.service.static_ownership import StaticOwnership
     from daemon.service.worker_outputs import WorkerOutputs
 
 log = logging.getLogger("lstm_stream.service")
@@ -123,7 +124,7 @@ class Service:
         self.receiver: ReceiverProcess | None = None  # receives, with receiver = "process"
         self.source: NatsSource | None = None  # receives, with ingest.source = "nats"
         self.positions: Positions | None = None  # the NATS partitions' applied sequences
-        self.ownership: LeaseOwnership | None = None  # with nats.ownership = "lease"
+        self.ownership: LeaseOwnership | StaticOwnership | None = None  # NATS partitions' leases
         self.worker: WorkerOutputs | None = None  # a NATS worker's outlet, availability and fence
         self.http: MetricsServer | ExpositionProcess | None = None
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
@@ -224,14 +225,15 @@ class Service:
         from daemon.service.worker_outputs import WorkerOutputs
 
         self.worker = WorkerOutputs(s.nats, self.registry)
+        source.start([])  # partitions are consumed once their leases are held
         if s.nats.ownership == "static":
-            source.start(s.nats.static_partitions())
-            self.worker.attach(source, None)
-            return source
-        from daemon.service.ownership import LeaseOwnership
+            from daemon.service.static_ownership import StaticOwnership
 
-        source.start([])
-        self.ownership = LeaseOwnership(s, source, self.engine, self.batches, self.positions)
+            self.ownership = StaticOwnership(s.nats, source, self.batches, self.positions)
+        else:
+            from daemon.service.ownership import LeaseOwnership
+
+            self.ownership = LeaseOwnership(s, source, self.engine, self.batches, self.positions)
         self.worker.attach(source, self.ownership)
         self.ownership.start()
         return source
@@ -389,7 +391,7 @@ class Service:
             if self.wal is not None:  # what it logged but could not send (killed, or too slow)
                 self.wal.tail(self.queue, self.receiver.expected)
         if self.ownership is not None:
-            self.ownership.close()  # each partition's checkpoint written, its lease given back
+            self.ownership.close()  # queue applied (lease: checkpoints written), leases given back
         if self.worker is not None and self.source is not None:
             self.worker.close(self.source, self.batches.drain)  # events out, then offline
         if self.source is not None:

@@ -19,6 +19,7 @@ from daemon.service.fence import LeaseFence
 if TYPE_CHECKING:
     from daemon.ingest.nats_source import NatsSource
     from daemon.service.ownership import LeaseOwnership
+    from daemon.service.static_ownership import StaticOwnership
 
 log = logging.getLogger("lstm_stream.service")
 
@@ -45,7 +46,7 @@ class WorkerOutputs:
         )
         info.labels(settings.holder(), settings.ownership, settings.outputs).set(1)
 
-    def attach(self, source: NatsSource, ownership: LeaseOwnership | None) -> None:
+    def attach(self, source: NatsSource, ownership: LeaseOwnership | StaticOwnership | None) -> None:
         """Start publishing through ``source``'s connection and fence by ``ownership``'s leases."""
         s = self.settings
         if ownership is not None:
