@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.columns import ColumnQueue
@@ -219,12 +219,9 @@ class Service:
             on_enqueued=self.batches.process_inline,
         )
         log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
-        name = "lstm_stream_nats_partitions_owned"
-        owned = Gauge(name, "NATS partitions this worker consumes.", registry=self.registry)
-        owned.set_function(lambda: float(len(source.owned)))
         from daemon.service.worker_outputs import WorkerOutputs
 
-        self.worker = WorkerOutputs(s.nats, self.registry)
+        self.worker = WorkerOutputs(s.nats, self.registry, lambda: len(source.owned))
         source.start([])  # partitions are consumed once their leases are held
         if s.nats.ownership == "static":
             from daemon.service.static_ownership import StaticOwnership

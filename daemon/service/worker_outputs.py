@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from daemon.nats_settings import NatsSettings
+from daemon.outputs.metrics import NATS_PARTITIONS, NATS_PARTITIONS_OWNED, WORKER_INFO
 from daemon.outputs.nats_outlet import Availability, NatsOutlet
 from daemon.service.fence import LeaseFence
 
@@ -32,14 +33,18 @@ def worker_availability_topic(topic: str, settings: NatsSettings) -> str:
 class WorkerOutputs:
     """The NATS outlet (if ``nats.outputs = "nats"``), the availability key and the lease fence."""
 
-    def __init__(self, settings: NatsSettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: NatsSettings, registry: CollectorRegistry, owned: Callable[[], int]) -> None:
         self.settings = settings
         self.outlet: NatsOutlet | None = None
         self.availability: Availability | None = None
         self.fence: LeaseFence | None = None
         self._beat: Any = None
+        help_owned = "NATS partitions this worker consumes."
+        Gauge(NATS_PARTITIONS_OWNED, help_owned, registry=registry).set_function(lambda: float(owned()))
+        total = Gauge(NATS_PARTITIONS, "NATS partitions there are (nats.partition_count).", registry=registry)
+        total.set(settings.partition_count)
         info = Gauge(
-            "lstm_stream_worker_info",
+            WORKER_INFO,
             "This worker: its id in leases and availability, and how it owns partitions.",
             ["worker", "ownership", "outputs"],
             registry=registry,
