@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.daemon_proc import Daemon
+from tests.daemon_proc import Collector, Daemon
 from tests.nats_server import nats_server  # noqa: F401  (fixture)
 from tests.prom import prometheus  # noqa: F401  (fixture)
 from tests.test_monitoring import ALERTS, _check, dashboard_queries, load_dashboard, nats_only
@@ -64,6 +64,7 @@ def test_overlapping_static_partitions_are_processed_by_one_worker(tmp_path, nat
         {**config, "nats": {**nats, "worker_id": "b", "partitions": wants["b"]}},
         name="b",
     )
+    avail = Collector(broker, "lstm-stream/availability/#")  # per worker, through nats-server's MQTT
     try:
         nats_server.publish([])
         for d in (a, b):  # at once: either may win partition 1
@@ -91,7 +92,10 @@ def test_overlapping_static_partitions_are_processed_by_one_worker(tmp_path, nat
         for q in filter(nats_only, dashboard_queries(load_dashboard())):
             assert not _check(prom, q, values, time.time() - 5, []), q["where"]
 
+        state = lambda: {t.rsplit("/", 1)[1]: m for t, m, _ in avail.messages}  # noqa: E731 - last per worker
+        _wait(lambda: state() == {"a": b"online", "b": b"online"}, "both online, each on its own topic")
         assert holder.stop() == 0  # gives its leases back: the other takes partition 1
+        _wait(lambda: state()[holder.name] == b"offline", "the stopped worker offline")
         _wait(lambda: waiter.metric(OWNED) == len(wants[waiter.name]), "the waiter consumes 1 too")
         assert "partition 1: lease taken, consuming" in waiter.log()
         # the holder's other partitions have no worker now: the alert is pending (fires after 2 minutes)
@@ -100,5 +104,6 @@ def test_overlapping_static_partitions_are_processed_by_one_worker(tmp_path, nat
         prom.wait_query(unowned, lambda r: len(r) == 1 and r[0]["value"][1] == left, timeout=20)
         assert waiter.stop() == 0
     finally:
+        avail.close()
         a.close()
         b.close()
