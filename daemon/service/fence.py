@@ -12,7 +12,6 @@ here has not expired there, and nobody else can hold it (KV create only succeeds
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from daemon.ingest.nats_leases import Leases
 
@@ -36,6 +35,5 @@ class LeaseFence:
         return {k for k in renewed if leases.fresh(k, self.margin_s)}
 
     def __call__(self) -> Callable[[str], bool]:
-        fresh, partition_of = self.fresh(), self.partition_of
-        get: Any = partition_of.get
+        fresh, get = self.fresh(), self.partition_of.get
         return lambda stream: get(stream) in fresh

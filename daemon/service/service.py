@@ -349,7 +349,8 @@ class Service:
         outlet = self.worker.outlet if self.worker is not None else None
         return (outlet or self.link).publish(topic, payload, qos, retain)
 
-    def _fence(self):  # noqa: ANN202 - see EventPublisher.fence
+    def _fence(self) -> Callable[[str], bool] | None:
+        """Which streams this worker may publish for now (EventPublisher.fence; None: all)."""
         return self.worker.allowed() if self.worker is not None else None
 
     def run(self) -> int:

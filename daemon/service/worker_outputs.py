@@ -67,7 +67,7 @@ class WorkerOutputs:
         self.availability = Availability(source.js, s.availability_bucket, s.lease_ttl_s, s.holder())
         await self.availability.run()
 
-    def allowed(self) -> Any:
+    def allowed(self) -> Callable[[str], bool] | None:
         """The event publisher's fence: None (all streams) without leases."""
         return self.fence() if self.fence is not None else None
 
