@@ -46,8 +46,14 @@ class NatsSettings(BaseModel):
     lease_ttl_s: float = Field(15.0, ge=1, le=3600, description="a lease not renewed this long expires")
     checkpoint_bucket: str = Field("lstm-stream-checkpoints", description="object store of checkpoints")
     connect_timeout_s: float = Field(2.0, gt=0)
+    outputs: Literal["mqtt", "nats"] = Field(
+        "mqtt", description="events, forecasts and availability on [mqtt] topics or on NATS subjects"
+    )
+    availability_bucket: str = Field(
+        "lstm-stream-availability", description="outputs = nats: key-value bucket of workers' availability"
+    )
 
-    @field_validator("stream", "subject_prefix", "lease_bucket", "checkpoint_bucket")
+    @field_validator("stream", "subject_prefix", "lease_bucket", "checkpoint_bucket", "availability_bucket")
     @classmethod
     def _token(cls, v: str) -> str:
         if not _TOKEN.match(v):

@@ -81,7 +81,8 @@ def _daemon(tmp_path, server, name: str = "w", checkpoint_interval_s: float = 36
     broker = SimpleNamespace(host=server.host, port=server.mqtt_port, proc=server.proc)
     config = {
         "ingest": {"source": "nats"},
-        "nats": {"servers": [server.url], "partition_count": server.partitions},
+        # static partitions are held through leases: a restart after SIGKILL waits for the old to expire
+        "nats": {"servers": [server.url], "partition_count": server.partitions, "lease_ttl_s": 2},
         "mqtt": {"protocol": "3.1.1"},  # events and availability through nats-server's MQTT listener
         "state": {"checkpoint_interval_s": checkpoint_interval_s},
     }

@@ -81,6 +81,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from daemon.commands.bench.e2e import run_cli
 
         return run_cli(args)
+    if args.what == "scale":
+        from daemon.commands.bench.scale import run_cli as run_scale
+
+        return run_scale(args)
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
 
@@ -144,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print one JSON object")
     bench.add_argument(
         "what",
-        choices=["engine", "per-call", "e2e"],
+        choices=["engine", "per-call", "e2e", "scale"],
         help="engine: Engine.process stateful vs window mode; per-call: us per sample of Engine.process "
-        "at batch 1/50/500/5000 (shipped model, default config); e2e: the daemon through Mosquitto",
+        "at batch 1/50/500/5000 (shipped model, default config); e2e: the daemon through Mosquitto; "
+        "scale: 1 and 2 NATS workers, failover and the MQTT path through a real nats-server",
     )
     bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     bench.add_argument("--streams", default="1000,10000", help="comma-separated stream counts")
@@ -154,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon.commands.bench.options import add_arguments as add_e2e_arguments
 
     add_e2e_arguments(bench)
+    from daemon.commands.bench.scale import add_arguments as add_scale_arguments
+
+    add_scale_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
 
     cfg = sub.add_parser("config", help="show the effective settings or check a file")

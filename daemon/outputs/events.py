@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, int, bool], bool]  # (topic, payload, qos, retain) -> sent
+Fence = Callable[[], "Callable[[str], bool] | None"]  # per batch: which streams may publish (None: all)
 SCHEMA = 1  # the "schema" field of every anomaly event
 
 
@@ -59,7 +60,9 @@ def dumps(obj: Any) -> bytes:
 class EventPublisher:
     """Publishes anomaly events (``anomaly_topic``, QoS 1) and forecasts (``forecast_topic``, QoS 0).
 
-    ``forecast_topic`` is a template with ``{stream}``; None publishes no forecasts.
+    ``forecast_topic`` is a template with ``{stream}``; None publishes no forecasts. ``fence``, called
+    once per batch, says which streams this worker may still publish for (a NATS worker publishes
+    nothing for a partition whose lease it may have lost: :mod:`daemon.service.fence`).
     """
 
     def __init__(
@@ -69,8 +72,11 @@ class EventPublisher:
         forecast_topic: str | None = None,
         *,
         rate_log: RateLimitedLogger | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._publish = publish
+        self.fence = fence
+        self.fenced = 0  # events and forecasts withheld by the fence
         self.anomaly_topic = anomaly_topic
         self.forecast_topic = forecast_topic
         self._rlog = rate_log if rate_log is not None else RateLimitedLogger(log)
@@ -107,7 +113,7 @@ class EventPublisher:
     def publish_anomalies(self, r: Results, model_version: int) -> tuple[int, int]:
         """One event per flagged sample of a batch's results; returns (published, failed)."""
         ok = failed = 0
-        for i in np.nonzero(r.is_anomaly)[0].tolist():
+        for i in self._rows(r, r.is_anomaly):
             event = {
                 "stream": r.stream[i],
                 "ts": float(r.ts[i]),
@@ -132,7 +138,7 @@ class EventPublisher:
         stream's usual sampling interval, aligned with ``r``: how far apart the path's steps are)."""
         multi = r.path.shape[0] == len(r) > 0
         lower, upper = (r.lower, r.upper) if multi else (None, None)
-        for i in np.nonzero(r.accepted)[0].tolist():
+        for i in self._rows(r, r.accepted):
             forecaster = NAMES[int(r.next_served[i])]
             extra: dict[str, Any] = {}
             if multi:
@@ -140,3 +146,20 @@ class EventPublisher:
                 if step_s is not None:
                     extra["step_s"] = float(step_s[i])
             self.publish_forecast(r.stream[i], float(r.ts[i]), float(r.next_forecast[i]), forecaster, **extra)
+
+    def _rows(self, r: Results, mask: np.ndarray) -> list[int]:
+        """Indices of ``mask`` whose streams the fence lets this worker publish for."""
+        rows = np.nonzero(mask)[0].tolist()
+        allowed = self.fence() if self.fence is not None and rows else None
+        if allowed is None:
+            return rows
+        kept = [i for i in rows if allowed(r.stream[i])]
+        if len(kept) < len(rows):
+            self.fenced += len(rows) - len(kept)
+            self._rlog.log(
+                "fenced",
+                "withheld %d events: partition lease not held (%d so far)",
+                len(rows) - len(kept),
+                self.fenced,
+            )
+        return kept

@@ -84,6 +84,9 @@ EXPOSITION_CPU = "lstm_stream_exposition_engine_cpu_seconds_total"
 EXPOSITION_REQUESTS = "lstm_stream_exposition_requests_total"
 EXPOSITION_RESTARTS = "lstm_stream_exposition_restarts_total"
 MEMORY = "lstm_stream_memory_bytes"
+# NATS workers only (daemon.service.worker_outputs): partitions consumed, configured, and who it is
+NATS_PARTITIONS_OWNED, NATS_PARTITIONS = "lstm_stream_nats_partitions_owned", "lstm_stream_nats_partitions"
+WORKER_INFO = "lstm_stream_worker_info"
 
 # --- label values known in advance (pre-created so every series exists, at 0, from the start) ---
 MESSAGE_REJECT_REASONS: tuple[str, ...] = PAYLOAD_REJECT_REASONS

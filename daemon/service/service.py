@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.columns import ColumnQueue
@@ -51,13 +51,16 @@ from daemon.service.homeassistant import DiscoveryFeed, make_discovery
 from daemon.service.housekeeping import Housekeeping, LinkCounters
 from daemon.service.restore import build_engine
 from daemon.service.tuning import Tuning
-from daemon.settings import MqttSettings, Settings
+from daemon.service.worker_outputs import worker_availability_topic
+from daemon.settings import MqttSettings, NatsSettings, Settings
 from lstm_stream.checkpoint import CheckpointStore
 from lstm_stream.engine import Engine
 
 if TYPE_CHECKING:
     from daemon.ingest.nats_source import NatsSource
     from daemon.service.ownership import LeaseOwnership
+    from daemon.service.static_ownership import StaticOwnership
+    from daemon.service.worker_outputs import WorkerOutputs
 
 log = logging.getLogger("lstm_stream.service")
 
@@ -67,17 +70,19 @@ STALL_S = 5.0  # a receiver process silent this long (it sends every 0.1 s) is r
 HANDOVER_S, DRAIN_S = 3.0, 6.0
 
 
-def publishing_settings(mqtt: MqttSettings) -> MqttSettings:
-    """The daemon's own connection when a receiver process holds the subscriptions: no topics, a
-    client id of its own (``<client_id>-out``) and no session to keep."""
-    return mqtt.model_copy(
-        update={
-            "topics": [],
-            "client_id": f"{mqtt.client_id}-out",
-            "clean_start": True,
-            "session_expiry_s": 0,
-        }
-    )
+def publishing_settings(mqtt: MqttSettings, nats: NatsSettings | None = None) -> MqttSettings:
+    """The daemon's own connection when a receiver process (or NATS) brings the samples: no topics,
+    a client id of its own (``<client_id>-out``) and no session to keep; a NATS worker's availability
+    is its own (``<availability_topic>/<worker_id>``)."""
+    update: dict = {
+        "topics": [],
+        "client_id": f"{mqtt.client_id}-out",
+        "clean_start": True,
+        "session_expiry_s": 0,
+    }
+    if nats is not None:
+        update["availability_topic"] = worker_availability_topic(mqtt.availability_topic, nats)
+    return mqtt.model_copy(update=update)
 
 
 class Service:
@@ -119,7 +124,8 @@ class Service:
         self.receiver: ReceiverProcess | None = None  # receives, with receiver = "process"
         self.source: NatsSource | None = None  # receives, with ingest.source = "nats"
         self.positions: Positions | None = None  # the NATS partitions' applied sequences
-        self.ownership: LeaseOwnership | None = None  # with nats.ownership = "lease"
+        self.ownership: LeaseOwnership | StaticOwnership | None = None  # NATS partitions' leases
+        self.worker: WorkerOutputs | None = None  # a NATS worker's outlet, availability and fence
         self.http: MetricsServer | ExpositionProcess | None = None
         self.discovery: HomeAssistantDiscovery | None = None  # Home Assistant discovery, if enabled
         # the jobs, built at start once the engine exists
@@ -175,7 +181,7 @@ class Service:
         discovery = make_discovery(s, self.engine, self._publish, self.rlog)
         in_thread = s.ingest.receiver == "thread" and not self.nats_on
         self.link = MqttLink(
-            s.mqtt if in_thread else publishing_settings(s.mqtt),
+            s.mqtt if in_thread else publishing_settings(s.mqtt, s.nats if self.nats_on else None),
             PayloadParser(s.payload),
             self.queue,
             stats=self.stats if in_thread else LinkStats(),
@@ -213,15 +219,19 @@ class Service:
             on_enqueued=self.batches.process_inline,
         )
         log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
-        name = "lstm_stream_nats_partitions_owned"
-        owned = Gauge(name, "NATS partitions this worker consumes.", registry=self.registry)
-        owned.set_function(lambda: float(len(source.owned)))
-        if s.nats.ownership == "static":
-            return source.start(s.nats.static_partitions())
-        from daemon.service.ownership import LeaseOwnership
+        from daemon.service.worker_outputs import WorkerOutputs
 
-        source.start([])
-        self.ownership = LeaseOwnership(s, source, self.engine, self.batches, self.positions)
+        self.worker = WorkerOutputs(s.nats, self.registry, lambda: len(source.owned))
+        source.start([])  # partitions are consumed once their leases are held
+        if s.nats.ownership == "static":
+            from daemon.service.static_ownership import StaticOwnership
+
+            self.ownership = StaticOwnership(s.nats, source, self.batches, self.positions)
+        else:
+            from daemon.service.ownership import LeaseOwnership
+
+            self.ownership = LeaseOwnership(s, source, self.engine, self.batches, self.positions)
+        self.worker.attach(source, self.ownership)
         self.ownership.start()
         return source
 
@@ -305,7 +315,10 @@ class Service:
         )
         self.tuning = Tuning(s.finetune, self.finetuner, self.engine, self.metrics)
         mqtt = s.mqtt
-        events = EventPublisher(self._publish, mqtt.anomaly_topic, mqtt.forecast_topic, rate_log=self.rlog)
+        fence = self._fence if self.nats_on else None
+        events = EventPublisher(
+            self._emit, mqtt.anomaly_topic, mqtt.forecast_topic, rate_log=self.rlog, fence=fence
+        )
         self.batches = Batches(
             s, self.engine, self.queue, self.metrics, events, self.tuning, self.clock, self._fail
         )
@@ -328,8 +341,17 @@ class Service:
         return {WAL_KEY: self.batches.applied}
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
-        """Events and discovery go out through the daemon's link (raw bytes; False if not sent)."""
+        """Discovery (and events, on MQTT) go out through the daemon's link (raw bytes; False if not sent)."""
         return self.link.publish(topic, payload, qos, retain)
+
+    def _emit(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        """Events and forecasts: on NATS subjects with ``nats.outputs = "nats"``, else on MQTT."""
+        outlet = self.worker.outlet if self.worker is not None else None
+        return (outlet or self.link).publish(topic, payload, qos, retain)
+
+    def _fence(self) -> Callable[[str], bool] | None:
+        """Which streams this worker may publish for now (EventPublisher.fence; None: all)."""
+        return self.worker.allowed() if self.worker is not None else None
 
     def run(self) -> int:
         """Start, signal readiness, serve until SIGTERM/SIGINT, then shut down cleanly. Exit status."""
@@ -367,7 +389,9 @@ class Service:
             if self.wal is not None:  # what it logged but could not send (killed, or too slow)
                 self.wal.tail(self.queue, self.receiver.expected)
         if self.ownership is not None:
-            self.ownership.close()  # each partition's checkpoint written, its lease given back
+            self.ownership.close()  # queue applied (lease: checkpoints written), leases given back
+        if self.worker is not None and self.source is not None:
+            self.worker.close(self.source, self.batches.drain)  # events out, then offline
         if self.source is not None:
             self.source.close(timeout=HANDOVER_S)  # nothing is queued after this
         if self._loop_thread is not None:

@@ -1,0 +1,28 @@
+"""``lstm-stream bench scale`` at a small size: real Mosquitto, nats-server and worker processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.broker import MOSQUITTO
+from tests.nats_server import NATS_SERVER
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(MOSQUITTO is None or NATS_SERVER is None, reason="needs mosquitto and nats-server")
+def test_bench_scale_smoke():
+    from daemon.commands.bench.scale import ScaleOptions, run
+
+    o = ScaleOptions(
+        messages=2000, streams=50, partitions=4, publishers=1, lease_ttl_s=1.0, failover_messages=1000
+    )
+    o.settle_s = 0.5
+    r = run(o)
+    for key in ("workers_1_msgs_per_s", "workers_2_msgs_per_s", "ratio", "failover_s", "mqtt_cpu_us_per_msg"):
+        assert r[key] > 0, key
+    assert r["lost"] == 0 and r["doubled"] == 0 and r["streams_on_two_workers"] == 0
+    assert len(r["cpu_us_per_msg_per_worker"]["workers_2"]) == 2
+    assert sum(r["phases"]["workers_2"]["processed_per_worker"]) == 2000
+    assert r["phases"]["workers_1"]["stored"] == 2000  # MQTT into nats-server, all in JetStream
+    assert r["phases"]["failover"]["applied"] == 1000  # each sample once in the checkpoints
