@@ -17,7 +17,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import admission, horizon, late, onnx_step, scaling, scoring, seasonal, selection
+from . import admission, fastnp, horizon, late, onnx_step, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -369,7 +369,7 @@ class Engine:
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
         scaling.update(a, s, x, cfg.scaling)
         center, sc = scaling.stats(a, s, cfg.scaling)
-        z = np.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
+        z = fastnp.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
         self._write_inputs(s, z, ts, count, scored.condition)
         sel = cfg.selection.enabled
         if sel:
@@ -438,7 +438,7 @@ class Engine:
         a = self.arrays
         center, sc = scaling.stats(a, s, self.config.scaling)
         clip = self.config.scaling.clip
-        y = np.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
+        y = fastnp.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
         seen = count > 0
         a["hist_y"][s[seen], (count[seen] - 1) % hl] = y[seen]
 
