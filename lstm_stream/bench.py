@@ -63,11 +63,13 @@ def measure(cfg: EngineConfig, n_streams: int, seconds: float, max_batches: int 
         "state_mb_per_10k_streams": per_stream * 10_000 / 2**20,
         "history_mb_per_10k_streams": mem["history_bytes"] / mem["capacity"] * 10_000 / 2**20,
         "rss_growth_mb": rss1 - rss0,
+        "runtime": "torch" if engine._stepper is None else "onnxruntime",
     }
 
 
 def run(seconds: float = 3.0, streams: tuple[int, ...] = (1000, 10_000), look_back: int = 32) -> dict:
-    """The benchmark: stateful vs window mode at each stream count (hidden 64, 2 layers, 1 thread).
+    """The benchmark: stateful vs window mode at each stream count (hidden 64, 2 layers, 1 thread);
+    the stateful mode on its configured runtime and on torch.
 
     ``window_samples_per_s`` is the seed's way through ``Engine.process``: every sample re-runs its
     stream's whole window from zero state, one sample per call as it arrives. The same window mode
@@ -79,13 +81,18 @@ def run(seconds: float = 3.0, streams: tuple[int, ...] = (1000, 10_000), look_ba
         model=model, look_back=look_back, max_streams=max(streams), torch_threads=1, new_streams_per_s=None
     )
     window = base.model_copy(update={"mode": "window"})
+    on_torch = base.model_copy(update={"runtime": "torch"})  # the same, stepped by torch: a same-run baseline
     out: dict = {"hidden": 64, "layers": 2, "look_back": look_back, "torch_threads": 1, "by_streams": {}}
     for n in streams:
         st = measure(base, n, seconds)
+        st_torch = measure(on_torch, n, seconds)
         seed = seed_window_rate(window, n, seconds=min(seconds, 2.0))
         batched = measure(window, n, seconds, max_batches=3)
         out["by_streams"][str(n)] = {
             "stateful_samples_per_s": round(st["samples_per_s"]),
+            "runtime": st["runtime"],
+            "stateful_torch_samples_per_s": round(st_torch["samples_per_s"]),
+            "runtime_vs_torch": round(st["samples_per_s"] / st_torch["samples_per_s"], 2),
             "window_samples_per_s": round(seed),
             "ratio": round(st["samples_per_s"] / seed, 1),
             "batched_window_samples_per_s": round(batched["samples_per_s"]),

@@ -17,7 +17,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import admission, horizon, late, scaling, scoring, seasonal, selection
+from . import admission, fastnp, horizon, late, onnx_step, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -188,6 +188,7 @@ class Engine:
         # (late.py), else rejected as out_of_order; None: all late samples are. The daemon sets it.
         self.reorder_window_s = reorder_window_s
         self.stateful = cfg.mode == "stateful" and getattr(self.model, "stateful", False)
+        self._stepper = onnx_step.stepper(self.model, cfg, self.stateful)  # None: torch steps
         self.table = StreamTable(self._columns(), cfg.max_streams)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._admission = admission.TokenBucket(float(cfg.new_streams_burst))  # new streams admissible
@@ -368,7 +369,7 @@ class Engine:
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
         scaling.update(a, s, x, cfg.scaling)
         center, sc = scaling.stats(a, s, cfg.scaling)
-        z = np.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
+        z = fastnp.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
         self._write_inputs(s, z, ts, count, scored.condition)
         sel = cfg.selection.enabled
         if sel:
@@ -437,7 +438,7 @@ class Engine:
         a = self.arrays
         center, sc = scaling.stats(a, s, self.config.scaling)
         clip = self.config.scaling.clip
-        y = np.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
+        y = fastnp.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
         seen = count > 0
         a["hist_y"][s[seen], (count[seen] - 1) % hl] = y[seen]
 
@@ -456,17 +457,21 @@ class Engine:
 
     def _forecast(self, s: np.ndarray, z: np.ndarray, new_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scaled forecast (mean, spread) of the next value for slots ``s`` after input ``z``."""
-        with torch.inference_mode():
-            if self.stateful:
-                # (layers, slots, hidden) views: the gather is the contiguous state the LSTM takes
-                h_all, c_all = self.arrays["h"].transpose(1, 0, 2), self.arrays["c"].transpose(1, 0, 2)
+        if self.stateful:
+            # (layers, slots, hidden) views: the gather is the contiguous state the LSTM takes
+            h_all, c_all = self.arrays["h"].transpose(1, 0, 2), self.arrays["c"].transpose(1, 0, 2)
+            if self._stepper is not None:
+                mean, spread, h_all[:, s], c_all[:, s] = self._stepper.step(z, h_all[:, s], c_all[:, s])
+                return mean.astype(np.float64), spread.astype(np.float64)
+            with torch.inference_mode():
                 state = (torch.from_numpy(h_all[:, s]), torch.from_numpy(c_all[:, s]))
-                mean, spread, (h, c) = self.model.step(torch.from_numpy(z), state)
+                mean_t, spread_t, (h, c) = self.model.step(torch.from_numpy(z), state)
                 h_all[:, s] = h.numpy()
                 c_all[:, s] = c.numpy()
-            else:
-                mean, spread = self.model(torch.from_numpy(self.windows(s, new_count)))
-        return mean.numpy().astype(np.float64), spread.numpy().astype(np.float64)
+        else:
+            with torch.inference_mode():
+                mean_t, spread_t = self.model(torch.from_numpy(self.windows(s, new_count)))
+        return mean_t.numpy().astype(np.float64), spread_t.numpy().astype(np.float64)
 
     def windows(self, s: np.ndarray, count: np.ndarray | None = None) -> np.ndarray:
         """Each slot's window in time order, zero-padded at the front while it is short."""
@@ -493,6 +498,7 @@ class Engine:
     def swap_model(self, model: Forecaster, version: int | None = None) -> None:
         """Serve with ``model`` from now on, rebuilding every stream's state by replaying its window."""
         model.eval()
+        self._stepper = onnx_step.stepper(model, self.config, self.stateful)
         self.model = model
         self.model_version = self.model_version + 1 if version is None else version
         slots = self.table.active_slots()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fastnp
 from .config import ScalerConfig
 from .state import Column
 
@@ -34,7 +35,7 @@ def stats(cols: dict[str, np.ndarray], slots: np.ndarray, cfg: ScalerConfig) -> 
 
 def update(cols: dict[str, np.ndarray], slots: np.ndarray, x: np.ndarray, cfg: ScalerConfig) -> None:
     """Fold values ``x`` (one per slot, slots unique) into the scalers of ``slots``."""
-    x = np.clip(x, -MAX_ABS, MAX_ABS)
+    x = fastnp.clip(x, -MAX_ABS, MAX_ABS)
     n = cols["sc_n"][slots] + 1
     center = np.where(n == 1, x, cols["sc_center"][slots])
     mad = cols["sc_mad"][slots]
@@ -42,7 +43,7 @@ def update(cols: dict[str, np.ndarray], slots: np.ndarray, x: np.ndarray, cfg: S
     dev = x - center
     _, scale = stats(cols, slots, cfg)
     bound = cfg.winsor * scale
-    dev = np.where(n > WINSOR_AFTER, np.clip(dev, -bound, bound), dev)
+    dev = np.where(n > WINSOR_AFTER, fastnp.clip(dev, -bound, bound), dev)
     center = center + alpha * dev
     # the spread follows the deviation from the *updated* center (0 for the first sample)
     mad = np.where(n == 1, 0.0, mad + alpha * (np.abs(dev) * (1.0 - alpha) - mad))
@@ -53,7 +54,7 @@ def update(cols: dict[str, np.ndarray], slots: np.ndarray, x: np.ndarray, cfg: S
 
 def scale(x: np.ndarray, center: np.ndarray, sc: np.ndarray) -> np.ndarray:
     """Scaled values, finite whatever ``x`` is (clipped to +-MAX_ABS first)."""
-    return (np.clip(x, -MAX_ABS, MAX_ABS) - center) / sc
+    return (fastnp.clip(x, -MAX_ABS, MAX_ABS) - center) / sc
 
 
 class SeriesScaler:
@@ -91,8 +92,8 @@ class SeriesScaler:
         clip = self.cfg.clip
         return [
             (
-                np.clip(z[i, :n], -clip, clip).astype(np.float32),
-                np.clip(y[i, :n], -clip, clip).astype(np.float32),
+                fastnp.clip(z[i, :n], -clip, clip).astype(np.float32),
+                fastnp.clip(y[i, :n], -clip, clip).astype(np.float32),
             )
             for i, n in enumerate(lengths)
         ]

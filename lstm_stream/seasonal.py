@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fastnp
 from .config import SeasonalConfig
 from .evaluation import detect_period
 from .state import Column
@@ -52,7 +53,7 @@ def observe(
         _ew_abs(cols, "se_mad", s, residual[seasonal])
         _ew_abs(cols, "se_mae_lstm", s, xs - cols["se_fc_lstm"][s])
         _ew_abs(cols, "se_mae_naive", s, xs - cols["se_fc_naive"][s])
-    cols["se_ring"][slots, count % cfg.window] = np.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
+    cols["se_ring"][slots, count % cfg.window] = fastnp.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
     due = detection_due(seen, cfg)
     for i in np.nonzero(due)[0].tolist():
@@ -125,4 +126,4 @@ def weight(mae_lstm: np.ndarray, mae_naive: np.ndarray, cap: float) -> np.ndarra
     keeps the LSTM."""
     with np.errstate(invalid="ignore", divide="ignore"):
         w = mae_lstm**2 / (mae_lstm**2 + mae_naive**2)
-    return np.clip(np.where(np.isnan(w), 0.0, w), 0.0, cap)  # as nan_to_num: +-inf clip to cap / 0
+    return fastnp.clip(np.where(np.isnan(w), 0.0, w), 0.0, cap)  # as nan_to_num: +-inf clip to cap / 0

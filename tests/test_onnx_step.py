@@ -1,0 +1,64 @@
+"""The onnxruntime serving step (lstm_stream/onnx_step.py) computes what torch's step does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lstm_stream.config import EngineConfig, ModelConfig
+from lstm_stream.engine import Engine
+from lstm_stream.models import build_model
+from lstm_stream.onnx_step import OnnxStep, servable
+
+pytest.importorskip("onnxruntime")
+
+# float32 kernels differ in summation order (and per instruction set): agree to this, not bit for bit
+ATOL = 1e-5
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(hidden=16, layers=2),
+        ModelConfig(hidden=8, layers=1, head="mse"),
+        ModelConfig(hidden=12, layers=3, predict_delta=False),
+    ],
+    ids=["gaussian-2", "mse-1", "no-delta-3"],
+)
+@pytest.mark.parametrize("n", [1, 5, 300])
+def test_step_matches_torch(cfg: ModelConfig, n: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert servable(model)
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n).astype(np.float32)
+    h, c = (0.5 * rng.normal(size=(2, cfg.layers, n, cfg.hidden))).astype(np.float32)
+    with torch.inference_mode():
+        mean, spread, (h2, c2) = model.step(torch.from_numpy(x), (torch.from_numpy(h), torch.from_numpy(c)))
+    got = OnnxStep(model).step(x, h, c)
+    for a, b in zip(got, (mean, spread, h2, c2), strict=True):
+        assert a.shape == tuple(b.shape) and a.dtype == np.float32
+        np.testing.assert_allclose(a, b.numpy(), atol=ATOL)
+
+
+def test_models_the_graph_cannot_express_stay_on_torch() -> None:
+    assert not servable(build_model(ModelConfig(hidden=8, layers=4, residual=True)))
+    assert not servable(build_model(ModelConfig(arch="bilstm", hidden=8)))
+
+
+def test_engine_serves_alike_on_either_runtime() -> None:
+    torch.manual_seed(0)
+    mcfg = ModelConfig(hidden=16, layers=2)
+    model = build_model(mcfg)
+    rng = np.random.default_rng(0)
+    t = np.arange(400.0)
+    values = np.sin(t / 7)[:, None] + 0.1 * rng.normal(size=(400, 3))
+    out = {}
+    for runtime in ("onnxruntime", "torch"):
+        e = Engine(EngineConfig(model=mcfg, runtime=runtime, max_streams=8), model)
+        assert (e._stepper is None) == (runtime == "torch")
+        steps = zip(t, values, strict=True)
+        rows = [e.process(["a", "b", "c"], [ti] * 3, v).next_forecast for ti, v in steps]
+        out[runtime] = np.array(rows)
+    np.testing.assert_allclose(out["onnxruntime"], out["torch"], rtol=1e-4, atol=1e-4)
