@@ -73,7 +73,12 @@ class PullReader:
         on_lost: Callable[[int], None],
         on_enqueued: Callable[[], None] | None = None,
         prefix_tokens: int = 2,
+        flush_s: float = 0.01,
+        flush_max: int = 4096,
     ) -> None:
+        """``flush_s``/``flush_max``: samples are queued as one block once the oldest has waited that
+        long or that many are read (the service's ``ingest.batch_ms``/``batch_max``), as the MQTT
+        receiver process sends them."""
         self.servers = servers
         self.stream = stream
         self.parser = parser
@@ -92,6 +97,10 @@ class PullReader:
         self._credit: dict[int, int] = {}  # partition -> messages asked for and not yet delivered
         self._subjects: dict[bytes, tuple[str, int]] = {}  # subject -> (topic, partition)
         self._lock = threading.Lock()  # held while a read buffer is turned into samples
+        self._flush_s, self._flush_max = flush_s, flush_max
+        self._rows: list = []  # samples read, not queued yet (one block per flush)
+        self._marks: list[tuple[int, int, int]] = []  # their messages' position marks
+        self._since = 0.0  # when the oldest of them was read
         self._wake_r, self._wake_w = socket.socketpair()
         self._sock: socket.socket | None = None
         self._stopping = False
@@ -114,8 +123,10 @@ class PullReader:
         self._wake()
 
     def release(self, k: int) -> None:
-        """Stop partition ``k``: not one more of its messages is queued after this returns."""
+        """Stop partition ``k``: not one more of its messages is queued after this returns (what
+        was read before is queued now)."""
         with self._lock:
+            self._flush()
             self._consumer.pop(k, None)
             self._credit.pop(k, None)
 
@@ -195,23 +206,26 @@ class PullReader:
     def _serve(self) -> None:
         sock, wake = self._sock, self._wake_r
         buf = b""
-        idle = 0.0
+        idle_since = time.monotonic()
         while not self._stopping:
             self._request()
-            ready, _, _ = select.select([sock, wake], [], [], 1.0)
+            wait = 1.0 if not self._marks else max(0.0, self._since + self._flush_s - time.monotonic())
+            ready, _, _ = select.select([sock, wake], [], [], wait)
             if wake in ready:
                 wake.recv(4096)
-            if sock not in ready:
-                idle += 1.0
-                if idle >= 2 * EXPIRES_NS / 1e9:  # a live server ends every request by then
-                    sock.sendall(b"PING\r\n")
-                    idle = 0.0
-                continue
-            data = sock.recv(READ_BYTES)
-            if not data:
-                raise ConnectionError("closed by the server")
-            idle = 0.0
-            buf = self._take(buf + data if buf else data)
+            if sock in ready:
+                data = sock.recv(READ_BYTES)
+                if not data:
+                    raise ConnectionError("closed by the server")
+                idle_since = time.monotonic()
+                buf = self._take(buf + data if buf else data)
+            elif time.monotonic() - idle_since >= 2 * EXPIRES_NS / 1e9:  # every request ends by then
+                sock.sendall(b"PING\r\n")
+                idle_since = time.monotonic()
+            if self._marks and (
+                len(self._rows) >= self._flush_max or time.monotonic() - self._since >= self._flush_s
+            ):
+                self._queue()
 
     def _request(self) -> None:
         """Keep about two batches asked for on every partition with a consumer."""
@@ -234,22 +248,33 @@ class PullReader:
         self._sock.sendall(b"".join(out))
 
     def _take(self, buf: bytes) -> bytes:
-        """Every whole frame of ``buf`` into samples, queued as one block; returns the unread rest."""
-        rows: list = []
-        marks: list[tuple[int, int, int]] = []
+        """Every whole frame of ``buf`` into the pending samples; returns the unread rest."""
         lost: list[int] = []
         with self._lock:
-            end = self._frames(buf, rows, marks, lost)
-            if marks:
-                self.positions.note_many(marks, len(rows))
-                if rows:
-                    if self.queue.put_many(Columns.from_rows(rows)):
-                        self._rlog.log("queue_full", "ingest queue full: samples dropped")
+            if not self._marks:
+                self._since = time.monotonic()
+            end = self._frames(buf, self._rows, self._marks, lost)
         for k in lost:
             self._on_lost(k)
-        if rows and self._on_enqueued is not None:
-            self._on_enqueued()
         return buf[end:]
+
+    def _queue(self) -> None:
+        """The pending samples into the queue as one block; the service's batch runs right here."""
+        with self._lock:
+            queued = self._flush()
+        if queued and self._on_enqueued is not None:
+            self._on_enqueued()
+
+    def _flush(self) -> int:
+        """(Under the lock.) Note the pending messages' positions, then queue their samples."""
+        rows, marks = self._rows, self._marks
+        if not marks:
+            return 0
+        self._rows, self._marks = [], []
+        self.positions.note_many(marks, len(rows))  # before the samples can be applied
+        if rows and self.queue.put_many(Columns.from_rows(rows)):
+            self._rlog.log("queue_full", "ingest queue full: samples dropped")
+        return len(rows)
 
     def _frames(self, buf: bytes, rows: list, marks: list, lost: list) -> int:  # noqa: C901 - the hot loop
         """Parse the frames of ``buf`` (under the lock); returns where the unread rest starts."""

@@ -54,7 +54,11 @@ class NatsSource:
         stats: LinkStats,
         rate_log: RateLimitedLogger,
         on_enqueued: Callable[[], None] | None = None,
+        flush_s: float = 0.01,
+        flush_max: int = 4096,
     ) -> None:
+        """``flush_s``/``flush_max``: how long read samples may wait, and how many, before they are
+        queued as one block (``ingest.batch_ms``/``batch_max``)."""
         self.settings = settings
         self.parser = parser
         self.queue = queue
@@ -86,6 +90,8 @@ class NatsSource:
             partition_of=self.partition_of,
             on_lost=self._lost,
             on_enqueued=on_enqueued,
+            flush_s=flush_s,
+            flush_max=flush_max,
         )
 
     # ------------------------------------------------------------------ lifecycle (any thread)

@@ -217,6 +217,8 @@ class Service:
             stats=self.stats,
             rate_log=self.rlog,
             on_enqueued=self.batches.process_inline,
+            flush_s=s.ingest.batch_ms / 1000.0,
+            flush_max=s.ingest.batch_max,
         )
         log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
         from daemon.service.worker_outputs import WorkerOutputs
