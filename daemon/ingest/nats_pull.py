@@ -44,7 +44,7 @@ RETRY_S = 1.0
 # a JetStream delivery's frame head: subject, reply fields (consumer, stream seq, consumer seq, time),
 # header length (HMSG) and total length; the 11-token reply form has a domain and an account hash
 _DELIVERY = re.compile(
-    rb"(H?)MSG ([^ ]+) \d+ \$JS\.ACK\.(?:[^.]+\.[^.]+\.)?[^.]+\.([^.]+)\.\d+\.(\d+)\.(\d+)\.(\d+)\.\d+"
+    rb"H?MSG ([^ ]+) \d+ \$JS\.ACK\.(?:[^.]+\.[^.]+\.)?[^.]+\.([^.]+)\.\d+\.(\d+)\.(\d+)\.(\d+)\.\d+"
     rb"(?:\.[^ ]+)? (?:(\d+) )?(\d+)\r\n"
 )
 _STATUS = re.compile(rb"NATS/1\.0 (\d+)")
@@ -94,7 +94,7 @@ class PullReader:
         self.handled: dict[int, int] = {}  # partition -> stream sequence of the last message handled
         self._consumer: dict[int, bytes] = {}  # partition -> its current consumer's name
         self._cseq: dict[int, int] = {}  # partition -> consumer sequence of the last delivery
-        self._credit: dict[int, int] = {}  # partition -> messages asked for and not yet delivered
+        self._asked: dict[int, int] = {}  # partition -> messages asked of its consumer (less unfilled)
         self._subjects: dict[bytes, tuple[str, int]] = {}  # subject -> (topic, partition)
         self._lock = threading.Lock()  # held while a read buffer is turned into samples
         self._flush_s, self._flush_max = flush_s, flush_max
@@ -119,7 +119,7 @@ class PullReader:
             self.handled[k] = after
             self._consumer[k] = consumer.encode()
             self._cseq[k] = 0
-            self._credit[k] = 0
+            self._asked[k] = 0
         self._wake()
 
     def release(self, k: int) -> None:
@@ -128,7 +128,6 @@ class PullReader:
         with self._lock:
             self._flush()
             self._consumer.pop(k, None)
-            self._credit.pop(k, None)
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping = True
@@ -199,7 +198,6 @@ class PullReader:
             lost = list(self._consumer)
             for k in lost:
                 self._consumer[k] = b""  # wanted, no consumer yet: no requests, deliveries dropped
-                self._credit[k] = 0
         for k in lost:
             self._on_lost(k)
 
@@ -228,12 +226,14 @@ class PullReader:
                 self._queue()
 
     def _request(self) -> None:
-        """Keep about two batches asked for on every partition with a consumer."""
+        """Keep one to two batches asked for and not delivered on every partition with a consumer
+        (a consumer's sequence counts its deliveries)."""
         wants = []
+        asked, cseqs = self._asked, self._cseq
         with self._lock:
             for k, consumer in self._consumer.items():
-                if consumer and self._credit[k] < BATCH:
-                    self._credit[k] += BATCH
+                if consumer and asked[k] - cseqs[k] < BATCH:
+                    asked[k] += BATCH
                     wants.append((k, consumer))
         if not wants:
             return
@@ -279,10 +279,10 @@ class PullReader:
     def _frames(self, buf: bytes, rows: list, marks: list, lost: list) -> int:  # noqa: C901 - the hot loop
         """Parse the frames of ``buf`` (under the lock); returns where the unread rest starts."""
         match, find, n = _DELIVERY.match, buf.find, len(buf)
-        consumers, cseqs, credit, handled = self._consumer, self._cseq, self._credit, self.handled
+        consumers, cseqs, handled = self._consumer, self._cseq, self.handled
         subjects, parse, extend, mark = self._subjects, self.parser.parse, rows.extend, marks.append
-        partition_of, stats, rejected = self.partition_of, self.stats, self.stats.rejected
-        base = self.positions.queued
+        partition_of, rejected = self.partition_of, self.stats.rejected
+        base, before = self.positions.queued, len(marks)
         pos = 0
         while pos < n:
             m = match(buf, pos)
@@ -295,7 +295,7 @@ class PullReader:
                     break
                 pos = used
                 continue
-            hmsg, subject, consumer, sseq, cseq, ns, hdr, size = m.groups()
+            subject, consumer, sseq, cseq, ns, hdr, size = m.groups()
             start = m.end()
             stop = start + int(size)
             if stop + 2 > n:
@@ -307,11 +307,9 @@ class PullReader:
             k = where[1]
             if consumers.get(k) != consumer:  # released, or a consumer replaced since
                 continue
-            credit[k] -= 1
             c = int(cseq)
             if c != cseqs[k] + 1:  # a gap in this consumer's deliveries: start over after the last
                 consumers[k] = b""
-                credit[k] = 0
                 lost.append(k)
                 continue
             cseqs[k] = c
@@ -319,8 +317,7 @@ class PullReader:
             if seq <= handled[k]:
                 continue
             handled[k] = seq
-            stats.received += 1
-            if hmsg:
+            if hdr:
                 start += int(hdr)
             topic = where[0]
             if topic is None:
@@ -331,8 +328,11 @@ class PullReader:
                 result = parse(topic, buf[start:stop], int(ns) / 1e9)
                 if type(result) is list:
                     extend(result)
-                    for sample in result:
-                        partition_of[sample[0]] = k
+                    if len(result) == 1:
+                        partition_of[result[0][0]] = k
+                    else:
+                        for sample in result:
+                            partition_of[sample[0]] = k
                 else:
                     reason = result.reason
                     rejected[reason] = rejected.get(reason, 0) + 1
@@ -341,6 +341,7 @@ class PullReader:
                 rejected[INTERNAL] += 1
                 self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)
             mark((base + len(rows), k, seq))
+        self.stats.received += len(marks) - before  # one mark per message handled
         return pos
 
     def _subject(self, subject: bytes) -> tuple[str | None, int]:
@@ -393,9 +394,8 @@ class PullReader:
         if code == 409 and b"Deleted" in headers:
             if self._consumer[k]:
                 self._consumer[k] = b""
-                self._credit[k] = 0
                 lost.append(k)
-        elif pending is not None:
-            self._credit[k] = max(0, self._credit[k] - int(pending.group(1)))
+        elif pending is not None:  # the request ended with this many not delivered
+            self._asked[k] = max(self._cseq[k], self._asked[k] - int(pending.group(1)))
         else:
-            self._credit[k] = 0  # e.g. too many requests waiting: ask again
+            self._asked[k] = self._cseq[k]  # e.g. too many requests waiting: ask again
