@@ -106,6 +106,7 @@ class PullReader:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
+        self.connects = 0  # connections made (the first, and one per reconnect)
 
     # ------------------------------------------------------------------ any thread
     def start(self) -> PullReader:
@@ -189,6 +190,7 @@ class PullReader:
             sock.close()
             raise
         self._sock = sock
+        self.connects += 1
         self.connected.set()
         log.info("NATS pull connection to %s:%s", u.hostname, u.port or 4222)
 
