@@ -206,7 +206,7 @@ class PullReader:
     def _serve(self) -> None:
         sock, wake = self._sock, self._wake_r
         buf = b""
-        idle_since = time.monotonic()
+        idle_since, pinged = time.monotonic(), False
         while not self._stopping:
             self._request()
             wait = 1.0 if not self._marks else max(0.0, self._since + self._flush_s - time.monotonic())
@@ -217,11 +217,13 @@ class PullReader:
                 data = sock.recv(READ_BYTES)
                 if not data:
                     raise ConnectionError("closed by the server")
-                idle_since = time.monotonic()
+                idle_since, pinged = time.monotonic(), False
                 buf = self._take(buf + data if buf else data)
             elif time.monotonic() - idle_since >= 2 * EXPIRES_NS / 1e9:  # every request ends by then
+                if pinged:  # not even a PONG: a dead connection that TCP has not noticed
+                    raise ConnectionError("no answer from the server")
                 sock.sendall(b"PING\r\n")
-                idle_since = time.monotonic()
+                idle_since, pinged = time.monotonic(), True
             if self._marks and (
                 len(self._rows) >= self._flush_max or time.monotonic() - self._since >= self._flush_s
             ):
