@@ -204,21 +204,31 @@ class PullReader:
             self._on_lost(k)
 
     def _serve(self) -> None:
+        """Read, parse, queue. With samples pending, the socket is left alone until their block is
+        due (``flush_s``) and then read out at once: about one read and one parse per batch, not one
+        per segment the network delivered (the server holds at most two pull batches per partition)."""
         sock, wake = self._sock, self._wake_r
         buf = b""
         idle_since, pinged = time.monotonic(), False
         while not self._stopping:
             self._request()
-            wait = 1.0 if not self._marks else max(0.0, self._since + self._flush_s - time.monotonic())
-            ready, _, _ = select.select([sock, wake], [], [], wait)
-            if wake in ready:
-                wake.recv(4096)
-            if sock in ready:
-                data = sock.recv(READ_BYTES)
-                if not data:
-                    raise ConnectionError("closed by the server")
-                idle_since, pinged = time.monotonic(), False
-                buf = self._take(buf + data if buf else data)
+            if self._marks:  # a block is filling: wait until it is due (or a wake-up)
+                due = self._since + self._flush_s - time.monotonic()
+                if due > 0 and len(self._rows) < self._flush_max:
+                    if select.select([wake], [], [], due)[0]:
+                        wake.recv(4096)
+                    continue
+                readable = True
+            else:
+                ready = select.select([sock, wake], [], [], 1.0)[0]
+                if wake in ready:
+                    wake.recv(4096)
+                readable = sock in ready
+            if readable:
+                data = self._read_all(sock)
+                if data:
+                    idle_since, pinged = time.monotonic(), False
+                    buf = self._take(buf + data if buf else data)
             elif time.monotonic() - idle_since >= 2 * EXPIRES_NS / 1e9:  # every request ends by then
                 if pinged:  # not even a PONG: a dead connection that TCP has not noticed
                     raise ConnectionError("no answer from the server")
@@ -228,6 +238,24 @@ class PullReader:
                 len(self._rows) >= self._flush_max or time.monotonic() - self._since >= self._flush_s
             ):
                 self._queue()
+
+    @staticmethod
+    def _read_all(sock: socket.socket) -> bytes:
+        """Everything the socket holds now (up to a few reads); b"" if nothing; raises once closed."""
+        parts = []
+        for _ in range(16):
+            try:
+                data = sock.recv(READ_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not data:
+                if parts:
+                    break  # parse what came first; the next read sees the end
+                raise ConnectionError("closed by the server")
+            parts.append(data)
+            if len(data) < READ_BYTES:
+                break
+        return b"".join(parts)
 
     def _request(self) -> None:
         """Keep one to two batches asked for and not delivered on every partition with a consumer
