@@ -179,6 +179,8 @@ class PullReader:
                 if not chunk:
                     raise ConnectionError("closed before INFO")
                 info += chunk
+            if b'"tls_required":true' in info.replace(b" ", b"") or u.scheme == "tls":
+                raise ConnectionError("the server wants TLS, which the NATS pull reader does not speak")
             opts: dict[str, Any] = {"verbose": False, "pedantic": False, "headers": True, "protocol": 1}
             opts.update({"no_responders": True, "name": "lstm-stream pull", "lang": "python-raw"})
             if u.username:
