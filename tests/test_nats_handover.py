@@ -13,11 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from daemon.ingest.columns import ColumnQueue
 from daemon.ingest.nats_leases import PartitionStore
 from daemon.ingest.nats_positions import Positions
 from daemon.ingest.nats_source import NatsSource
 from daemon.ingest.payload import PayloadParser
-from daemon.ingest.queue import IngestQueue, LinkStats
+from daemon.ingest.queue import LinkStats
 from daemon.ratelog import RateLimitedLogger
 from daemon.service.ownership import POSITION, LeaseOwnership
 from daemon.settings import load_settings
@@ -85,7 +86,7 @@ def test_a_take_cut_short_never_overwrites_the_previous_owners_checkpoint(nats_s
     source = NatsSource(
         settings.nats,
         PayloadParser(settings.payload),
-        IngestQueue(100),
+        ColumnQueue(100),
         positions,
         stats=LinkStats(),
         rate_log=RateLimitedLogger(logging.getLogger(__name__)),

@@ -60,6 +60,12 @@ class Positions:
         self.queued += samples
         self._marks.append((self.queued, partition, sequence))
 
+    def note_many(self, marks: list[tuple[int, int, int]], samples: int) -> None:
+        """:meth:`note` for a run of messages queued as one block: ``marks`` hold the counts
+        already added up (from :attr:`queued`), ``samples`` is the block's size."""
+        self.queued += samples
+        self._marks.extend(marks)
+
     def applied(self, applied: int) -> dict[str, int]:
         """Positions once ``applied`` queued samples are through the engine (saved in a checkpoint)."""
         marks, done = self._marks, self.done

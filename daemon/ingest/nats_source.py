@@ -1,14 +1,16 @@
 """The NATS JetStream source (``ingest.source = "nats"``): the partitions this worker owns, read from
 a JetStream stream into the same ingest queue, payload parser and counters as the MQTT path.
 
-One thread runs an asyncio loop with a nats-py connection. Each owned partition is an ordered push
-consumer (no acknowledgements, flow control, recreated by the client after a gap) filtered on
-``<prefix>.<k>.>`` and starting right after the partition's saved position, so a restart replays
-exactly what the restored checkpoint lacks (:mod:`~daemon.ingest.nats_positions`). A payload's
-arrival time is the message's JetStream timestamp, so a sample without a timestamp of its own gets
-the same one when it is read again. A full queue blocks this thread: the server holds the rest.
-After a reconnect each partition is subscribed again right after the last message handled, and a
-message seen twice is skipped by its sequence.
+One thread runs an asyncio loop with a nats-py connection (the stream, consumers, and the leases, the
+object store and the outlet built on it). Each owned partition is a pull consumer without
+acknowledgements filtered on ``<prefix>.<k>.>`` and starting right after the partition's saved
+position, so a restart replays exactly what the restored checkpoint lacks
+(:mod:`~daemon.ingest.nats_positions`); the messages are read on a raw connection of their own, in
+bulk (:mod:`~daemon.ingest.nats_pull`). A payload's arrival time is the message's JetStream
+timestamp, so a sample without a timestamp of its own gets the same one when it is read again. A
+full queue stops the reader: the server holds the rest. After a reconnect (or a gap) a partition
+gets a new consumer right after the last message handled, and a message seen twice is skipped by
+its sequence.
 """
 
 from __future__ import annotations
@@ -23,35 +25,40 @@ from typing import Any
 import nats
 from nats.js import api
 
-from daemon.ingest.inlet import BAD_NAME, INTERNAL
-from daemon.ingest.nats_positions import Positions, ack_fields, topic_of
+from daemon.ingest.columns import ColumnQueue
+from daemon.ingest.nats_positions import Positions
+from daemon.ingest.nats_pull import PullReader
 from daemon.ingest.payload import PayloadParser
-from daemon.ingest.queue import IngestQueue, LinkStats
+from daemon.ingest.queue import LinkStats
 from daemon.nats_settings import NatsSettings
 from daemon.ratelog import RateLimitedLogger
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # between connection attempts while the server is down at start
-YIELD_EVERY = 256  # messages handled between two turns of the other tasks on the loop
+CONSUMER_IDLE_S = 60.0  # a consumer nobody pulls from (its worker died) is removed by the server
 
 
 class NatsSource:
     """Consumes partitions of a JetStream stream into ``queue``; ``on_enqueued()`` runs after each
-    message (the service runs due micro-batches there); :meth:`consume`/:meth:`stop_consuming`
-    change the set of partitions."""
+    read buffer's samples are queued (the service runs due micro-batches there);
+    :meth:`consume`/:meth:`stop_consuming` change the set of partitions."""
 
     def __init__(
         self,
         settings: NatsSettings,
         parser: PayloadParser,
-        queue: IngestQueue,
+        queue: ColumnQueue,
         positions: Positions,
         *,
         stats: LinkStats,
         rate_log: RateLimitedLogger,
         on_enqueued: Callable[[], None] | None = None,
+        flush_s: float = 0.01,
+        flush_max: int = 4096,
     ) -> None:
+        """``flush_s``/``flush_max``: how long read samples may wait, and how many, before they are
+        queued as one block (``ingest.batch_ms``/``batch_max``)."""
         self.settings = settings
         self.parser = parser
         self.queue = queue
@@ -62,15 +69,30 @@ class NatsSource:
         self.loop = asyncio.new_event_loop()
         self.nc: Any = None  # nats.aio.client.Client once connected
         self.js: Any = None
-        self._subs: dict[int, Any] = {}
-        self._wanted: set[int] = set()  # partitions whose messages are taken (set before subscribing)
-        self._handled: dict[int, int] = {}  # partition -> stream sequence of the last message handled
+        self._subs: dict[int, str] = {}  # partition -> its pull consumer's name
+        self._wanted: set[int] = set()  # partitions consumed (a new consumer is made after a loss)
+        self._generation = 0
+        self._base = "".join(c if c.isalnum() or c in "-_" else "_" for c in settings.holder())
         self._lock = asyncio.Lock()  # one change of the subscriptions at a time
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._initial: list[int] = []
         self.partition_of: dict[str, int] = {}  # stream -> the partition its samples came from
         self.ready = threading.Event()  # connected and the stream exists
+        self.reader = PullReader(
+            settings.servers,
+            settings.stream,
+            parser,
+            queue,
+            positions,
+            stats=stats,
+            rate_log=rate_log,
+            partition_of=self.partition_of,
+            on_lost=self._lost,
+            on_enqueued=on_enqueued,
+            flush_s=flush_s,
+            flush_max=flush_max,
+        )
 
     # ------------------------------------------------------------------ lifecycle (any thread)
     def start(self, partitions: list[int] | None = None) -> NatsSource:
@@ -78,6 +100,7 @@ class NatsSource:
         self._initial = list(partitions or [])
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
         self._thread.start()
+        self.reader.start()
         return self
 
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
@@ -93,7 +116,12 @@ class NatsSource:
         return sorted(self._subs)
 
     def is_connected(self) -> bool:
-        return self.ready.is_set() and self.nc is not None and self.nc.is_connected
+        return (
+            self.ready.is_set()
+            and self.nc is not None
+            and self.nc.is_connected
+            and self.reader.connected.is_set()
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop consuming and disconnect; nothing is queued after this returns."""
@@ -107,6 +135,7 @@ class NatsSource:
                 log.warning("closing the NATS connection: %r", exc)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+        self.reader.close(timeout)
         self.stats.connected = False
 
     # ------------------------------------------------------------------ on the loop
@@ -178,70 +207,74 @@ class NatsSource:
             for k in partitions:
                 if k not in self._subs:
                     after = self.positions.start_after(k)
-                    self._handled[k] = after or 0
-                    await self._subscribe(k, after)
+                    await self._subscribe(k, after, after or 0)
 
-    async def _subscribe(self, k: int, after: int | None) -> None:
+    async def _subscribe(self, k: int, after: int | None, handled: int) -> None:
+        """A new pull consumer of partition ``k`` starting after ``after`` (None: ``nats.start``),
+        handed to the reader, which skips what it has handled up to ``handled``."""
         s = self.settings
         if after is not None:
-            config = api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
-            )
+            policy = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
         elif s.start == "new":
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+            policy = {"deliver_policy": api.DeliverPolicy.NEW}
         else:
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
-        was_wanted = k in self._wanted
-        self._wanted.add(k)  # the first messages may come before subscribe() returns
-        try:
-            self._subs[k] = await self.js.subscribe(
-                f"{s.subject_prefix}.{k}.>",
-                stream=s.stream,
-                cb=self._handler(k),
-                ordered_consumer=True,
-                config=config,
-                # no client-side limit: nats-py drops messages over it *after* advancing the ordered
-                # consumer's sequence (a silent gap); the server's flow control bounds what is pending
-                pending_msgs_limit=0,
-                pending_bytes_limit=0,
-            )
-        except BaseException:
-            if not was_wanted:
-                self._wanted.discard(k)
-            raise
+            policy = {"deliver_policy": api.DeliverPolicy.ALL}
+        self._generation += 1
+        name = f"{self._base}-p{k}-g{self._generation}"
+        config = api.ConsumerConfig(
+            name=name,
+            ack_policy=api.AckPolicy.NONE,  # positions live in the checkpoints, not on the server
+            filter_subject=f"{s.subject_prefix}.{k}.>",
+            inactive_threshold=CONSUMER_IDLE_S,
+            mem_storage=True,
+            num_replicas=1,
+            **policy,
+        )
+        await self.js.add_consumer(s.stream, config)
+        old = self._subs.get(k)
+        self._subs[k] = name
+        self._wanted.add(k)
+        self.reader.start_partition(k, name, handled)
+        if old is not None:
+            await self._delete(old)
         log.info("partition %d: consuming after sequence %s", k, after if after is not None else s.start)
+
+    async def _delete(self, consumer: str) -> None:
+        with contextlib.suppress(Exception):  # it expires on its own when idle
+            await self.js.delete_consumer(self.settings.stream, consumer)
 
     async def stop_consuming(self, partitions: list[int]) -> None:
         """Stop consuming ``partitions``: none of their messages is queued after this returns."""
         async with self._lock:
             for k in partitions:
                 self._wanted.discard(k)
-                sub = self._subs.pop(k, None)
-                if sub is not None:
-                    await sub.unsubscribe()
+                name = self._subs.pop(k, None)
+                if name is not None:
+                    # the reader may be waiting for room in the queue while holding its lock
+                    await self.loop.run_in_executor(None, self.reader.release, k)
+                    await self._delete(name)
                     log.info("partition %d released", k)
 
-    async def _resubscribe(self) -> None:
-        """After a reconnect: new consumers right after the last message handled. The server may
-        have lost the old ones (a restart), and the client would notice only after two missed
-        heartbeats (10 s); messages still pending on an old one are skipped by sequence."""
-        async with self._lock:
-            partitions = list(self._subs)
-            for k in partitions:
-                with contextlib.suppress(Exception):
-                    await self._subs.pop(k).unsubscribe()
-        for k in partitions:
-            while not self._stopping:
-                async with self._lock:
-                    if k not in self._wanted or k in self._subs:
-                        break  # released meanwhile, or subscribed again by a later reconnect
-                    handled = self._handled.get(k, 0)
-                    try:
-                        await self._subscribe(k, handled if handled else self.positions.start_after(k))
-                        break
-                    except Exception as exc:  # noqa: BLE001 - the server is not back yet: retry
-                        self._rlog.log("nats_resubscribe", "partition %d: cannot resubscribe: %r", k, exc)
-                await asyncio.sleep(RETRY_S)
+    def _lost(self, k: int) -> None:
+        """Reader thread: partition ``k`` needs a new consumer (reconnect, a gap, a deleted consumer)."""
+        if not self._stopping:
+            asyncio.run_coroutine_threadsafe(self._renew(k), self.loop)
+
+    async def _renew(self, k: int) -> None:
+        """A new consumer right after the last message handled (the server may have lost the old one,
+        e.g. a restart); retried while the server is not back."""
+        while not self._stopping:
+            async with self._lock:
+                if k not in self._wanted:
+                    return  # released meanwhile
+                handled = self.reader.handled.get(k, 0)
+                try:
+                    after = handled if handled else self.positions.start_after(k)
+                    await self._subscribe(k, after, handled)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the server is not back yet: retry
+                    self._rlog.log("nats_resubscribe", "partition %d: cannot resubscribe: %r", k, exc)
+            await asyncio.sleep(RETRY_S)
 
     async def _close(self) -> None:
         await self.stop_consuming(list(self._subs))
@@ -257,56 +290,7 @@ class NatsSource:
     async def _reconnected(self) -> None:
         self.stats.connected = True
         self.stats.connects += 1
-        log.info("reconnected to NATS")
-        if not self._stopping:
-            self.loop.create_task(self._resubscribe())
+        log.info("reconnected to NATS")  # the reader's own connection renews the consumers
 
     async def _error(self, exc: Exception) -> None:
         self._rlog.log("nats_error", "NATS: %r", exc)
-
-    # ------------------------------------------------------------------ hot path
-    def _handler(self, partition: int) -> Callable[[Any], Any]:
-        """The message callback of one partition: parse, queue, note the position."""
-        stats, parse, put_many, note = self.stats, self.parser.parse, self.queue.put_many, self.positions.note
-        partition_of, wanted, handled = self.partition_of, self._wanted, self._handled
-        prefix_tokens = 2
-
-        async def on_message(msg: Any) -> None:
-            if self._stopping or partition not in wanted:  # released: not one more message
-                return
-            queued = 0
-            try:
-                sequence, arrival = ack_fields(msg.reply)
-            except (ValueError, IndexError):  # not a JetStream delivery: no position to keep
-                stats.received += 1
-                stats.rejected[INTERNAL] += 1
-                return
-            if sequence <= handled.get(partition, 0):  # delivered again (a new consumer): had it
-                return
-            handled[partition] = sequence
-            stats.received += 1
-            try:
-                topic = topic_of(msg.subject, prefix_tokens)
-                result = parse(topic, msg.data, arrival)
-                if type(result) is list:
-                    if put_many(result):
-                        self._rlog.log("queue_full", "ingest queue full: samples dropped")
-                    queued = len(result)
-                    for sample in result:
-                        partition_of[sample[0]] = partition
-                else:
-                    reason = result.reason
-                    stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
-                    self._rlog.log(reason, "rejected payload on %s: %s", msg.subject[:120], reason)
-            except UnicodeDecodeError:
-                stats.rejected[BAD_NAME] += 1
-            except Exception as exc:  # noqa: BLE001 - never raise into the client's loop
-                stats.rejected[INTERNAL] += 1
-                self._rlog.log(INTERNAL, "error handling a message: %r", exc, level=logging.ERROR)
-            note(queued, partition, sequence)
-            if queued and self._on_enqueued is not None:
-                self._on_enqueued()
-            if not stats.received % YIELD_EVERY:  # a backlog is handled without a suspension point:
-                await asyncio.sleep(0)  # let the socket reader and the lease renewals run
-
-        return on_message

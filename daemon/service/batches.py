@@ -58,10 +58,10 @@ class Batches:
         self.feed: DiscoveryFeed | None = None  # Home Assistant discovery, once the link exists
         self.batch_max = settings.ingest.batch_max
         self.period = settings.ingest.batch_ms / 1000.0
-        # how old the oldest queued sample must be for an inline batch: the receiver process has
-        # waited batch_ms already, so what it sends is processed at once
-        from_child = settings.ingest.receiver == "process" and settings.ingest.source == "mqtt"
-        self._inline_age = 0.0 if from_child else self.period
+        # how old the oldest queued sample must be for an inline batch: the receiver process and the
+        # NATS reader have waited batch_ms already, so what they queue is processed at once
+        waited = settings.ingest.receiver == "process" or settings.ingest.source == "nats"
+        self._inline_age = 0.0 if waited else self.period
         self._forecasts = bool(settings.mqtt.forecast_topic)
         # the engine is used by the MQTT thread (due batches, under load) and the engine thread
         # (batches left waiting under light load, housekeeping): one at a time

@@ -98,10 +98,10 @@ class Service:
         self.nats_on = settings.ingest.source == "nats"
         wal_on = settings.state.wal and settings.ingest.receiver == "process" and not self.nats_on
         # with the log, queued samples are acknowledged already (with NATS, the server holds the
-        # rest): wait for room, never drop them. The receiver process hands samples over in columns,
-        # and they stay columns up to the engine
-        from_child = settings.ingest.receiver == "process" and not self.nats_on
-        queue_type = ColumnQueue if from_child else IngestQueue
+        # rest): wait for room, never drop them. The receiver process and the NATS reader hand samples
+        # over in columns, and they stay columns up to the engine
+        in_columns = settings.ingest.receiver == "process" or self.nats_on
+        queue_type = ColumnQueue if in_columns else IngestQueue
         self.queue = queue_type(
             settings.ingest.queue_size, float("inf") if wal_on or self.nats_on else settings.ingest.block_s
         )
@@ -217,6 +217,8 @@ class Service:
             stats=self.stats,
             rate_log=self.rlog,
             on_enqueued=self.batches.process_inline,
+            flush_s=s.ingest.batch_ms / 1000.0,
+            flush_max=s.ingest.batch_max,
         )
         log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
         from daemon.service.worker_outputs import WorkerOutputs
