@@ -115,7 +115,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             "partitions": o.partitions,
             "workers_1_msgs_per_s": one["msgs_per_s"],
             "workers_2_msgs_per_s": two["msgs_per_s"],
-            "ratio": round(two["msgs_per_s"] / one["msgs_per_s"], 3),
+            "ratio": _ratio(two["msgs_per_s"], one["msgs_per_s"]),
             "lost": one["lost"] + two["lost"] + fo["lost"],
             "doubled": one["doubled"] + two["doubled"] + fo["doubled"],
             "streams_on_two_workers": two["overlap"] + fo["overlap"],
@@ -127,7 +127,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             },
             "mqtt_msgs_per_s": mqtt["msgs_per_s"],
             "mqtt_cpu_us_per_msg": mqtt["cpu_us_per_msg"][0],
-            "nats_worker_cpu_to_mqtt": round(max(nats_cpu) / mqtt["cpu_us_per_msg"][0], 3),
+            "nats_worker_cpu_to_mqtt": _ratio(max(nats_cpu, key=lambda x: x or 0.0), mqtt["cpu_us_per_msg"][0]),
             "phases": {"mqtt": mqtt, "workers_1": one, "workers_2": two, "failover": fo},
             "seconds": round(time.monotonic() - started, 1),
         }
@@ -140,6 +140,11 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             o.log(f"[bench scale] logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to 3 places, or None when either is unknown (a phase that lost messages has no rate)."""
+    return round(a / b, 3) if a and b else None
 
 
 def _engine(o: ScaleOptions) -> dict[str, Any]:
