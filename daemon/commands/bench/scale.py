@@ -108,7 +108,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
         for phase in phases:
             phase.start()
         mqtt, one, two, fo = (phase.measure() for phase in phases)
-        nats_cpu = [x for phase in (one, two) for x in phase["cpu_us_per_msg"]]
+        nats_cpu = [x or 0.0 for phase in (one, two) for x in phase["cpu_us_per_msg"]]
         result = {
             "messages": o.messages,
             "streams": o.streams,
@@ -127,7 +127,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             },
             "mqtt_msgs_per_s": mqtt["msgs_per_s"],
             "mqtt_cpu_us_per_msg": mqtt["cpu_us_per_msg"][0],
-            "nats_worker_cpu_to_mqtt": _ratio(max(nats_cpu, key=lambda x: x or 0.0), mqtt["cpu_us_per_msg"][0]),
+            "nats_worker_cpu_to_mqtt": _ratio(max(nats_cpu), mqtt["cpu_us_per_msg"][0]),
             "phases": {"mqtt": mqtt, "workers_1": one, "workers_2": two, "failover": fo},
             "seconds": round(time.monotonic() - started, 1),
         }
