@@ -104,7 +104,6 @@ class ScoringConfig(_Strict):
     range_period: bool = Field(
         False, description="where a period is known, judge records on the value minus its last period's mean"
     )
-    range_period_both: bool = Field(False, description="experiment: a record on both ranges")
     flatline_window: int = Field(
         24, ge=3, description="a stuck run must last this many samples (and twice any before)"
     )

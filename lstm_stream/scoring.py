@@ -165,7 +165,7 @@ def _range_rule(
     cols["rel_n"][s] = n + 1
     ready = n >= level.period[has]
     out = raw.copy()
-    out[has] = np.where(ready, rel & raw[has] if cfg.range_period_both else rel, raw[has])
+    out[has] = np.where(ready, rel, raw[has])
     return out
 
 
