@@ -101,9 +101,6 @@ class ScoringConfig(_Strict):
     range_warmup: int = Field(
         300, ge=0, description="samples a stream must have seen before the range rule may flag"
     )
-    range_period: bool = Field(
-        False, description="where a period is known, judge records on the value minus its last period's mean"
-    )
     flatline_window: int = Field(
         24, ge=3, description="a stuck run must last this many samples (and twice any before)"
     )

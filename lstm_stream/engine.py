@@ -366,8 +366,7 @@ class Engine:
         self._write_target(s, x, count)
         naive = seasonal.expected(a, s, cfg.seasonal)
         s_res, s_spread = (x - naive[0], naive[1]) if naive is not None else (None, None)
-        level = seasonal.period_level(a, s, count, cfg.seasonal) if cfg.scoring.range_period else None
-        scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread, level)
+        scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
         scaling.update(a, s, x, cfg.scaling)
         center, sc = scaling.stats(a, s, cfg.scaling)
         z = fastnp.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)

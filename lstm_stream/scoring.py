@@ -18,7 +18,6 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .config import ScoringConfig
-from .seasonal import Level
 from .state import Column
 
 REASONS = ("", "likelihood", "range", "flatline", "regime_change", "seasonal")
@@ -50,9 +49,6 @@ COLUMNS = {
     "run_len": Column((), np.int64),
     "rng_min": Column((), np.float64, np.inf),
     "rng_max": Column((), np.float64, -np.inf),
-    "rel_min": Column((), np.float64, np.inf),  # range of the value minus its last period's mean
-    "rel_max": Column((), np.float64, -np.inf),
-    "rel_n": Column((), np.int64),
     "prev_x": Column((), np.float64, np.nan),
     "step_mad": Column((), np.float64),
     "step_n": Column((), np.int64),
@@ -137,43 +133,11 @@ def _horizon(
     return z
 
 
-def _range_rule(
-    cols: dict,
-    slots: np.ndarray,
-    x: np.ndarray,
-    cfg: ScoringConfig,
-    level: Level | None = None,
-) -> np.ndarray:
-    """True where ``x`` leaves the range seen so far by more than ``range_margin`` of it.
-
-    With a ``level`` (mean of the last whole period; NaN where none is known) the range is that of
-    ``x - level``, started from the stream's history, once a period of such values was seen: a drift
-    carries it, a sine does not; before that, and on streams without a period, the raw range decides."""
-    raw = _beyond(cols, slots, x, "rng_", cfg)
-    if level is None:
-        return raw
-    has = np.isfinite(level.level)
-    if not has.any():
-        return raw
-    s, v = slots[has], x[has] - level.level[has]
-    seed = np.isfinite(level.seed_lo[has])
-    cols["rel_min"][s[seed]] = level.seed_lo[has][seed]
-    cols["rel_max"][s[seed]] = level.seed_hi[has][seed]
-    cols["rel_n"][s[seed]] = level.seed_n[has][seed]
-    n = cols["rel_n"][s]
-    rel = _beyond(cols, s, v, "rel_", cfg)
-    cols["rel_n"][s] = n + 1
-    ready = n >= level.period[has]
-    out = raw.copy()
-    out[has] = np.where(ready, rel, raw[has])
-    return out
-
-
-def _beyond(cols: dict, slots: np.ndarray, v: np.ndarray, p: str, cfg: ScoringConfig) -> np.ndarray:
-    """Update the range ``p``min/``p``max with ``v``; True where ``v`` left the old one by the margin."""
-    lo, hi = cols[p + "min"][slots], cols[p + "max"][slots]
-    cols[p + "min"][slots] = np.minimum(lo, v)
-    cols[p + "max"][slots] = np.maximum(hi, v)
+def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
+    """True where ``x`` leaves the range seen so far by more than ``range_margin`` of it."""
+    lo, hi = cols["rng_min"][slots], cols["rng_max"][slots]
+    cols["rng_min"][slots] = np.minimum(lo, x)
+    cols["rng_max"][slots] = np.maximum(hi, x)
     if cfg.range_margin is None:
         return np.zeros(len(slots), dtype=bool)
     span = hi - lo
@@ -181,7 +145,7 @@ def _beyond(cols: dict, slots: np.ndarray, v: np.ndarray, p: str, cfg: ScoringCo
     if cfg.range_steps:  # a record must also beat the old one by more than the stream's typical step
         margin = np.maximum(margin, cfg.range_steps * cols["step_mad"][slots])
     with np.errstate(invalid="ignore"):
-        return (span > 0) & ((v > hi + margin) | (v < lo - margin))
+        return (span > 0) & ((x > hi + margin) | (x < lo - margin))
 
 
 def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
@@ -225,7 +189,6 @@ def score(
     cfg: ScoringConfig,
     seasonal_residual: np.ndarray | None = None,
     seasonal_spread: np.ndarray | None = None,
-    level: Level | None = None,
 ) -> Scored:
     """Score one sample per slot (slots unique): update statistics and decide flags.
 
@@ -233,8 +196,6 @@ def score(
     stream's first sample); ``count`` is how many samples each stream had before this one.
     ``seasonal_residual``/``seasonal_spread`` compare it with the value one period earlier (NaN where
     the stream has no period): a day whose shape changes shows there even when each step is easy.
-    ``level`` (the mean over the last period, see ``seasonal.period_level``) lets the range rule
-    follow a drift.
     """
     has_forecast = count >= SCORE_AFTER
     err = standardised_error(residual, spread)
@@ -250,7 +211,7 @@ def score(
             z = np.maximum(z, z_season)
     lik = tail_score(z)
     # a young stream is still exploring its range: its new records say little
-    out_of_range = _range_rule(cols, slots, x, cfg, level) & (count >= cfg.range_warmup)
+    out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
     flat = _flatline_rule(cols, slots, x, cfg)
     cond = (lik >= cfg.threshold) | out_of_range | flat
     value = np.where(out_of_range | flat, 1.0, lik)
@@ -281,6 +242,3 @@ def _reset_long_run(cols: dict, slots: np.ndarray, x: np.ndarray) -> None:
     cols["lr_var"][slots] = 0.0
     cols["rng_min"][slots] = x
     cols["rng_max"][slots] = x
-    cols["rel_min"][slots] = np.inf
-    cols["rel_max"][slots] = -np.inf
-    cols["rel_n"][slots] = 0

@@ -14,8 +14,6 @@ period that breaks is seen even where each step of it is easy to forecast.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from . import fastnp
@@ -35,7 +33,6 @@ def columns(cfg: SeasonalConfig) -> dict[str, Column]:
     return {
         "se_ring": Column((cfg.window,), np.float32, np.nan, True),
         "se_period": Column((), np.int64, 0),
-        "se_level_p": Column((), np.int64, 0),  # the period the range rule's level was seeded for
         "se_mad": Column((), np.float64, np.nan),
         "se_fc_lstm": Column((), np.float64, np.nan),  # the two forecasts made for the next value
         "se_fc_naive": Column((), np.float64, np.nan),
@@ -98,47 +95,6 @@ def expected(cols: dict, slots: np.ndarray, cfg: SeasonalConfig) -> tuple[np.nda
     if not cfg.blend:
         return None
     return cols["se_fc_naive"][slots], MAD_TO_SIGMA * cols["se_mae_naive"][slots]
-
-
-class Level(NamedTuple):
-    """What the range rule needs of a stream's period (NaN / 0 where none is known)."""
-
-    level: np.ndarray  # mean of the last whole period before the current sample
-    period: np.ndarray
-    seed_lo: np.ndarray  # where the level is new (or its period changed): range of x - level over
-    seed_hi: np.ndarray  # the ring, so the relative range starts with the stream's history
-    seed_n: np.ndarray
-
-
-def period_level(cols: dict, slots: np.ndarray, count: np.ndarray, cfg: SeasonalConfig) -> Level | None:
-    """Mean of each slot's last whole period before its current sample (``count`` came before it):
-    a level a periodic wobble does not move and a drift carries; None when the blend is off."""
-    if not cfg.blend:
-        return None
-    period = cols["se_period"][slots]
-    use = (period > 1) & (count >= period)
-    k = len(slots)
-    out = Level(np.full(k, np.nan), period, np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, np.int64))
-    if not use.any():
-        return out
-    s, p, c = slots[use], period[use], count[use]
-    back = np.arange(1, int(p.max()) + 1)
-    ring = cols["se_ring"][s[:, None], (c[:, None] - back) % cfg.window].astype(np.float64)
-    out.level[use] = np.where(back <= p[:, None], ring, 0.0).sum(axis=1) / p
-    for i in np.nonzero(use & (cols["se_level_p"][slots] != period))[0].tolist():
-        out.seed_lo[i], out.seed_hi[i], out.seed_n[i] = _seed(cols, int(slots[i]), int(count[i]), cfg)
-        cols["se_level_p"][slots[i]] = period[i]
-    return out
-
-
-def _seed(cols: dict, slot: int, count: int, cfg: SeasonalConfig) -> tuple[float, float, int]:
-    """Range of each ring value minus the mean of the period before it, and how many there were."""
-    p = int(cols["se_period"][slot])
-    n = min(count, cfg.window)
-    values = cols["se_ring"][slot, (count - n + np.arange(n)) % cfg.window].astype(np.float64)
-    cs = np.concatenate(([0.0], np.cumsum(values)))
-    v = values[p:] - (cs[p:n] - cs[: n - p]) / p
-    return (float(v.min()), float(v.max()), len(v)) if len(v) else (np.nan, np.nan, 0)
 
 
 def blend(

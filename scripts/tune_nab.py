@@ -45,7 +45,6 @@ from lstm_stream.nab_scoring import (
     score_by_category,
     score_corpus,
 )
-from lstm_stream.seasonal import Level
 from lstm_stream.state import SlotArrays
 
 
@@ -62,7 +61,7 @@ def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.
     nab = read_nab_csv(Path(data) / key, key)
     engine = pretrained_engine(EngineConfig.model_validate(json.loads(engine_json)))
     n = len(nab.values)
-    out = np.full((10, n), np.nan)
+    out = np.full((5, n), np.nan)
     out[0] = nab.values
     for i in range(n):
         slot = engine.table.lookup([key])
@@ -70,9 +69,6 @@ def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.
             naive = seasonal.expected(engine.arrays, slot, engine.config.seasonal)
             if naive is not None:
                 out[3, i], out[4, i] = naive[0][0], naive[1][0]
-            level = seasonal.period_level(engine.arrays, slot, np.array([i]), engine.config.seasonal)
-            if level is not None:
-                out[5:, i] = [float(v[0]) for v in level]
         r = engine.process([key], (float(i),), nab.values[i : i + 1], now=float(nab.clock[i]))
         out[1, i], out[2, i] = r.forecast[0], r.spread[0]
     return key, out
@@ -96,10 +92,10 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
     k = len(keys)
     cols = SlotArrays(scoring.COLUMNS, k).data
     lengths = np.array([series[key].shape[1] for key in keys])
-    rows = np.full((10, k, n), np.nan)
+    rows = np.full((5, k, n), np.nan)
     for i, key in enumerate(keys):
         rows[: series[key].shape[0], i, : lengths[i]] = series[key]
-    x, f, s, nf, ns, *lv = rows
+    x, f, s, nf, ns = rows
     score = np.zeros((k, n))
     flag = np.zeros((k, n), dtype=bool)
     reason = np.zeros((k, n), dtype=np.uint8)
@@ -108,8 +104,7 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
         xt = x[live, t]
         count = np.full(len(live), t)
         naive = (xt - nf[live, t], ns[live, t])
-        level = Level(*(r[live, t] for r in lv)) if cfg.range_period else None
-        r = scoring.score(cols, live, xt, xt - f[live, t], s[live, t], count, cfg, *naive, level)
+        r = scoring.score(cols, live, xt, xt - f[live, t], s[live, t], count, cfg, *naive)
         score[live, t] = r.score
         flag[live, t] = r.flag
         reason[live, t] = r.reason
