@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
+from . import fastnp
 from .config import ScoringConfig
 from .state import Column
 
@@ -74,7 +75,7 @@ def likelihood(short: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarr
 
 def tail_score(z: np.ndarray) -> np.ndarray:
     """Score in [0, 1] of a standardised deviation: -log10(one-sided tail) / 10."""
-    return np.clip(-log_ndtr(-z) / LOG_1E10, 0.0, 1.0)
+    return fastnp.clip(-log_ndtr(-z) / LOG_1E10, 0.0, 1.0)
 
 
 def _std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -122,7 +123,7 @@ def _horizon(
     a = _ew(n1, cfg.long_memory)
     if cfg.long_winsor is not None:  # an anomaly moves the long-run fit by at most k spreads
         bound = cfg.long_winsor * std
-        delta = np.where(fitted, np.clip(delta, -bound, bound), delta)
+        delta = np.where(fitted, fastnp.clip(delta, -bound, bound), delta)
     new_mean = mean + a * delta
     new_var = np.where(n1 == 1, 0.0, (1.0 - a) * (var + a * delta * delta))
     cols[p + "err_short"][slots] = np.where(valid, short, prev)
@@ -176,7 +177,7 @@ def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """log(1 + |residual| / spread): heavy tails tamed so a Gaussian fits its short averages."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.log1p(np.abs(residual) / spread)
-    return np.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
+    return fastnp.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
 
 
 def score(
