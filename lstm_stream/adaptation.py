@@ -120,13 +120,14 @@ def forecast(
     naive_now: np.ndarray | None,
     base: np.ndarray,
     base_spread: np.ndarray,
+    choice: np.ndarray,
     scale: np.ndarray,
     cfg: EngineConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """After value ``x`` (``prev``: the value before it; ``naive_now``: the value one period before
-    ``x``, NaN or None without a period) and the served forecast ``base`` of the next value: the
-    features of the next value, the corrected forecast, and what to serve. Returns the served
-    forecast, its spread and a mask of the slots served the corrected one."""
+    ``x``, NaN or None without a period) and the served forecast ``base`` of the next value (made by
+    candidate ``choice``): the features of the next value, the corrected forecast, and what to
+    serve. Returns the served forecast, its spread and a mask of the slots served the corrected one."""
     f = np.empty((len(s), D))
     u = unit(cols, s, scale)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -134,7 +135,8 @@ def forecast(
         f[:, MOMENTUM] = (x - prev) / u
     f[:, BIAS] = 1.0
     cols["ad_f"][s] = f
-    return serve(cols, s, base, base_spread, scale, cfg.adaptation, cfg.selection)
+    own = np.take_along_axis(cols["sel_mae"][s], choice[:, None].astype(np.intp), axis=1)[:, 0]
+    return serve(cols, s, base, base_spread, scale, cfg.adaptation, cfg.selection, base_mae=own)
 
 
 def serve(
@@ -146,10 +148,13 @@ def serve(
     cfg: AdaptationConfig,
     selection: SelectionConfig,
     choose: bool = True,
+    base_mae: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The corrected forecast from the stored features (the candidates' part refreshed from
     ``sel_fc``: after a model swap, only that part changes) and the choice between it and ``base``
-    (kept as it was unless ``choose``). Returns the served forecast, spread and corrected mask."""
+    (kept as it was unless ``choose``; ``base_mae``: the running error of the candidate serving
+    ``base``, what the correction must beat, as it is after a change of candidate; default: the
+    running error of every served base). Returns the served forecast, spread and corrected mask."""
     f = cols["ad_f"][s]
     u = unit(cols, s, scale)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -166,8 +171,10 @@ def serve(
     on = cols["ad_on"][s]
     if choose:
         counted = (ne >= MIN_ERRORS).all(axis=1)
-        better = mae[:, 1] < (1.0 - selection.margin) * mae[:, 0]
-        worse = mae[:, 0] < (1.0 - selection.margin) * mae[:, 1]
+        # better by the margin and by more than a negligible amount (an exact candidate stays served)
+        now = mae[:, 0] if base_mae is None else base_mae
+        better = mae[:, 1] < (1.0 - selection.margin) * now - SPREAD_FLOOR * scale
+        worse = now < (1.0 - selection.margin) * mae[:, 1]
         on = np.where(counted, np.where(on, ~worse, better), False)
     on &= ready
     cols["ad_on"][s] = on
@@ -193,7 +200,7 @@ def step(
         return base, base_spread, choice
     observe(cols, s, x, cfg.adaptation, cfg.selection.memory)
     prev = cols["last_value"][s]  # the engine writes x there after this call
-    fc, spread, on = forecast(cols, s, x, prev, naive_now, base, base_spread, scale, cfg)
+    fc, spread, on = forecast(cols, s, x, prev, naive_now, base, base_spread, choice, scale, cfg)
     return fc, spread, np.where(on, ADAPTED, choice).astype(np.uint8)
 
 
