@@ -10,10 +10,11 @@ correction, Huber-weighted so a spike barely moves it), the error of the served 
 - ``sdiff``: the change one period ago, ``x[t+1-P] - x[t-P]`` (streams with a period);
 - ``momentum``: the last change, ``x[t] - x[t-1]``; and a constant (a level bias).
 
-Everything is in units of the stream's robust scale and clipped at ``clip``. The corrected forecast
-``b + scale * w . f`` is a candidate like the others: it keeps its own running absolute error (the
-same memory as selection's), and the stream is served it once it has ``MIN_ERRORS`` errors and is
-better than the uncorrected served forecast by selection's ``margin``; it is then named ``adapted``
+Features and target are in units ``u`` of the served forecast's running absolute error (a typical
+miss: the robust scale of a trending level is far larger) and clipped at ``clip``. The corrected
+forecast ``b + u * w . f`` keeps its own running absolute error (the same memory as selection's),
+and the stream is served it once it has ``MIN_ERRORS`` errors and is better than the running error
+of the candidate serving ``b`` by selection's ``margin``; it is then named ``adapted``
 (``selection.NAMES``) and its spread is its own running error as a sigma. Every value is scored
 against the forecast made before it and only then folded into the fit: the correction only ever
 sees the past. The weights are solved every ``STRIDE`` samples of a stream (the normal equations

@@ -146,9 +146,11 @@ class AdaptationConfig(_Strict):
 
     enabled: bool = Field(True, description="false: serve the selection's forecast uncorrected")
     memory: int = Field(500, ge=10, description="samples of memory of the least-squares fit")
-    ridge: float = Field(1.0, ge=0.0, description="pull of the weights towards no correction")
+    ridge: float = Field(1.0, ge=0.0, description="pull of the weights towards no correction (in samples)")
     huber: float = Field(1.5, gt=0.0, description="residuals beyond this many typical ones weigh less")
-    clip: float = Field(8.0, gt=0.0, description="features and targets, in scales, are clipped to +-clip")
+    clip: float = Field(
+        8.0, gt=0.0, description="features and targets, in typical errors of the served forecast, are clipped"
+    )
 
 
 class TrainConfig(_Strict):
