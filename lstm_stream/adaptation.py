@@ -57,6 +57,7 @@ def columns(cfg: AdaptationConfig, selection: SelectionConfig) -> dict[str, Colu
         "ad_mae": Column((2,), np.float64),  # running |error| of base, corrected
         "ad_ne": Column((2,), np.int64),  # errors counted in them
         "ad_on": Column((), np.bool_),  # the corrected forecast is served
+        "ad_of": Column((), np.uint8, ADAPTED),  # the candidate serving the base (ADAPTED: none yet)
     }
 
 
@@ -136,6 +137,15 @@ def forecast(
         f[:, MOMENTUM] = (x - prev) / u
     f[:, BIAS] = 1.0
     cols["ad_f"][s] = f
+    # another candidate serves the base now: the correction (fitted to the old one) earns its place
+    # again, from a fresh running error, before it is served (else it double-counts a lag, say)
+    moved = cols["ad_of"][s] != choice
+    if moved.any():
+        m = s[moved]
+        cols["ad_on"][m] = False
+        cols["ad_mae"][m, 1] = 0.0
+        cols["ad_ne"][m, 1] = 0
+        cols["ad_of"][m] = choice[moved]
     own = np.take_along_axis(cols["sel_mae"][s], choice[:, None].astype(np.intp), axis=1)[:, 0]
     return serve(cols, s, base, base_spread, scale, cfg.adaptation, cfg.selection, base_mae=own)
 
