@@ -141,6 +141,18 @@ class SelectionConfig(_Strict):
     ewma_alpha: float = Field(0.3, gt=0.0, le=1.0, description="weight of the newest value in the EWMA")
 
 
+class AdaptationConfig(_Strict):
+    """Per stream, a linear correction of the served forecast fitted online (needs the selection)."""
+
+    enabled: bool = Field(True, description="false: serve the selection's forecast uncorrected")
+    memory: int = Field(500, ge=10, description="samples of memory of the least-squares fit")
+    ridge: float = Field(1.0, ge=0.0, description="pull of the weights towards no correction (in samples)")
+    huber: float = Field(1.5, gt=0.0, description="residuals beyond this many typical ones weigh less")
+    clip: float = Field(
+        8.0, gt=0.0, description="features and targets, in typical errors of the served forecast, are clipped"
+    )
+
+
 class TrainConfig(_Strict):
     """Fitting and fine-tuning."""
 
@@ -187,6 +199,7 @@ class EngineConfig(_Strict):
     scoring: ScoringConfig = ScoringConfig()
     seasonal: SeasonalConfig = SeasonalConfig()
     selection: SelectionConfig = SelectionConfig()
+    adaptation: AdaptationConfig = AdaptationConfig()
     train: TrainConfig = TrainConfig()
     torch_threads: int = Field(1, ge=1, description="torch (and onnxruntime) threads in the serving path")
     runtime: Literal["auto", "onnxruntime", "torch"] = Field(

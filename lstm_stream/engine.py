@@ -17,7 +17,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from . import admission, fastnp, horizon, late, onnx_step, scaling, scoring, seasonal, selection
+from . import adaptation, admission, fastnp, horizon, late, onnx_step, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
 from .state import Column, StreamTable
@@ -212,6 +212,7 @@ class Engine:
             **scoring.COLUMNS,
             **seasonal.columns(cfg.seasonal),
             **selection.columns(cfg.selection),
+            **adaptation.columns(cfg.adaptation, cfg.selection),
             **horizon.columns(cfg.horizon),
         }
         if self.stateful:
@@ -366,6 +367,7 @@ class Engine:
         self._write_target(s, x, count)
         naive = seasonal.expected(a, s, cfg.seasonal)
         s_res, s_spread = (x - naive[0], naive[1]) if naive is not None else (None, None)
+        naive_now = naive[0] if naive is not None else None  # this value's seasonal-naive forecast
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
         scaling.update(a, s, x, cfg.scaling)
         center, sc = scaling.stats(a, s, cfg.scaling)
@@ -373,7 +375,7 @@ class Engine:
         self._write_inputs(s, z, ts, count, scored.condition)
         sel = cfg.selection.enabled
         if sel:
-            served = a["sel_choice"][s]
+            served = adaptation.served(a, s)
         model_residual = selection.model_residual(a, s, x) if sel else residual
         seasonal.observe(a, s, x, model_residual, count, cfg.seasonal)
         mean, spr = self._forecast(s, z, count + 1)
@@ -381,6 +383,7 @@ class Engine:
         if sel:
             naive = a["se_fc_naive"][s] if "se_fc_naive" in a else None
             next_fc, next_sp, choice = selection.update(a, s, x, next_fc, next_sp, naive, sc, cfg.selection)
+            next_fc, next_sp, choice = adaptation.step(a, s, x, naive_now, next_fc, next_sp, choice, sc, cfg)
             out.served[idx] = served
             out.next_served[idx] = choice
         if cfg.horizon:
@@ -428,7 +431,7 @@ class Engine:
         out.next_forecast[idx] = a["fc_mean"][s]
         out.next_spread[idx] = a["fc_spread"][s]
         if cfg.selection.enabled:
-            out.served[idx] = out.next_served[idx] = a["sel_choice"][s]
+            out.served[idx] = out.next_served[idx] = adaptation.served(a, s)
 
     def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> None:
         """The history's target for the previous step: this value scaled as that forecast was."""
@@ -525,6 +528,7 @@ class Engine:
             naive = a["se_fc_naive"][s] if "se_fc_naive" in a else None
             last = a["last_value"][s]
             fc, sp, _ = selection.serve(a, s, last, fc, sp, naive, sc, self.config.selection)
+            fc, sp = adaptation.after_swap(a, s, fc, sp, sc, self.config)
         a["fc_mean"][s] = np.where(count > 0, fc, np.nan)
         a["fc_spread"][s] = np.where(count > 0, sp, np.nan)
         horizon.after_swap(a, s, count, fc)
@@ -564,7 +568,7 @@ class Engine:
             anomalies=a["n_flags"][slots],
             last_seen=a["last_seen"][slots],
             samples=a["count"][slots],
-            served=a["sel_choice"][slots] if "sel_choice" in a else np.zeros(len(slots), dtype=np.uint8),
+            served=adaptation.served(a, slots) if "sel_choice" in a else np.zeros(len(slots), dtype=np.uint8),
             **horizon.view(a, slots, self.config.interval),
         )
 

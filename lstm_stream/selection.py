@@ -36,9 +36,9 @@ import numpy as np
 from .config import SelectionConfig
 from .state import Column
 
-NAMES = ("model", "persistence", "ewma", "seasonal", "damped", "blend")
-MODEL, PERSISTENCE, EWMA, SEASONAL, DAMPED, BLEND = range(len(NAMES))
-K = len(NAMES)
+NAMES = ("model", "persistence", "ewma", "seasonal", "damped", "blend", "adapted")
+MODEL, PERSISTENCE, EWMA, SEASONAL, DAMPED, BLEND, ADAPTED = range(len(NAMES))
+K = ADAPTED  # candidates kept here; ``adapted`` is the served one corrected per stream (adaptation.py)
 MIN_ERRORS = 20  # errors a candidate needs before it can be served
 MAD_TO_SIGMA = 1.2533  # mean absolute error of a Gaussian -> its standard deviation
 SPREAD_FLOOR = 0.001  # a served spread is at least this fraction of the stream's robust scale

@@ -55,6 +55,10 @@ def _finite_state(engine: Engine) -> bool:
                 "hz_origin",
                 "hz_level",
                 "hz_q",
+                "ad_res",
+                "ad_base",
+                "ad_scale",
+                "ad_fc",
             )
         ):
             continue  # NaN is a legitimate "unknown yet" marker in these columns

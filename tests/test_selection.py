@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 
 from lstm_stream import checkpoint, scaling, selection
-from lstm_stream.config import EngineConfig, ModelConfig, SelectionConfig
+from lstm_stream.config import AdaptationConfig, EngineConfig, ModelConfig, SelectionConfig
 from lstm_stream.engine import Engine
 
 
 @pytest.fixture
 def cfg() -> EngineConfig:
-    """A tiny untrained network that forecasts values, not changes: a poor forecaster."""
+    """A tiny untrained network that forecasts values, not changes: a poor forecaster. The per-stream
+    correction of the served forecast is off: these tests are about the choice itself
+    (tests/test_adaptation.py has it on)."""
     model = ModelConfig(hidden=16, layers=1, predict_delta=False)
-    return EngineConfig(model=model, look_back=8, history_len=0, max_streams=16)
+    off = AdaptationConfig(enabled=False)
+    return EngineConfig(model=model, look_back=8, history_len=0, max_streams=16, adaptation=off)
 
 
 def _random_walk(n: int, seed: int = 0) -> np.ndarray:
