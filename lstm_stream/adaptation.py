@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fastnp
 from .config import AdaptationConfig, EngineConfig, SelectionConfig
 from .selection import ADAPTED, EWMA, MAD_TO_SIGMA, MIN_ERRORS, MODEL, PERSISTENCE, SEASONAL, SPREAD_FLOOR
 from .state import Column
@@ -76,14 +77,14 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
         ok = np.isfinite(err)
         ne = cols["ad_ne"][s] + ok
         mae = cols["ad_mae"][s]
-        w = 1.0 / np.clip(ne, 1, memory)
+        w = 1.0 / fastnp.clip(ne, 1, memory)
         cols["ad_mae"][s] = np.where(ok, mae + w * (np.where(ok, err, 0.0) - mae), mae)
         cols["ad_ne"][s] = ne
         fit = np.isfinite(base) & np.isfinite(sc) & (sc > 0) & np.isfinite(x) & (cols["count"][s] > SKIP)
         if not fit.any():
             return
         s, x, base, sc = s[fit], x[fit], base[fit], sc[fit]
-        target = np.clip((x - base) / sc, -cfg.clip, cfg.clip)
+        target = fastnp.clip((x - base) / sc, -cfg.clip, cfg.clip)
         f = cols["ad_f"][s]
         resid = np.abs(target - np.einsum("nd,nd->n", f, cols["ad_w"][s]))
         res = cols["ad_res"][s]
@@ -170,7 +171,7 @@ def serve(
     u = unit(cols, s, scale)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         f[:, : len(CANDIDATES)] = (cols["sel_fc"][s][:, CANDIDATES] - base[:, None]) / u[:, None]
-        f = np.clip(np.where(np.isfinite(f), f, 0.0), -cfg.clip, cfg.clip)
+        f = fastnp.clip(np.where(np.isfinite(f), f, 0.0), -cfg.clip, cfg.clip)
         fc = base + u * np.einsum("nd,nd->n", f, cols["ad_w"][s])
     ready = (cols["ad_n"][s] >= WARMUP) & np.isfinite(fc) & np.isfinite(base)
     fc = np.where(ready, fc, np.nan)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fastnp
 from .config import SelectionConfig
 from .state import Column
 
@@ -86,14 +87,14 @@ def update(
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)  # False where a candidate made no forecast
         count = np.take(cols["sel_n"], s, axis=0) + ok
-        w = 1.0 / np.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
+        w = 1.0 / fastnp.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
         mae = np.take(cols["sel_mae"], s, axis=0)
         mae = np.where(ok, mae + w * (err - mae), mae)
         change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
         xy, xx = change * predicted, predicted * predicted
         fit = np.isfinite(xy) & np.isfinite(xx)
         dn = cols["sel_dn"][s] + fit
-        wd = np.where(fit, 1.0 / np.clip(dn, 1, cfg.memory), 0.0)
+        wd = np.where(fit, 1.0 / fastnp.clip(dn, 1, cfg.memory), 0.0)
         dxy, dxx = cols["sel_dxy"][s], cols["sel_dxx"][s]
         dxy = dxy + wd * (np.where(fit, xy, 0.0) - dxy)
         dxx = dxx + wd * (np.where(fit, xx, 0.0) - dxx)
@@ -152,7 +153,7 @@ def _serve(
     fc[:, EWMA] = level
     fc[:, SEASONAL] = np.nan if naive_fc is None else naive_fc
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        k = np.where(dxx > 0, np.clip(dxy / dxx, 0.0, 1.0), 0.0)
+        k = np.where(dxx > 0, fastnp.clip(dxy / dxx, 0.0, 1.0), 0.0)
         fc[:, DAMPED] = last + k * (model_fc - last)
         ready = (count >= MIN_ERRORS) & np.isfinite(fc)
         # the blend: inverse squared running errors (floored: an exact candidate does not divide by 0;
