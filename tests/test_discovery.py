@@ -16,6 +16,7 @@ from daemon.ingest.queue import IngestQueue
 from daemon.outputs.discovery import HomeAssistantDiscovery, object_id
 from daemon.settings import ConfigError, HomeAssistantSettings, MqttSettings, load_settings
 from tests.daemon_proc import Daemon, Publisher
+from tests.polling import wait_until
 
 SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 DEVICE_KEYS = {"identifiers", "name", "manufacturer", "model", "sw_version"}
@@ -225,7 +226,7 @@ class Retained:
         self.client.on_subscribe = on_subscribe
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
-        wait_for(lambda: self.subscribed, "subscription")
+        wait_until(lambda: self.subscribed, "subscription")
 
     def current(self) -> dict[str, bytes]:
         """The last payload per topic."""
@@ -240,16 +241,6 @@ class Retained:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"no {what} after {timeout}s")
 
 
 def config_topics(name: str) -> tuple[str, str]:
@@ -291,7 +282,7 @@ def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> N
         feed([b, c], 5, 0)
         d.wait_metric("lstm_stream_streams", lambda v: v == 3)
         for topic in (*config_topics(a), *config_topics(b)):
-            wait_for(lambda t=topic: watcher.current().get(t), topic)
+            wait_until(lambda t=topic: watcher.current().get(t), topic)
         now = watcher.current()
         for name in (a, b):
             oid = object_id(name)
@@ -306,8 +297,8 @@ def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> N
             # the daemon publishes the states the configs point at
             # (ON or OFF: a young stream's range still grows, which is an anomalous condition)
             state = f"lstm-stream/stream/{oid}/anomaly"
-            wait_for(lambda t=state: watcher.current().get(t) in (b"ON", b"OFF"), "anomaly state")
-            forecast = wait_for(
+            wait_until(lambda t=state: watcher.current().get(t) in (b"ON", b"OFF"), "anomaly state")
+            forecast = wait_until(
                 lambda o=oid: watcher.current().get(f"lstm-stream/stream/{o}/forecast"), "forecast"
             )
             assert math.isfinite(float(forecast))
@@ -319,7 +310,7 @@ def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> N
 
         # retained: a subscriber arriving now gets the configs and availability at once
         late = Retained(broker, "homeassistant/#", "lstm-stream/availability")
-        wait_for(lambda: len(late.messages) >= 5, "retained configs")
+        wait_until(lambda: len(late.messages) >= 5, "retained configs")
         time.sleep(0.3)
         assert all(retain for _, _, retain in late.messages)
         assert set(late.current()) == {*config_topics(a), *config_topics(b), "lstm-stream/availability"}
@@ -329,8 +320,8 @@ def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> N
         before_a = watcher.count(config_topics(a)[0])
         before_b = watcher.count(config_topics(b)[1])  # each stream's own count: b may have fewer
         pub.publish("homeassistant/status", "online")
-        wait_for(lambda: watcher.count(config_topics(a)[0]) > before_a, "republished configs")
-        wait_for(lambda: watcher.count(config_topics(b)[1]) > before_b, "republished configs")
+        wait_until(lambda: watcher.count(config_topics(a)[0]) > before_a, "republished configs")
+        wait_until(lambda: watcher.count(config_topics(b)[1]) > before_b, "republished configs")
 
         # a fourth stream at engine.max_streams = 3 evicts the least recently seen one, a:
         # its entities are removed and the waiting stream c takes the free place
@@ -338,15 +329,15 @@ def test_daemon_announces_updates_republishes_and_removes(tmp_path, broker) -> N
         feed([e], 1, 0)
         d.wait_metric("lstm_stream_streams_evicted_total", lambda v: v == 1, cause="capacity")
         for topic in config_topics(a):
-            wait_for(lambda t=topic: watcher.current().get(t) == b"", f"removal of {topic}")
-        wait_for(
+            wait_until(lambda t=topic: watcher.current().get(t) == b"", f"removal of {topic}")
+        wait_until(
             lambda: watcher.current().get(f"lstm-stream/stream/{object_id(a)}/anomaly") == b"",
             "cleared state",
         )
         for topic in config_topics(c):
-            wait_for(lambda t=topic: watcher.current().get(t), f"{topic} (c announced in a's place)")
+            wait_until(lambda t=topic: watcher.current().get(t), f"{topic} (c announced in a's place)")
         late = Retained(broker, "homeassistant/#")
-        wait_for(lambda: len(late.messages) >= 4, "retained configs")
+        wait_until(lambda: len(late.messages) >= 4, "retained configs")
         time.sleep(0.3)
         assert set(late.current()) == {*config_topics(b), *config_topics(c)}  # a gone, e over the cap
         late.close()

@@ -22,6 +22,7 @@ from lstm_stream.config import EngineConfig, ModelConfig
 from lstm_stream.engine import Engine
 from tests.daemon_proc import Daemon
 from tests.nats_server import nats_server  # noqa: F401  (fixture)
+from tests.polling import wait_until
 
 PROCESSED = "lstm_stream_samples_processed_total"
 REJECTED = "lstm_stream_samples_rejected_total"
@@ -84,16 +85,6 @@ def _holders(server) -> dict[int, str]:
         return out
 
     return server.run(read)
-
-
-def _wait(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def _partition_counts(server, partitions: int) -> Counter:
@@ -170,30 +161,31 @@ def test_two_workers_share_partitions_fail_over_and_rebalance(tmp_path, nats_ser
         b.start(wait_ready=False)
         for d in (a, b):
             d.notify.wait_for("READY=1")
-        _wait(lambda: sorted(Counter(_holders(nats_server).values()).values()) == [2, 2], "2 + 2 partitions")
+        split = lambda: sorted(Counter(_holders(nats_server).values()).values()) == [2, 2]  # noqa: E731
+        wait_until(split, "2 + 2 partitions")
         sent = _publish(nats_server, 0, 240)
-        _wait(lambda: _applied_up_to(239, a, b), "240 applied")
+        wait_until(lambda: _applied_up_to(239, a, b), "240 applied")
         assert a.metric(PROCESSED) > 0 and b.metric(PROCESSED) > 0
         assert not _streams(a) & _streams(b) and len(_streams(a) | _streams(b)) == 24
-        _wait(lambda: sum(_partition_counts(nats_server, 4).values()) == 240, "checkpoints of all 240")
+        wait_until(lambda: sum(_partition_counts(nats_server, 4).values()) == 240, "checkpoints of all 240")
 
         sent += _publish(nats_server, 240, 240)
-        _wait(lambda: _applied_up_to(479, a, b), "480 applied")
+        wait_until(lambda: _applied_up_to(479, a, b), "480 applied")
         b.stop(signal.SIGKILL)  # what it applied since its last checkpoint is only in JetStream now
         killed, killed_wall = time.monotonic(), time.time()
-        _wait(lambda: _holders(nats_server) == dict.fromkeys(range(4), "a"), "a holds all")
+        wait_until(lambda: _holders(nats_server) == dict.fromkeys(range(4), "a"), "a holds all")
         took = _last_take(a, killed_wall)
         took = took - killed_wall if took is not None else time.monotonic() - killed
         assert took < 1 * 2 + 2  # the TTL, a tick, and slack
-        _wait(lambda: _applied_up_to(479, a), "a has b's streams up to date")
+        wait_until(lambda: _applied_up_to(479, a), "a has b's streams up to date")
         assert a.metric("lstm_stream_nats_partitions_owned") == 4
         assert a.metric(REJECTED, reason="duplicate") == 0  # a sample read twice would be one
 
         before = a.metric(PROCESSED)
         b.start()  # comes back: two partitions return to it, with their state
-        _wait(lambda: sorted(Counter(_holders(nats_server).values()).values()) == [2, 2], "rebalanced")
+        wait_until(lambda: sorted(Counter(_holders(nats_server).values()).values()) == [2, 2], "rebalanced")
         sent += _publish(nats_server, 480, 120)
-        _wait(lambda: _applied_up_to(599, a, b), "600 applied")
+        wait_until(lambda: _applied_up_to(599, a, b), "600 applied")
         assert a.metric(PROCESSED) - before + b.metric(PROCESSED) == 120  # b went on from a's checkpoints
         for d in (a, b):
             assert d.metric(REJECTED, reason="duplicate") == 0

@@ -16,6 +16,7 @@ import pytest
 
 from tests.daemon_proc import Daemon
 from tests.nats_server import nats_server  # noqa: F401  (fixture)
+from tests.polling import wait_until
 
 PROCESSED = "lstm_stream_samples_processed_total"
 STREAMS = 8
@@ -85,16 +86,6 @@ def _availability(server) -> dict[str, str]:
     return server.run(read)
 
 
-def _wait(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_paused_worker_publishes_nothing_for_partitions_taken_over(tmp_path, nats_server):  # noqa: F811
@@ -119,29 +110,29 @@ def test_paused_worker_publishes_nothing_for_partitions_taken_over(tmp_path, nat
             d.notify.wait_for("READY=1")
         assert a.metric("lstm_stream_worker_info", worker="a", ownership="lease", outputs="nats") == 1
         for d in (a, b):
-            _wait(lambda d=d: d.metric("lstm_stream_nats_partitions_owned") == 2, "2 + 2 partitions")
-        _wait(lambda: _availability(nats_server) == {"a": "online", "b": "online"}, "both online")
+            wait_until(lambda d=d: d.metric("lstm_stream_nats_partitions_owned") == 2, "2 + 2 partitions")
+        wait_until(lambda: _availability(nats_server) == {"a": "online", "b": "online"}, "both online")
         nats_server.publish(_samples(time.time() - 30, 80))
-        _wait(lambda: a.metric(PROCESSED) + b.metric(PROCESSED) == 80, "the first 80 applied")
+        wait_until(lambda: a.metric(PROCESSED) + b.metric(PROCESSED) == 80, "the first 80 applied")
 
         a.proc.send_signal(signal.SIGSTOP)  # paused: its leases and its availability key expire
-        _wait(lambda: _availability(nats_server) == {"b": "online"}, "a's availability expired")
-        _wait(lambda: b.metric("lstm_stream_nats_partitions_owned") == 4, "b took a's 2")
+        wait_until(lambda: _availability(nats_server) == {"b": "online"}, "a's availability expired")
+        wait_until(lambda: b.metric("lstm_stream_nats_partitions_owned") == 4, "b took a's 2")
         second = _samples(time.time() - 20, 80)
         want = set(_keys(second))
         nats_server.publish(second)  # pushed to a's ordered consumers too: they sit in its socket
-        _wait(lambda: want <= set(_keys(forecasts.messages)), "b published the second 80's forecasts")
+        wait_until(lambda: want <= set(_keys(forecasts.messages)), "b published the second 80's forecasts")
 
         a.proc.send_signal(signal.SIGCONT)
         # each drop applies what was queued (unfenced, its forecasts would be published) before its line
-        _wait(lambda: a.log().count("lease lost") == 2, "a noticed it lost its 2 leases")
+        wait_until(lambda: a.log().count("lease lost") == 2, "a noticed it lost its 2 leases")
         # (b then hands two partitions back to it with their checkpoints: a rebalance, not a duplicate)
         applied_by_a = a.metric(PROCESSED)  # a may have applied some of the second 80 meanwhile
         assert a.stop() == 0
         assert b.stop() == 0
         # a clean stop writes offline, which then expires with the bucket's TTL (1 s here): either way
         # neither is online (reading exactly "offline" raced the TTL on a loaded machine)
-        _wait(lambda: "online" not in _availability(nats_server).values(), "neither online")
+        wait_until(lambda: "online" not in _availability(nats_server).values(), "neither online")
         time.sleep(0.5)  # the last forecasts in flight to the subscriber (nothing more is published)
     finally:
         a.close()

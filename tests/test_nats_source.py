@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +12,7 @@ from daemon.settings import ConfigError, load_settings
 from lstm_stream.checkpoint import CheckpointStore
 from tests.daemon_proc import Daemon
 from tests.nats_server import nats_server  # noqa: F401  (fixture)
+from tests.polling import wait_until
 
 PROCESSED = "lstm_stream_samples_processed_total"
 
@@ -70,13 +70,6 @@ def _newest_processed(d: Daemon) -> int:
     return engine.counters["processed"]
 
 
-def _wait(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def _daemon(tmp_path, server, name: str = "w", checkpoint_interval_s: float = 3600) -> Daemon:
     broker = SimpleNamespace(host=server.host, port=server.mqtt_port, proc=server.proc)
     config = {
@@ -97,7 +90,8 @@ def test_sigkill_then_resume_applies_every_sample_exactly_once(tmp_path, nats_se
         seqs = nats_server.publish(_messages(0, 300))
         d.start()
         d.wait_metric(PROCESSED, lambda v: v >= 300)
-        _wait(lambda: max(_newest_positions(d).values(), default=0) == max(seqs))  # a checkpoint covers them
+        # a checkpoint covers them
+        wait_until(lambda: max(_newest_positions(d).values(), default=0) == max(seqs), "a checkpoint")
         nats_server.stop()  # the server's consumers go with it: the worker subscribes again after
         nats_server.start()  # the last message it handled (JetStream's data is on disk)
         seqs += nats_server.publish(_messages(300, 300))
