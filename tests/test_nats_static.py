@@ -14,9 +14,9 @@ import pytest
 
 from tests.daemon_proc import Collector, Daemon
 from tests.nats_server import nats_server  # noqa: F401  (fixture)
+from tests.polling import wait_until
 from tests.prom import prometheus  # noqa: F401  (fixture)
 from tests.test_monitoring import ALERTS, _check, dashboard_queries, load_dashboard, nats_only
-from tests.test_nats_outputs import _wait
 
 PROCESSED = "lstm_stream_samples_processed_total"
 OWNED = "lstm_stream_nats_partitions_owned"
@@ -72,10 +72,10 @@ def test_overlapping_static_partitions_are_processed_by_one_worker(tmp_path, nat
         prom = prometheus([f"127.0.0.1:{d.http_port}" for d in (a, b)], rule_files=[str(ALERTS)])
         for d in (a, b):
             d.notify.wait_for("READY=1")
-        _wait(lambda: a.metric(OWNED) + b.metric(OWNED) == 4, "4 partitions consumed, 1 of them once")
+        wait_until(lambda: a.metric(OWNED) + b.metric(OWNED) == 4, "4 partitions consumed, 1 of them once")
         holder, waiter = (a, b) if a.metric(OWNED) == 2 else (b, a)
         nats_server.publish(_messages(0, 160))  # 40 per partition
-        _wait(lambda: a.metric(PROCESSED) + b.metric(PROCESSED) >= 160, "160 applied")
+        wait_until(lambda: a.metric(PROCESSED) + b.metric(PROCESSED) >= 160, "160 applied")
         assert a.metric(PROCESSED) + b.metric(PROCESSED) == 160  # partition 1 once
         assert holder.metric(PROCESSED) == (80 if holder is a else 120)
         assert not _streams(a) & _streams(b)
@@ -86,17 +86,17 @@ def test_overlapping_static_partitions_are_processed_by_one_worker(tmp_path, nat
 
         # the dashboard's worker panels have data from both workers; the alert rules evaluate
         owned = f"{OWNED} * on (job, instance) group_left (worker) lstm_stream_worker_info"
-        _wait(lambda: _ready(prom), "Prometheus ready")
+        wait_until(lambda: _ready(prom), "Prometheus ready")
         prom.wait_query(owned, lambda r: sorted(x["metric"]["worker"] for x in r) == ["a", "b"], timeout=20)
         values = {"job": "lstm-stream", "instance": ".*", "__rate_interval": "1m"}
         for q in filter(nats_only, dashboard_queries(load_dashboard())):
             assert not _check(prom, q, values, time.time() - 5, []), q["where"]
 
         state = lambda: {t.rsplit("/", 1)[1]: m for t, m, _ in avail.messages}  # noqa: E731 - last per worker
-        _wait(lambda: state() == {"a": b"online", "b": b"online"}, "both online, each on its own topic")
+        wait_until(lambda: state() == {"a": b"online", "b": b"online"}, "both online, each on its own topic")
         assert holder.stop() == 0  # gives its leases back: the other takes partition 1
-        _wait(lambda: state()[holder.name] == b"offline", "the stopped worker offline")
-        _wait(lambda: waiter.metric(OWNED) == len(wants[waiter.name]), "the waiter consumes 1 too")
+        wait_until(lambda: state()[holder.name] == b"offline", "the stopped worker offline")
+        wait_until(lambda: waiter.metric(OWNED) == len(wants[waiter.name]), "the waiter consumes 1 too")
         assert "partition 1: lease taken, consuming" in waiter.log()
         # the holder's other partitions have no worker now: the alert is pending (fires after 2 minutes)
         unowned = 'ALERTS{alertname="LstmStreamPartitionsUnowned", alertstate="pending"}'
