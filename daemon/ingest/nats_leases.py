@@ -10,8 +10,10 @@ can count the others and take its share. Checkpoints of a partition's streams ar
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.js.errors import (
@@ -128,3 +130,16 @@ class PartitionStore:
             return (await self.obj.get(f"partition-{k}")).data
         except (ObjectNotFoundError, NotFoundError):
             return None
+
+
+async def lease_rounds(tick: Callable[[], Awaitable[None]], tick_s: float) -> None:
+    """Run one lease round every ``tick_s`` s until cancelled; a failed round (a server hiccup) is
+    logged and the next one tries again: held leases are checked then."""
+    while True:
+        try:
+            await tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("lease round failed: %r", exc)
+        await asyncio.sleep(tick_s)

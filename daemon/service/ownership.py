@@ -24,7 +24,7 @@ import math
 import time
 from typing import Any
 
-from daemon.ingest.nats_leases import Leases, PartitionStore
+from daemon.ingest.nats_leases import Leases, PartitionStore, lease_rounds
 from daemon.ingest.nats_positions import Positions
 from daemon.ingest.nats_source import NatsSource
 from daemon.service.batches import Batches
@@ -90,14 +90,7 @@ class LeaseOwnership:
         await self.store.open()
         self._next_checkpoint = time.monotonic() + self.checkpoint_s
         log.info("lease ownership of %d partitions as %s", self.count, n.holder())
-        while True:
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a server hiccup: held leases are checked next tick
-                log.warning("lease round failed: %r", exc)
-            await asyncio.sleep(self.tick_s)
+        await lease_rounds(self._tick, self.tick_s)
 
     async def _tick(self) -> None:
         leases = self.leases

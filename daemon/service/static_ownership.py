@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from daemon.ingest.nats_leases import Leases
+from daemon.ingest.nats_leases import Leases, lease_rounds
 from daemon.ingest.nats_positions import Positions
 from daemon.ingest.nats_source import NatsSource
 from daemon.nats_settings import NatsSettings
@@ -66,14 +66,7 @@ class StaticOwnership:
         self.leases = Leases(self.source.js, s.lease_bucket, s.lease_ttl_s, s.holder())
         await self.leases.open()
         log.info("static ownership of partitions %s as %s, coordinated by leases", self.wanted, s.holder())
-        while True:
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a server hiccup: held leases are checked next tick
-                log.warning("lease round failed: %r", exc)
-            await asyncio.sleep(self.tick_s)
+        await lease_rounds(self._tick, self.tick_s)
 
     async def _tick(self) -> None:
         leases = self.leases
