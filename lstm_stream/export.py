@@ -45,6 +45,7 @@ from .checkpoint import write_atomic
 from .config import EngineConfig
 from .engine import Engine
 from .models import Forecaster
+from .onnx_step import session
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference between torch and onnxruntime accepted by ``export``
@@ -105,18 +106,6 @@ def _quiet() -> Iterator[None]:
             yield
         finally:
             logging.disable(previous)
-
-
-def session(source: str | Path | bytes, threads: int = 1) -> Any:
-    """An onnxruntime CPU session on a file or serialized model (``threads`` intra-op threads)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = str(source) if isinstance(source, Path) else source
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
 def _metadata(kind: str, cfg: EngineConfig) -> dict[str, str]:

@@ -11,6 +11,7 @@ those of :func:`lstm_stream.export.export_step_onnx`: ``value (n,)``, ``h``/``c 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,17 +122,23 @@ def step_graph(model: StackedLSTM) -> bytes:
     return onnx_model.SerializeToString()
 
 
+def session(source: str | Path | bytes, threads: int = 1) -> Any:
+    """An onnxruntime CPU session on a file or serialized model (``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    src = str(source) if isinstance(source, Path) else source
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxStep:
     """``step(z, h, c)`` on numpy arrays through onnxruntime: what :meth:`Engine._forecast` calls."""
 
     def __init__(self, model: StackedLSTM, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(step_graph(model), opts, providers=["CPUExecutionProvider"])
+        self.session = session(step_graph(model), threads)
 
     def step(
         self, z: np.ndarray, h: np.ndarray, c: np.ndarray
