@@ -20,6 +20,7 @@ from tests.test_monitoring import ALERTS, _check, dashboard_queries, load_dashbo
 
 PROCESSED = "lstm_stream_samples_processed_total"
 OWNED = "lstm_stream_nats_partitions_owned"
+PARTITIONS = "lstm_stream_nats_partitions"
 SCORE = "lstm_stream_anomaly_score"
 
 
@@ -101,7 +102,9 @@ def test_overlapping_static_partitions_are_processed_by_one_worker(tmp_path, nat
         # the holder's other partitions have no worker now: the alert is pending (fires after 2 minutes)
         unowned = 'ALERTS{alertname="LstmStreamPartitionsUnowned", alertstate="pending"}'
         left = str(4 - len(wants[waiter.name]))
-        prom.wait_query(unowned, lambda r: len(r) == 1 and r[0]["value"][1] == left, timeout=20)
+        prom.wait_query(unowned, lambda r: len(r) == 1, timeout=20)  # an alert's ALERTS sample is 1
+        gap = f"max by (job) (max_over_time({PARTITIONS}[1h])) - sum by (job) ({OWNED})"  # the rule's
+        prom.wait_query(gap, lambda r: len(r) == 1 and r[0]["value"][1] == left, timeout=20)
         assert waiter.stop() == 0
     finally:
         avail.close()
