@@ -36,8 +36,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.ingest_settings import IngestSettings
 from daemon.nats_settings import NatsSettings
-from lstm_stream.config import EngineConfig, OffOnly, OffOrZero
+from lstm_stream.config import EngineConfig, OffOnly
 
 if sys.version_info >= (3, 11):
     from tomllib import TOMLDecodeError
@@ -288,34 +289,6 @@ class PayloadSettings(_Section):
         except ValueError as exc:
             raise ValueError(f"{v!r}: {exc}") from None
         return v
-
-
-class IngestSettings(_Section):
-    """The bounded queue between the MQTT thread and the engine, and micro-batching."""
-
-    queue_size: int = Field(100_000, ge=1)
-    block_s: float = Field(
-        10.0, ge=0, description="how long the MQTT thread waits for room in a full queue before dropping"
-    )
-    batch_max: int = Field(4096, ge=1)
-    reorder_window_ms: Annotated[float | None, OffOrZero] = Field(
-        500.0,
-        gt=0,
-        description="a sample up to this much older than its stream's newest (and among its last 8) is put "
-        "in order, not rejected as out_of_order; nothing waits for it; false or 0 = off",
-    )
-    stream_batch_max: Annotated[int | None, OffOrZero] = Field(
-        16,
-        ge=1,
-        description="samples of one stream applied per micro-batch (each is one batched LSTM round); the "
-        "rest go first into the next batches, so a message of 1,000 samples cannot stall every other "
-        "stream for its length; false or 0: no bound",
-    )
-    receiver: Literal["process", "thread"] = Field(
-        "process", description="MQTT receive path in a child process (own GIL) or a thread of the daemon"
-    )
-    source: Literal["mqtt", "nats"] = Field("mqtt", description="samples from MQTT, or JetStream ([nats])")
-    batch_ms: float = Field(10.0, ge=0, le=10_000)
 
 
 class HttpSettings(_Section):

@@ -20,6 +20,7 @@ import torch
 from . import adaptation, admission, fastnp, horizon, late, onnx_step, scaling, scoring, seasonal, selection
 from .config import EngineConfig
 from .models import Forecaster, build_model
+from .rounds import RoundBudget, occurrence_rank
 from .state import Column, StreamTable
 
 REJECTS = (
@@ -34,8 +35,8 @@ REJECTS = (
     "deferred",
 )
 # NEW_STREAM_RATE: a new stream beyond the admission rate (engine.new_streams_per_s)
-# DEFERRED: not applied in this call, beyond ``max_rounds`` samples of its stream; not a rejection: the
-# caller passes it again (first, in order) with the next batch
+# DEFERRED: not applied in this call, beyond its rounds' bound (``max_rounds``, ``round_budget_s``); not
+# a rejection: the caller passes it again (first, in order) with the next batch
 OK, NOT_FINITE, NOT_A_NUMBER, OUT_OF_ORDER, DUPLICATE, OVER_CAPACITY, BAD_TIMESTAMP, *_ = range(len(REJECTS))
 NEW_STREAM_RATE, DEFERRED = REJECTS.index("new_stream_rate"), REJECTS.index("deferred")
 COUNTERS = ("processed", "rejected", "evicted", "expired", "flagged", "reordered")  # reordered: see late.py
@@ -152,22 +153,6 @@ def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np
     return x, reject
 
 
-def occurrence_rank(slots: np.ndarray) -> np.ndarray:
-    """For each position, how many earlier positions hold the same slot (0 for the first)."""
-    if len(slots) < 2:
-        return np.zeros(len(slots), dtype=np.int64)
-    order = np.argsort(slots, kind="stable")
-    ordered = slots[order]
-    pos = np.arange(len(slots))
-    starts = np.concatenate(([True], ordered[1:] != ordered[:-1]))
-    if starts.all():
-        return np.zeros(len(slots), dtype=np.int64)
-    first = np.maximum.accumulate(np.where(starts, pos, 0))
-    rank = np.empty_like(pos)
-    rank[order] = pos - first
-    return rank
-
-
 class Engine:
     """Forecasts and scores many streams with one shared model and per-stream state."""
 
@@ -246,13 +231,15 @@ class Engine:
         limit_admission: bool = True,
         max_rounds: int | None = None,
         paths: bool = True,
+        round_budget_s: float | None = None,
     ) -> Results:
         """Apply a micro-batch of samples; ``now`` (default: each sample's ts) marks streams seen.
         ``paths=False`` leaves ``Results.path`` empty (the engine still tracks them, for ``view``).
 
-        A stream with k samples in the batch is stepped in k rounds; ``max_rounds`` bounds the rounds
-        (and so the call's time, whatever one message holds): a stream's samples beyond it are left
-        unapplied, marked ``deferred``, for the caller to pass again first thing next time.
+        A stream with k samples in the batch is stepped in k rounds (:mod:`rounds`); ``max_rounds``
+        bounds the rounds and ``round_budget_s`` the time of those after the first (and so the call's
+        time, whatever one message holds): a stream's samples beyond them are left unapplied, marked
+        ``deferred``, for the caller to pass again first thing next time.
         ``limit_admission=False`` creates new streams without the admission rate
         (``new_streams_per_s``): for samples that were taken in once already, as a write-ahead log
         replays them, all at one ``now``. A full table still evicts only idle streams."""
@@ -288,15 +275,18 @@ class Engine:
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
-        if max_rounds is not None and rounds > max_rounds:
-            later = ok[rank >= max_rounds]
-            reject[later] = DEFERRED
-            out.value[later] = np.nan
-            ok, rank, rounds = ok[rank < max_rounds], rank[rank < max_rounds], max_rounds
+        budget = RoundBudget(max_rounds, round_budget_s)
         with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way: results, no warnings
             for r in range(rounds):
+                if not budget.allows(r):
+                    later = ok[rank >= r]
+                    reject[later] = DEFERRED
+                    out.value[later] = np.nan
+                    break
                 idx = ok[rank == r] if rounds > 1 else ok
                 self._step(idx, slots[idx], ts[idx], x[idx], now, out)
+                if r == 0:
+                    budget.first_done()
         accepted = int(np.count_nonzero(reject == OK))
         self.counters["processed"] += accepted
         self.counters["rejected"] += n - accepted - int(np.count_nonzero(reject == DEFERRED))

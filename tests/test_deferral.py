@@ -46,10 +46,32 @@ def test_deferred_samples_give_the_results_of_one_unbounded_call(small_cfg) -> N
     assert bounded.counters["rejected"] == 0 and bounded.counters["processed"] == len(names)
 
 
+def test_a_round_budget_defers_later_rounds_and_keeps_the_results(small_cfg) -> None:
+    """With no time for rounds after the first, each call steps every stream once (the array's next
+    sample with the live ones) and the rest waits; the results are those of one unbounded call."""
+    names, ts, values = _mixed_batch(20, 12, 100.0)
+    whole = Engine(small_cfg).process(names, ts, values)
+    bounded = Engine(small_cfg)
+    got = np.full(len(names), np.nan)
+    todo = np.arange(len(names))
+    calls = 0
+    while len(todo):
+        r = bounded.process([names[i] for i in todo], ts[todo], values[todo], round_budget_s=0.0)
+        applied = r.reject != DEFERRED
+        assert np.count_nonzero(applied & (np.asarray(r.stream) == "arr")) == 1
+        got[todo[applied]] = r.next_forecast[applied]
+        todo = todo[~applied]
+        calls += 1
+    assert calls == 12
+    np.testing.assert_allclose(got, whole.next_forecast, rtol=1e-6)
+    roomy = Engine(small_cfg).process(names, ts, values, round_budget_s=60.0)
+    assert not (roomy.reject == DEFERRED).any()
+
+
 def _batches(tmp_path: Path, cfg, stream_batch_max: int | bool) -> tuple[Batches, list]:
     settings = Settings(
         state={"directory": tmp_path},
-        ingest={"stream_batch_max": stream_batch_max},
+        ingest={"stream_batch_max": stream_batch_max, "stream_batch_ms": False},  # counts, not time
         mqtt={"forecast_topic": "fc/{stream}"},
     )
     engine = Engine(cfg)

@@ -69,6 +69,8 @@ class Batches:
         # samples of one stream applied per batch (engine max_rounds); the rest are carried, in log order,
         # to the front of the next batch, so one long array cannot hold every other stream up
         self.max_rounds = settings.ingest.stream_batch_max
+        ms = settings.ingest.stream_batch_ms  # and the time for rounds after the first (engine.rounds)
+        self.round_budget_s = None if ms is None else ms / 1000.0
         self._carry: Columns = EMPTY  # samples deferred by the engine, oldest first
         self._carry_at = np.empty(0, dtype=np.int64)  # their log indices
         self._taken = 0  # log index one past the last sample taken off the queue (it keeps log order)
@@ -156,6 +158,7 @@ class Batches:
             samples.values,
             now=self.clock(),
             max_rounds=self.max_rounds,
+            round_budget_s=self.round_budget_s,
             paths=self._forecasts,  # per-sample paths only for the forecast topic (the view has its own)
         )
         elapsed = time.perf_counter() - t0

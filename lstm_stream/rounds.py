@@ -1,0 +1,56 @@
+"""Rounds of a micro-batch: a stream with k samples in one batch is stepped in k rounds, and a bound on
+the rounds after the first, so one long array cannot hold up the streams that share its batch.
+
+The first round steps every stream present (one sample each) and always runs: it is what a batch of
+live streams costs. Each later round steps only the streams with more samples, and costs about as much
+as a round of one stream (most of a round is per-call overhead), so a stream's 1,000-sample array is
+1,000 narrow rounds. :class:`RoundBudget` stops them after ``max_rounds`` rounds or once they have taken
+``seconds`` since the first round ended; the engine marks the rest ``deferred`` for the next batches.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def occurrence_rank(slots: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same slot (0 for the first)."""
+    if len(slots) < 2:
+        return np.zeros(len(slots), dtype=np.int64)
+    order = np.argsort(slots, kind="stable")
+    ordered = slots[order]
+    pos = np.arange(len(slots))
+    starts = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    if starts.all():
+        return np.zeros(len(slots), dtype=np.int64)
+    first = np.maximum.accumulate(np.where(starts, pos, 0))
+    rank = np.empty_like(pos)
+    rank[order] = pos - first
+    return rank
+
+
+class RoundBudget:
+    """Whether round ``r`` of a batch may run: at most ``max_rounds`` rounds, and later rounds only
+    within ``seconds`` of wall time after the first ended (None: no such bound)."""
+
+    __slots__ = ("_deadline", "max_rounds", "seconds")
+
+    def __init__(self, max_rounds: int | None = None, seconds: float | None = None) -> None:
+        self.max_rounds = max_rounds
+        self.seconds = seconds
+        self._deadline = float("inf")
+
+    def first_done(self) -> None:
+        """The first round ended: the time bound starts now."""
+        if self.seconds is not None:
+            self._deadline = time.perf_counter() + self.seconds
+
+    def allows(self, r: int) -> bool:
+        """Round ``r`` (0-based) may run; round 0 always may."""
+        if r == 0:
+            return True
+        if self.max_rounds is not None and r >= self.max_rounds:
+            return False
+        return time.perf_counter() < self._deadline
