@@ -4,8 +4,10 @@ the rounds after the first, so one long array cannot hold up the streams that sh
 The first round steps every stream present (one sample each) and always runs: it is what a batch of
 live streams costs. Each later round steps only the streams with more samples, and costs about as much
 as a round of one stream (most of a round is per-call overhead), so a stream's 1,000-sample array is
-1,000 narrow rounds. :class:`RoundBudget` stops them after ``max_rounds`` rounds or once they have taken
-``seconds`` since the first round ended; the engine marks the rest ``deferred`` for the next batches.
+1,000 narrow rounds. :class:`RoundBudget` stops them after ``max_rounds`` rounds, or once they have
+taken ``seconds`` or as long as the call took up to the end of the first round, whichever is longer; the
+engine marks the rest ``deferred`` for the next batches. The second bound keeps a large carried-over
+remainder (whose bookkeeping every call repeats) from being worked off a few samples per call.
 """
 
 from __future__ import annotations
@@ -33,19 +35,23 @@ def occurrence_rank(slots: np.ndarray) -> np.ndarray:
 
 class RoundBudget:
     """Whether round ``r`` of a batch may run: at most ``max_rounds`` rounds, and later rounds only
-    within ``seconds`` of wall time after the first ended (None: no such bound)."""
+    within ``seconds`` of wall time after the first ended, or as long as the call had taken by then if
+    that is longer (None: no time bound). Made when the call starts."""
 
-    __slots__ = ("_deadline", "max_rounds", "seconds")
+    __slots__ = ("_deadline", "_started", "max_rounds", "seconds")
+    clock = staticmethod(time.perf_counter)  # (tests replace it)
 
     def __init__(self, max_rounds: int | None = None, seconds: float | None = None) -> None:
         self.max_rounds = max_rounds
         self.seconds = seconds
+        self._started = self.clock()
         self._deadline = float("inf")
 
     def first_done(self) -> None:
         """The first round ended: the time bound starts now."""
         if self.seconds is not None:
-            self._deadline = time.perf_counter() + self.seconds
+            now = self.clock()
+            self._deadline = now + max(self.seconds, now - self._started)
 
     def allows(self, r: int) -> bool:
         """Round ``r`` (0-based) may run; round 0 always may."""
@@ -53,4 +59,4 @@ class RoundBudget:
             return True
         if self.max_rounds is not None and r >= self.max_rounds:
             return False
-        return time.perf_counter() < self._deadline
+        return self.clock() < self._deadline

@@ -16,6 +16,7 @@ from daemon.service.batches import Batches
 from daemon.service.finetuner import Finetuner
 from daemon.service.tuning import Tuning
 from daemon.settings import Settings
+from lstm_stream import rounds
 from lstm_stream.engine import DEFERRED, Engine
 
 
@@ -46,9 +47,12 @@ def test_deferred_samples_give_the_results_of_one_unbounded_call(small_cfg) -> N
     assert bounded.counters["rejected"] == 0 and bounded.counters["processed"] == len(names)
 
 
-def test_a_round_budget_defers_later_rounds_and_keeps_the_results(small_cfg) -> None:
-    """With no time for rounds after the first, each call steps every stream once (the array's next
-    sample with the live ones) and the rest waits; the results are those of one unbounded call."""
+def test_a_round_budget_defers_later_rounds_and_keeps_the_results(small_cfg, monkeypatch) -> None:
+    """When the time for rounds after the first is up at once, each call steps every stream once (the
+    array's next sample with the live ones) and the rest waits; the results are those of one unbounded
+    call."""
+    ticks = iter(range(10**6))  # a clock a second further on at every look: every bound passes at once
+    monkeypatch.setattr(rounds.RoundBudget, "clock", staticmethod(lambda: float(next(ticks))))
     names, ts, values = _mixed_batch(20, 12, 100.0)
     whole = Engine(small_cfg).process(names, ts, values)
     bounded = Engine(small_cfg)
@@ -64,8 +68,30 @@ def test_a_round_budget_defers_later_rounds_and_keeps_the_results(small_cfg) -> 
         calls += 1
     assert calls == 12
     np.testing.assert_allclose(got, whole.next_forecast, rtol=1e-6)
-    roomy = Engine(small_cfg).process(names, ts, values, round_budget_s=60.0)
+    roomy = Engine(small_cfg).process(names, ts, values, round_budget_s=60.0)  # 60 ticks: enough
     assert not (roomy.reject == DEFERRED).any()
+
+
+def test_later_rounds_may_take_as_long_as_the_call_took_before_them(monkeypatch) -> None:
+    """A large carried remainder makes the first round's bookkeeping long: later rounds get as much."""
+    now = [0.0]
+    monkeypatch.setattr(rounds.RoundBudget, "clock", staticmethod(lambda: now[0]))
+    budget = rounds.RoundBudget(None, 0.002)  # the call starts at 0
+    now[0] = 0.010  # its bookkeeping and first round took 10 ms
+    budget.first_done()
+    now[0] = 0.019
+    assert budget.allows(1)
+    now[0] = 0.0201
+    assert not budget.allows(2) and budget.allows(0)
+    short = rounds.RoundBudget(None, 0.002)  # a quick first round: the 2 ms hold
+    now[0] += 0.0005
+    short.first_done()
+    now[0] += 0.0015
+    assert short.allows(1)
+    now[0] += 0.001
+    assert not short.allows(1)
+    capped = rounds.RoundBudget(3, None)
+    assert capped.allows(2) and not capped.allows(3)
 
 
 def _batches(tmp_path: Path, cfg, stream_batch_max: int | bool) -> tuple[Batches, list]:
