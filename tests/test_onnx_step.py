@@ -57,7 +57,7 @@ def test_engine_serves_alike_on_either_runtime() -> None:
     out = {}
     for runtime in ("onnxruntime", "torch"):
         e = Engine(EngineConfig(model=mcfg, runtime=runtime, max_streams=8), model)
-        assert (e._stepper is None) == (runtime == "torch")
+        assert (e._runner.stepper is None) == (runtime == "torch")
         steps = zip(t, values, strict=True)
         rows = [e.process(["a", "b", "c"], [ti] * 3, v).next_forecast for ti, v in steps]
         out[runtime] = np.array(rows)
