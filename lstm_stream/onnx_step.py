@@ -82,8 +82,9 @@ def step_graph(model: Weights | Any, sequence: bool = False) -> bytes:
         nodes.append(
             helper.make_node("Unsqueeze", ["values", const("axes2", np.array([2], np.int64))], ["x"])
         )
-        last = const("last", np.array(-1, np.int64))
-        nodes.append(helper.make_node("Gather", ["values", last], ["value"], axis=0))
+        last = const("last", np.array([-1], np.int64))
+        nodes.append(helper.make_node("Gather", ["values", last], ["last_row"], axis=0))  # (1, n)
+        nodes.append(helper.make_node("Squeeze", ["last_row", axes0], ["value"]))
     else:  # (n,) -> (seq 1, n, input 1)
         axes02 = const("axes02", np.array([0, 2], np.int64))
         nodes.append(helper.make_node("Unsqueeze", ["value", axes02], ["x"]))
