@@ -18,19 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from . import onnx_proto as proto
 from .config import EngineConfig
 from .weights import MIN_SPREAD, Weights
 
 OPSET = 17
+IR_VERSION = 8
 # torch orders an LSTM's gate blocks input, forget, cell, output; ONNX input, output, forget, cell
 TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
 
 
 def available() -> bool:
-    """Whether onnx and onnxruntime can be imported."""
+    """Whether onnxruntime can be imported (the graph is written without the onnx package)."""
     import importlib.util
 
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def servable(model: Any) -> bool:
@@ -61,33 +63,29 @@ def _gates(w: np.ndarray) -> np.ndarray:
 def step_graph(model: Weights | Any, sequence: bool = False) -> bytes:
     """The serialized ONNX step graph of ``model`` (see the module docstring); ``sequence``: over
     ``values (steps, n)`` instead of one ``value (n,)``, the forecast after the last step."""
-    from onnx import TensorProto, helper, numpy_helper
-
     w = as_weights(model)
     cfg = w.cfg
     hidden, layers = cfg.hidden, cfg.layers
-    f32 = TensorProto.FLOAT
-    inits, nodes = [], []
+    inits: list[bytes] = []
+    nodes: list[bytes] = []
 
     def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        inits.append(proto.tensor(name, value))
         return name
 
     split = const("split_sizes", np.ones(layers, dtype=np.int64))
-    nodes.append(helper.make_node("Split", ["h", split], [f"h{i}" for i in range(layers)], axis=0))
-    nodes.append(helper.make_node("Split", ["c", split], [f"c{i}" for i in range(layers)], axis=0))
+    nodes.append(proto.node("Split", ["h", split], [f"h{i}" for i in range(layers)], axis=0))
+    nodes.append(proto.node("Split", ["c", split], [f"c{i}" for i in range(layers)], axis=0))
     axes0 = const("axes0", np.array([0], dtype=np.int64))
     axes1 = const("axes1", np.array([1], dtype=np.int64))
     if sequence:  # (steps, n) -> (steps, n, input 1); the last step's value feeds a delta head
-        nodes.append(
-            helper.make_node("Unsqueeze", ["values", const("axes2", np.array([2], np.int64))], ["x"])
-        )
+        nodes.append(proto.node("Unsqueeze", ["values", const("axes2", np.array([2], np.int64))], ["x"]))
         last = const("last", np.array([-1], np.int64))
-        nodes.append(helper.make_node("Gather", ["values", last], ["last_row"], axis=0))  # (1, n)
-        nodes.append(helper.make_node("Squeeze", ["last_row", axes0], ["value"]))
+        nodes.append(proto.node("Gather", ["values", last], ["last_row"], axis=0))  # (1, n)
+        nodes.append(proto.node("Squeeze", ["last_row", axes0], ["value"]))
     else:  # (n,) -> (seq 1, n, input 1)
         axes02 = const("axes02", np.array([0, 2], np.int64))
-        nodes.append(helper.make_node("Unsqueeze", ["value", axes02], ["x"]))
+        nodes.append(proto.node("Unsqueeze", ["value", axes02], ["x"]))
     inp = "x"  # (seq, n, input)
     for i in range(layers):
         w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float32) for a in w.layer(i))
@@ -100,54 +98,45 @@ def step_graph(model: Weights | Any, sequence: bool = False) -> bytes:
             const(f"B{i}", b),
         ]
         args += ["", f"h{i}", f"c{i}"]
-        nodes.append(helper.make_node("LSTM", args, outs, hidden_size=hidden))
-        nodes.append(helper.make_node("Squeeze", [f"y{i}", axes1], [f"x{i + 1}"]))  # (seq, n, hidden)
+        nodes.append(proto.node("LSTM", args, outs, hidden_size=hidden))
+        nodes.append(proto.node("Squeeze", [f"y{i}", axes1], [f"x{i + 1}"]))  # (seq, n, hidden)
         inp = f"x{i + 1}"
-    nodes.append(helper.make_node("Concat", [f"h_out{i}" for i in range(layers)], ["h_out"], axis=0))
-    nodes.append(helper.make_node("Concat", [f"c_out{i}" for i in range(layers)], ["c_out"], axis=0))
-    nodes.append(helper.make_node("Squeeze", [f"h_out{layers - 1}", axes0], ["top"]))  # (n, hidden)
+    nodes.append(proto.node("Concat", [f"h_out{i}" for i in range(layers)], ["h_out"], axis=0))
+    nodes.append(proto.node("Concat", [f"c_out{i}" for i in range(layers)], ["c_out"], axis=0))
+    nodes.append(proto.node("Squeeze", [f"h_out{layers - 1}", axes0], ["top"]))  # (n, hidden)
     gaussian = cfg.head == "gaussian"
     head_w = const("head_w", np.asarray(w.arrays["head.linear.weight"], np.float32).T.copy())
     head_b = const("head_b", np.asarray(w.arrays["head.linear.bias"], np.float32))
-    nodes.append(helper.make_node("Gemm", ["top", head_w, head_b], ["out"]))
+    nodes.append(proto.node("Gemm", ["top", head_w, head_b], ["out"]))
     cols = ["m_col", "s_col"] if gaussian else ["m_col"]
-    nodes.append(helper.make_node("Split", ["out"], cols, axis=1))  # equal parts, one per output
-    nodes.append(helper.make_node("Squeeze", ["m_col", axes1], ["mean0"]))  # (n,)
+    nodes.append(proto.node("Split", ["out"], cols, axis=1))  # equal parts, one per output
+    nodes.append(proto.node("Squeeze", ["m_col", axes1], ["mean0"]))  # (n,)
     if cfg.predict_delta:
-        nodes.append(helper.make_node("Add", ["mean0", "value"], ["mean"]))
+        nodes.append(proto.node("Add", ["mean0", "value"], ["mean"]))
     else:
-        nodes.append(helper.make_node("Identity", ["mean0"], ["mean"]))
+        nodes.append(proto.node("Identity", ["mean0"], ["mean"]))
     if gaussian:
-        nodes.append(helper.make_node("Squeeze", ["s_col", axes1], ["s0"]))
-        nodes.append(helper.make_node("Softplus", ["s0"], ["s1"]))
+        nodes.append(proto.node("Squeeze", ["s_col", axes1], ["s0"]))
+        nodes.append(proto.node("Softplus", ["s0"], ["s1"]))
         nodes.append(
-            helper.make_node("Add", ["s1", const("min_spread", np.array(MIN_SPREAD, np.float32))], ["spread"])
+            proto.node("Add", ["s1", const("min_spread", np.array(MIN_SPREAD, np.float32))], ["spread"])
         )
     else:  # a point head: spread 1, shaped like the mean
-        nodes.append(helper.make_node("Mul", ["mean", const("zero", np.array(0, np.float32))], ["z0"]))
-        nodes.append(helper.make_node("Add", ["z0", const("one", np.array(1, np.float32))], ["spread"]))
-    n, state = "n", [layers, "n", hidden]
-    graph = helper.make_graph(
+        nodes.append(proto.node("Mul", ["mean", const("zero", np.array(0, np.float32))], ["z0"]))
+        nodes.append(proto.node("Add", ["z0", const("one", np.array(1, np.float32))], ["spread"]))
+    state = [layers, "n", hidden]
+    first = ("values", ["steps", "n"]) if sequence else ("value", ["n"])
+    inputs = [first, ("h", state), ("c", state)]
+    outputs = [("mean", ["n"]), ("spread", ["n"]), ("h_out", state), ("c_out", state)]
+    return proto.model(
         nodes,
         "lstm_stream_step",
-        [
-            helper.make_tensor_value_info("values", f32, ["steps", n])
-            if sequence
-            else helper.make_tensor_value_info("value", f32, [n]),
-            helper.make_tensor_value_info("h", f32, state),
-            helper.make_tensor_value_info("c", f32, state),
-        ],
-        [
-            helper.make_tensor_value_info("mean", f32, [n]),
-            helper.make_tensor_value_info("spread", f32, [n]),
-            helper.make_tensor_value_info("h_out", f32, state),
-            helper.make_tensor_value_info("c_out", f32, state),
-        ],
+        [proto.value_info(name, proto.FLOAT, dims) for name, dims in inputs],
+        [proto.value_info(name, proto.FLOAT, dims) for name, dims in outputs],
         inits,
+        OPSET,
+        IR_VERSION,
     )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx_model.ir_version = 8
-    return onnx_model.SerializeToString()
 
 
 def session(source: str | Path | bytes, threads: int = 1) -> Any:

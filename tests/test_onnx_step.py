@@ -9,7 +9,7 @@ import torch
 from lstm_stream.config import EngineConfig, ModelConfig
 from lstm_stream.engine import Engine
 from lstm_stream.models import build_model
-from lstm_stream.onnx_step import OnnxStep, servable
+from lstm_stream.onnx_step import OnnxStep, servable, step_graph
 from lstm_stream.weights import Weights
 
 pytest.importorskip("onnxruntime")
@@ -108,3 +108,16 @@ def test_swaps_and_late_samples_alike_on_either_runtime() -> None:
         assert e.counters["reordered"] == 1 and e.model_version == 1
         out[runtime] = np.array(rows)
     np.testing.assert_allclose(out["onnxruntime"], out["torch"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sequence", [False, True], ids=["step", "sequence"])
+def test_graph_is_valid_onnx_written_canonically(sequence: bool) -> None:
+    """The graph is written without the onnx package (onnx_proto): onnx must read it, its checker
+    accept it, and its serializer write back the very same bytes."""
+    onnx = pytest.importorskip("onnx")
+    model = build_model(ModelConfig(hidden=8, layers=2, head="mse"))
+    data = step_graph(Weights.of(model), sequence=sequence)
+    parsed = onnx.load_from_string(data)
+    onnx.checker.check_model(parsed, full_check=True)
+    assert parsed.SerializeToString() == data
+    assert [i.name for i in parsed.graph.input][0] == ("values" if sequence else "value")
