@@ -221,8 +221,9 @@ class Engine:
             cols["c"] = Column(shape, np.float32)
         if cfg.history_len:
             hl = (cfg.history_len,)
-            cols["hist_z"] = Column(hl, np.float32, 0.0, True)
-            cols["hist_y"] = Column(hl, np.float32, np.nan, True)
+            # half precision (5e-4 relative; scaled values within +-clip): 20 MB less at 10k streams
+            cols["hist_z"] = Column(hl, np.float16, 0.0, True)
+            cols["hist_y"] = Column(hl, np.float16, np.nan, True)
             cols["hist_excl"] = Column(hl, np.bool_, False, True)
         return cols
 
@@ -544,8 +545,8 @@ class Engine:
             order = (a["count"][slot] - n + np.arange(n)) % hl
             out.append(
                 (
-                    a["hist_z"][slot, order].copy(),
-                    a["hist_y"][slot, order].copy(),
+                    a["hist_z"][slot, order].astype(np.float32),
+                    a["hist_y"][slot, order].astype(np.float32),
                     a["hist_excl"][slot, order].copy(),
                 )
             )
