@@ -5,9 +5,10 @@
 Starts a private Mosquitto and ``python -m daemon run`` of ``--root`` (default: this checkout) with the
 default configuration (fine-tuning on, mode "process"; runtime auto) apart from the broker, port, state
 folder and no admission rate (so N streams arrive at once), publishes ``--samples`` values to each of N
-topics, waits until all are processed, and prints the RSS of each of the daemon's processes, the
-engine's own account of its arrays, and whether torch is mapped into the engine process. Running it
-with ``--root`` on two checkouts in one session gives a before/after on the same machine.
+topics (QoS 1), waits until all are processed and ``--settle`` seconds more, and prints the RSS of each
+of the daemon's processes idle and loaded, the engine's own account of its arrays, and whether torch is
+mapped into the engine process. Running it with ``--root`` on two checkouts in one session gives a
+before/after on the same machine (e.g. ``git archive <base> | tar -x -C /tmp/before``).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def _subscribed(d: _Daemon, pub, proc: subprocess.Popen, log: Path) -> float:  #
             done = 0.0
         if done >= 1:
             return done
-        _wait(lambda: True, 1, "", proc, log)
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited before subscribing:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
     raise SystemExit("the daemon never processed a probe")
 
