@@ -122,7 +122,8 @@ def main() -> int:
         )
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(args.root)}
         env.pop("NOTIFY_SOCKET", None)
-        proc = popen([sys.executable, "-m", "daemon", "run", "--config", str(cfg)], work / "d.log", env=env)
+        cmd = [sys.executable, "-m", "daemon", "run", "--config", str(cfg)]
+        proc = popen(cmd, work / "d.log", env=env, cwd=work)  # not this cwd: -m would import its daemon/
         d = _Daemon(proc, http_port)
         try:
             _wait(lambda: d.scrape(2) is not None, 180, "the daemon", proc, work / "d.log")
