@@ -63,7 +63,7 @@ def measure(cfg: EngineConfig, n_streams: int, seconds: float, max_batches: int 
         "state_mb_per_10k_streams": per_stream * 10_000 / 2**20,
         "history_mb_per_10k_streams": mem["history_bytes"] / mem["capacity"] * 10_000 / 2**20,
         "rss_growth_mb": rss1 - rss0,
-        "runtime": "torch" if engine._stepper is None else "onnxruntime",
+        "runtime": "torch" if engine._runner.stepper is None else "onnxruntime",
     }
 
 

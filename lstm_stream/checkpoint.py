@@ -18,17 +18,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from .config import EngineConfig, ModelConfig
 from .engine import Engine
-from .models import Forecaster, build_model
+from .weights import Weights
+
+if TYPE_CHECKING:
+    from .models import Forecaster
 
 FORMAT = "lstm-stream-checkpoint"
 VERSION = 1
@@ -108,26 +110,29 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------ models
-def model_tensors(model: Forecaster) -> dict[str, np.ndarray]:
-    """The model's weights as numpy arrays under ``model.`` keys."""
+def model_tensors(model: Forecaster | Weights) -> dict[str, np.ndarray]:
+    """The model's weights (a torch model's or :class:`Weights`) as numpy arrays under ``model.`` keys."""
+    if isinstance(model, Weights):
+        return {f"model.{k}": v for k, v in model.arrays.items()}
     return {f"model.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
+def weights_from(tensors: dict[str, np.ndarray], mcfg: ModelConfig) -> Weights:
+    """The ``model.`` tensors as :class:`Weights` of configuration ``mcfg`` (checked; no torch)."""
+    arrays = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    return Weights(mcfg, arrays).check()
+
+
 def model_from(tensors: dict[str, np.ndarray], mcfg: ModelConfig) -> Forecaster:
-    """Rebuild a model of configuration ``mcfg`` from ``model.`` tensors."""
-    model = build_model(mcfg, seed=None)
-    state = {
-        k[len("model.") :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("model.")
-    }
-    model.load_state_dict(state)
-    model.eval()
-    return model
+    """Rebuild a torch model of configuration ``mcfg`` from ``model.`` tensors (imports torch)."""
+    return weights_from(tensors, mcfg).to_model()
 
 
 def save_model(
-    path: str | os.PathLike, model: Forecaster, config: EngineConfig, info: dict | None = None
+    path: str | os.PathLike, model: Forecaster | Weights, config: EngineConfig, info: dict | None = None
 ) -> None:
-    """Write a model-only checkpoint (what ``train`` produces and what ships as the default)."""
+    """Write a model-only checkpoint (what ``train`` produces and what ships as the default);
+    ``model`` is a torch model or its :class:`Weights`."""
     meta = {
         "kind": "model",
         "engine_config": config.model_dump(mode="json"),
@@ -139,12 +144,20 @@ def save_model(
 
 @dataclass
 class LoadedModel:
-    """A model read from any checkpoint, with the engine configuration it was trained under."""
+    """A model's weights read from any checkpoint, with the engine configuration it was trained under."""
 
-    model: Forecaster
+    weights: Weights
     config: EngineConfig
     version: int = 0
     info: dict = field(default_factory=dict)
+    _model: Forecaster | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> Forecaster:
+        """The torch model of these weights (built once, on first use: imports torch)."""
+        if self._model is None:
+            self._model = self.weights.to_model()
+        return self._model
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
@@ -152,7 +165,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     tensors, meta = decode(_read(path), str(path))
     cfg = EngineConfig.model_validate(meta["engine_config"])
     return LoadedModel(
-        model_from(tensors, cfg.model), cfg, int(meta.get("model_version", 0)), meta.get("info", {})
+        weights_from(tensors, cfg.model), cfg, int(meta.get("model_version", 0)), meta.get("info", {})
     )
 
 
@@ -169,7 +182,7 @@ def snapshot_parts(engine: Engine, info: dict | None = None) -> tuple[dict[str, 
     while the engine goes on."""
     table = engine.table
     used = len(table.names)
-    tensors = {k: v.copy() for k, v in model_tensors(engine.model).items()}
+    tensors = {k: v.copy() for k, v in model_tensors(engine.weights).items()}
     for name, arr in table.arrays.data.items():
         tensors[f"state.{name}"] = arr[:used].copy()
     meta = {
@@ -201,7 +214,7 @@ def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source
     if meta.get("kind") != "engine":
         raise CheckpointError(f"{source}: a model-only checkpoint has no stream state to restore")
     cfg = EngineConfig.model_validate(meta["engine_config"])
-    engine = Engine(cfg, model_from(tensors, cfg.model), int(meta["model_version"]))
+    engine = Engine(cfg, weights_from(tensors, cfg.model), int(meta["model_version"]))
     table = engine.table
     names: list[str | None] = meta["names"]
     table.arrays.grow(max(1, len(names)))

@@ -15,9 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .weights import MIN_SPREAD
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden)
-MIN_SPREAD = 1e-3
 
 
 class Head(nn.Module):

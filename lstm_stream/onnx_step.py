@@ -6,7 +6,9 @@ per-call overhead than torch's dispatcher), with the same outputs within 1e-6. T
 node by node from the weights (ONNX ``LSTM`` per layer, then the head), in milliseconds, so a model
 swapped in after fine-tuning is served the same way without tracing an export. Inputs and outputs are
 those of :func:`lstm_stream.export.export_step_onnx`: ``value (n,)``, ``h``/``c (layers, n, hidden)``
--> ``mean``, ``spread``, ``h_out``, ``c_out``.
+-> ``mean``, ``spread``, ``h_out``, ``c_out``. The same graph over a whole sequence (``values (steps,
+n)``) replays windows after a swap or a late sample. Everything is built from numpy
+:class:`~lstm_stream.weights.Weights`: serving needs no torch.
 """
 
 from __future__ import annotations
@@ -15,28 +17,41 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from . import onnx_proto as proto
 from .config import EngineConfig
-from .models import MIN_SPREAD, StackedLSTM
+from .weights import MIN_SPREAD, Weights
 
 OPSET = 17
+IR_VERSION = 8
 # torch orders an LSTM's gate blocks input, forget, cell, output; ONNX input, output, forget, cell
 TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
 
 
 def available() -> bool:
-    """Whether onnx and onnxruntime can be imported."""
+    """Whether onnxruntime can be imported (the graph is written without the onnx package)."""
     import importlib.util
 
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def servable(model: Any) -> bool:
-    """Whether :func:`step_graph` can serve ``model``: a plain float stacked LSTM without residuals."""
+    """Whether :func:`step_graph` can serve ``model`` (:class:`Weights` or a torch model): a plain
+    float stacked LSTM without residuals."""
+    if isinstance(model, Weights):
+        return model.stacked
+    import torch  # a torch model is here: torch is imported already
+
+    from .models import StackedLSTM
+
     if type(model) is not StackedLSTM or (model.residual and model.cfg.layers > 1):
         return False
     return all(type(layer) is torch.nn.LSTM for layer in model.layers)
+
+
+def as_weights(model: Any) -> Weights:
+    """``model`` as :class:`Weights` (a torch model's parameters are copied)."""
+    return model if isinstance(model, Weights) else Weights.of(model)
 
 
 def _gates(w: np.ndarray) -> np.ndarray:
@@ -45,81 +60,83 @@ def _gates(w: np.ndarray) -> np.ndarray:
     return np.concatenate([blocks[i] for i in TORCH_TO_ONNX_GATES], axis=0)
 
 
-def step_graph(model: StackedLSTM) -> bytes:
-    """The serialized ONNX step graph of ``model`` (see the module docstring)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    cfg = model.cfg
+def step_graph(model: Weights | Any, sequence: bool = False) -> bytes:
+    """The serialized ONNX step graph of ``model`` (see the module docstring); ``sequence``: over
+    ``values (steps, n)`` instead of one ``value (n,)``, the forecast after the last step."""
+    w = as_weights(model)
+    cfg = w.cfg
     hidden, layers = cfg.hidden, cfg.layers
-    f32 = TensorProto.FLOAT
-    inits, nodes = [], []
+    inits: list[bytes] = []
+    nodes: list[bytes] = []
 
     def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        inits.append(proto.tensor(name, value))
         return name
 
     split = const("split_sizes", np.ones(layers, dtype=np.int64))
-    nodes.append(helper.make_node("Split", ["h", split], [f"h{i}" for i in range(layers)], axis=0))
-    nodes.append(helper.make_node("Split", ["c", split], [f"c{i}" for i in range(layers)], axis=0))
+    nodes.append(proto.node("Split", ["h", split], [f"h{i}" for i in range(layers)], axis=0))
+    nodes.append(proto.node("Split", ["c", split], [f"c{i}" for i in range(layers)], axis=0))
     axes0 = const("axes0", np.array([0], dtype=np.int64))
     axes1 = const("axes1", np.array([1], dtype=np.int64))
-    # (n,) -> (seq 1, n, input 1)
-    nodes.append(helper.make_node("Unsqueeze", ["value", const("axes02", np.array([0, 2], np.int64))], ["x"]))
-    inp = "x"  # (seq 1, n, input)
-    for i, layer in enumerate(model.layers):
-        w = _gates(layer.weight_ih_l0.detach().numpy())[None]
-        r = _gates(layer.weight_hh_l0.detach().numpy())[None]
-        b_ih = _gates(layer.bias_ih_l0.detach().numpy())
-        b_hh = _gates(layer.bias_hh_l0.detach().numpy())
-        b = np.concatenate([b_ih, b_hh])[None]
+    if sequence:  # (steps, n) -> (steps, n, input 1); the last step's value feeds a delta head
+        nodes.append(proto.node("Unsqueeze", ["values", const("axes2", np.array([2], np.int64))], ["x"]))
+        last = const("last", np.array([-1], np.int64))
+        nodes.append(proto.node("Gather", ["values", last], ["last_row"], axis=0))  # (1, n)
+        nodes.append(proto.node("Squeeze", ["last_row", axes0], ["value"]))
+    else:  # (n,) -> (seq 1, n, input 1)
+        axes02 = const("axes02", np.array([0, 2], np.int64))
+        nodes.append(proto.node("Unsqueeze", ["value", axes02], ["x"]))
+    inp = "x"  # (seq, n, input)
+    for i in range(layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float32) for a in w.layer(i))
+        b = np.concatenate([_gates(b_ih), _gates(b_hh)])[None]
         outs = [f"y{i}", f"h_out{i}", f"c_out{i}"]
-        args = [inp, const(f"W{i}", w), const(f"R{i}", r), const(f"B{i}", b), "", f"h{i}", f"c{i}"]
-        nodes.append(helper.make_node("LSTM", args, outs, hidden_size=hidden))
-        nodes.append(helper.make_node("Squeeze", [f"y{i}", axes1], [f"x{i + 1}"]))  # (1, n, hidden)
+        args = [
+            inp,
+            const(f"W{i}", _gates(w_ih)[None]),
+            const(f"R{i}", _gates(w_hh)[None]),
+            const(f"B{i}", b),
+        ]
+        args += ["", f"h{i}", f"c{i}"]
+        nodes.append(proto.node("LSTM", args, outs, hidden_size=hidden))
+        nodes.append(proto.node("Squeeze", [f"y{i}", axes1], [f"x{i + 1}"]))  # (seq, n, hidden)
         inp = f"x{i + 1}"
-    nodes.append(helper.make_node("Concat", [f"h_out{i}" for i in range(layers)], ["h_out"], axis=0))
-    nodes.append(helper.make_node("Concat", [f"c_out{i}" for i in range(layers)], ["c_out"], axis=0))
-    nodes.append(helper.make_node("Squeeze", [f"h_out{layers - 1}", axes0], ["top"]))  # (n, hidden)
-    lin = model.head.linear
-    head_w = const("head_w", lin.weight.detach().numpy().T.copy())
-    head_b = const("head_b", lin.bias.detach().numpy())
-    nodes.append(helper.make_node("Gemm", ["top", head_w, head_b], ["out"]))
-    cols = ["m_col", "s_col"] if model.head.gaussian else ["m_col"]
-    nodes.append(helper.make_node("Split", ["out"], cols, axis=1))  # equal parts, one per output
-    nodes.append(helper.make_node("Squeeze", ["m_col", axes1], ["mean0"]))  # (n,)
-    if model.head.predict_delta:
-        nodes.append(helper.make_node("Add", ["mean0", "value"], ["mean"]))
+    nodes.append(proto.node("Concat", [f"h_out{i}" for i in range(layers)], ["h_out"], axis=0))
+    nodes.append(proto.node("Concat", [f"c_out{i}" for i in range(layers)], ["c_out"], axis=0))
+    nodes.append(proto.node("Squeeze", [f"h_out{layers - 1}", axes0], ["top"]))  # (n, hidden)
+    gaussian = cfg.head == "gaussian"
+    head_w = const("head_w", np.asarray(w.arrays["head.linear.weight"], np.float32).T.copy())
+    head_b = const("head_b", np.asarray(w.arrays["head.linear.bias"], np.float32))
+    nodes.append(proto.node("Gemm", ["top", head_w, head_b], ["out"]))
+    cols = ["m_col", "s_col"] if gaussian else ["m_col"]
+    nodes.append(proto.node("Split", ["out"], cols, axis=1))  # equal parts, one per output
+    nodes.append(proto.node("Squeeze", ["m_col", axes1], ["mean0"]))  # (n,)
+    if cfg.predict_delta:
+        nodes.append(proto.node("Add", ["mean0", "value"], ["mean"]))
     else:
-        nodes.append(helper.make_node("Identity", ["mean0"], ["mean"]))
-    if model.head.gaussian:
-        nodes.append(helper.make_node("Squeeze", ["s_col", axes1], ["s0"]))
-        nodes.append(helper.make_node("Softplus", ["s0"], ["s1"]))
+        nodes.append(proto.node("Identity", ["mean0"], ["mean"]))
+    if gaussian:
+        nodes.append(proto.node("Squeeze", ["s_col", axes1], ["s0"]))
+        nodes.append(proto.node("Softplus", ["s0"], ["s1"]))
         nodes.append(
-            helper.make_node("Add", ["s1", const("min_spread", np.array(MIN_SPREAD, np.float32))], ["spread"])
+            proto.node("Add", ["s1", const("min_spread", np.array(MIN_SPREAD, np.float32))], ["spread"])
         )
     else:  # a point head: spread 1, shaped like the mean
-        nodes.append(helper.make_node("Mul", ["mean", const("zero", np.array(0, np.float32))], ["z0"]))
-        nodes.append(helper.make_node("Add", ["z0", const("one", np.array(1, np.float32))], ["spread"]))
-    n, state = "n", [layers, "n", hidden]
-    graph = helper.make_graph(
+        nodes.append(proto.node("Mul", ["mean", const("zero", np.array(0, np.float32))], ["z0"]))
+        nodes.append(proto.node("Add", ["z0", const("one", np.array(1, np.float32))], ["spread"]))
+    state = [layers, "n", hidden]
+    first = ("values", ["steps", "n"]) if sequence else ("value", ["n"])
+    inputs = [first, ("h", state), ("c", state)]
+    outputs = [("mean", ["n"]), ("spread", ["n"]), ("h_out", state), ("c_out", state)]
+    return proto.model(
         nodes,
         "lstm_stream_step",
-        [
-            helper.make_tensor_value_info("value", f32, [n]),
-            helper.make_tensor_value_info("h", f32, state),
-            helper.make_tensor_value_info("c", f32, state),
-        ],
-        [
-            helper.make_tensor_value_info("mean", f32, [n]),
-            helper.make_tensor_value_info("spread", f32, [n]),
-            helper.make_tensor_value_info("h_out", f32, state),
-            helper.make_tensor_value_info("c_out", f32, state),
-        ],
+        [proto.value_info(name, proto.FLOAT, dims) for name, dims in inputs],
+        [proto.value_info(name, proto.FLOAT, dims) for name, dims in outputs],
         inits,
+        OPSET,
+        IR_VERSION,
     )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx_model.ir_version = 8
-    return onnx_model.SerializeToString()
 
 
 def session(source: str | Path | bytes, threads: int = 1) -> Any:
@@ -135,10 +152,14 @@ def session(source: str | Path | bytes, threads: int = 1) -> Any:
 
 
 class OnnxStep:
-    """``step(z, h, c)`` on numpy arrays through onnxruntime: what :meth:`Engine._forecast` calls."""
+    """``step(z, h, c)`` on numpy arrays through onnxruntime: what :meth:`Engine._forecast` calls; and
+    ``replay(windows)``, the same LSTM over whole windows from zero state."""
 
-    def __init__(self, model: StackedLSTM, threads: int = 1) -> None:
-        self.session = session(step_graph(model), threads)
+    def __init__(self, model: Weights | Any, threads: int = 1) -> None:
+        self.weights = as_weights(model)
+        self.threads = threads
+        self.session = session(step_graph(self.weights), threads)
+        self._sequence: Any = None  # the sequence graph's session, built at the first replay
 
     def step(
         self, z: np.ndarray, h: np.ndarray, c: np.ndarray
@@ -146,6 +167,17 @@ class OnnxStep:
         """One step: scaled inputs ``(n,)`` and states ``(layers, n, hidden)`` (float32)."""
         mean, spread, h2, c2 = self.session.run(None, {"value": z, "h": h, "c": c})
         return mean, spread, h2, c2
+
+    def replay(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Windows ``(n, steps)`` run from zero state in one call: the forecast after each window's
+        last step (mean, spread ``(n,)``) and the state then (h, c ``(layers, n, hidden)``)."""
+        if self._sequence is None:
+            self._sequence = session(step_graph(self.weights, sequence=True), self.threads)
+        cfg = self.weights.cfg
+        values = np.ascontiguousarray(windows.T, dtype=np.float32)
+        zeros = np.zeros((cfg.layers, values.shape[1], cfg.hidden), dtype=np.float32)
+        mean, spread, h, c = self._sequence.run(None, {"values": values, "h": zeros, "c": zeros})
+        return mean, spread, h, c
 
 
 def stepper(model: Any, config: EngineConfig, stateful: bool) -> OnnxStep | None:

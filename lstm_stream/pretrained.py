@@ -31,4 +31,4 @@ def pretrained_engine(config: EngineConfig | None = None) -> Engine:
             f"the shipped model is {loaded.config.model!r}; engine.model differs, so give a model "
             "trained for it (lstm-stream train) instead of the pretrained one"
         )
-    return Engine(cfg, loaded.model)
+    return Engine(cfg, loaded.weights)

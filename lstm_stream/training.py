@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from .config import EngineConfig, ModelConfig, TrainConfig
+from .history import Triple, history_is_fresh  # noqa: F401 - history_is_fresh: also importable from here
 from .models import Forecaster, loss_fn
 from .scaling import SeriesScaler
-
-Triple = tuple[np.ndarray, np.ndarray, np.ndarray]  # inputs z, targets y (NaN = unknown), excluded
-
 
 DIVERGED_NATS = 20.0
 DIVERGED_FACTOR = 100.0
@@ -294,15 +292,6 @@ def fit(
     if not len(train_seqs):
         raise ValueError("not enough data to train: every series is shorter than a training sequence")
     return train(model, train_seqs, val_seqs, cfg.train, progress)
-
-
-def history_is_fresh(new_samples: int, history: Sequence[Triple], cfg: TrainConfig) -> bool:
-    """Whether a fine-tune on ``history`` is worth starting: the samples that arrived since the last
-    run fill at least the held-out share (``val_fraction``) of the buffered history, so the part a run
-    is validated on is data no earlier run trained on (and, on a single stream, a run comes every
-    ``val_fraction x history_len`` samples, keeping the model close to the stream's recent data)."""
-    points = sum(len(z) for z, _, _ in history)
-    return points > 0 and new_samples >= cfg.val_fraction * points
 
 
 def finetune(

@@ -9,7 +9,8 @@ import torch
 from lstm_stream.config import EngineConfig, ModelConfig
 from lstm_stream.engine import Engine
 from lstm_stream.models import build_model
-from lstm_stream.onnx_step import OnnxStep, servable
+from lstm_stream.onnx_step import OnnxStep, servable, step_graph
+from lstm_stream.weights import Weights
 
 pytest.importorskip("onnxruntime")
 
@@ -57,8 +58,66 @@ def test_engine_serves_alike_on_either_runtime() -> None:
     out = {}
     for runtime in ("onnxruntime", "torch"):
         e = Engine(EngineConfig(model=mcfg, runtime=runtime, max_streams=8), model)
-        assert (e._stepper is None) == (runtime == "torch")
+        assert (e._runner.stepper is None) == (runtime == "torch")
         steps = zip(t, values, strict=True)
         rows = [e.process(["a", "b", "c"], [ti] * 3, v).next_forecast for ti, v in steps]
         out[runtime] = np.array(rows)
     np.testing.assert_allclose(out["onnxruntime"], out["torch"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [ModelConfig(hidden=16, layers=2), ModelConfig(hidden=8, layers=1, head="mse")],
+    ids=["gaussian-2", "mse-1"],
+)
+@pytest.mark.parametrize("n", [1, 300])
+def test_replay_matches_torch(cfg: ModelConfig, n: int) -> None:
+    """The window replay after a swap or a late sample: one onnxruntime call over (steps, slots)."""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    win = np.random.default_rng(n).normal(size=(n, 32)).astype(np.float32)
+    win[0, :10] = 0.0  # a short stream's window is zero-padded at the front
+    with torch.inference_mode():
+        out, (h, c) = model.run(torch.from_numpy(win))
+        mean, spread = model.head(out[:, -1], torch.from_numpy(win[:, -1]))
+    got = OnnxStep(Weights.of(model)).replay(win)
+    for a, b in zip(got, (mean, spread, h, c), strict=True):
+        assert a.shape == tuple(b.shape) and a.dtype == np.float32
+        np.testing.assert_allclose(a, b.numpy(), atol=ATOL)
+
+
+def test_swaps_and_late_samples_alike_on_either_runtime() -> None:
+    """Replays (a swap, a late sample put in order) give the same outputs on onnxruntime and torch."""
+    torch.manual_seed(0)
+    mcfg = ModelConfig(hidden=16, layers=2)
+    model = build_model(mcfg)
+    swapped = Weights.of(model)
+    swapped.arrays = {k: v + 0.05 * np.sign(v) for k, v in swapped.arrays.items()}
+    t = np.arange(300.0)
+    values = np.sin(t / 7)[:, None] + 0.1 * np.random.default_rng(1).normal(size=(300, 2))
+    out = {}
+    for runtime in ("onnxruntime", "torch"):
+        e = Engine(EngineConfig(model=mcfg, runtime=runtime, max_streams=4), Weights.of(model))
+        rows = []
+        for i, (ti, v) in enumerate(zip(t, values, strict=True)):
+            if i == 150:
+                e.swap_model(swapped.copy())
+            if i == 200:  # late by 0.25 s: put in order, the stream's state replayed
+                rows.append(e.process(["a"], [ti - 1.25], [v[0]]).next_forecast.tolist() * 2)
+            rows.append(e.process(["a", "b"], [ti] * 2, v).next_forecast.tolist())
+        assert e.counters["reordered"] == 1 and e.model_version == 1
+        out[runtime] = np.array(rows)
+    np.testing.assert_allclose(out["onnxruntime"], out["torch"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sequence", [False, True], ids=["step", "sequence"])
+def test_graph_is_valid_onnx_written_canonically(sequence: bool) -> None:
+    """The graph is written without the onnx package (onnx_proto): onnx must read it, its checker
+    accept it, and its serializer write back the very same bytes."""
+    onnx = pytest.importorskip("onnx")
+    model = build_model(ModelConfig(hidden=8, layers=2, head="mse"))
+    data = step_graph(Weights.of(model), sequence=sequence)
+    parsed = onnx.load_from_string(data)
+    onnx.checker.check_model(parsed, full_check=True)
+    assert parsed.SerializeToString() == data
+    assert [i.name for i in parsed.graph.input][0] == ("values" if sequence else "value")

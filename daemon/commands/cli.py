@@ -43,8 +43,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EX_CONFIG
     _setup_logging(settings.log.level)
+    from daemon.heap import limit_malloc_arenas
     from daemon.service.service import Service
 
+    limit_malloc_arenas()  # before the service starts its threads
     return Service(settings).run()
 
 

@@ -7,12 +7,12 @@ runs the due ones (under load), the engine thread what light load leaves waiting
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from daemon.ingest.columns import EMPTY, ColumnQueue, Columns
 from daemon.ingest.queue import IngestQueue
@@ -131,10 +131,11 @@ class Batches:
             return len(self.queue) + len(self._carry)
 
     def limit_torch_threads(self) -> None:
-        """Once per thread that runs the engine: OpenMP's thread count is per thread, and with every
-        core a torch call stalls for tens of ms whenever another thread or process is busy."""
-        if not getattr(self._torch_threads, "set", False):
-            torch.set_num_threads(self.engine.config.torch_threads)
+        """Once per thread that runs the engine, if torch is loaded (the engine serves on onnxruntime
+        without it): OpenMP's thread count is per thread, and with every core a torch call stalls
+        for tens of ms whenever another thread or process is busy."""
+        if not getattr(self._torch_threads, "set", False) and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(self.engine.config.torch_threads)
             self._torch_threads.set = True
 
     def process(self, samples: Columns | list) -> None:

@@ -3,9 +3,11 @@
 ``mode = "process"`` (default) runs the training in a child process at low priority (``nice``) with one
 torch thread, exchanging safetensors files in the state directory: a crash or a hang in training can
 never take the service down, and the ingest core is not taken. ``mode = "thread"`` runs it in a
-thread with one torch thread (cheaper to start, shares the GIL with ingestion). ``mode = "inline"``
+thread with one torch thread (cheaper to start, shares the GIL with ingestion, imports torch into the
+service). ``mode = "inline"``
 runs it to the end inside :meth:`Finetuner.start` (blocking the caller): for offline replays such as
-``evaluate --online``, where the result must not depend on timing.
+``evaluate --online``, where the result must not depend on timing. The model goes out and a candidate
+comes back as numpy :class:`~lstm_stream.weights.Weights`: in process mode the service never imports torch.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lstm_stream import checkpoint
 from lstm_stream.config import EngineConfig
-from lstm_stream.models import Forecaster
-from lstm_stream.training import FinetuneResult, Triple, finetune
+from lstm_stream.history import Triple
+from lstm_stream.weights import Weights
+
+if TYPE_CHECKING:
+    from lstm_stream.models import Forecaster
+    from lstm_stream.training import FinetuneResult
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +42,14 @@ class Outcome:
     """What a fine-tune run produced, as the service consumes it."""
 
     outcome: str
-    candidate: Forecaster | None
+    candidate: Forecaster | Weights | None  # weights from the worker process, a model from a thread
     candidate_loss: float
     live_loss: float
     seconds: float
     error: str = ""
 
 
-def pack_job(model: Forecaster, history: list[Triple], cfg: EngineConfig) -> bytes:
+def pack_job(model: Forecaster | Weights, history: list[Triple], cfg: EngineConfig) -> bytes:
     """Model weights and buffered history as checkpoint bytes (no pickle crosses the process gap)."""
     tensors = checkpoint.model_tensors(model)
     if history:
@@ -55,7 +62,7 @@ def pack_job(model: Forecaster, history: list[Triple], cfg: EngineConfig) -> byt
 
 
 def unpack_job(data: bytes) -> tuple[Forecaster, list[Triple], EngineConfig]:
-    """Inverse of :func:`pack_job`."""
+    """Inverse of :func:`pack_job` (the worker's side: the model comes back as a torch model)."""
     tensors, meta = checkpoint.decode(data, "finetune job")
     cfg = EngineConfig.model_validate(meta["engine_config"])
     model = checkpoint.model_from(tensors, cfg.model)
@@ -87,10 +94,10 @@ def _json_float(x: float) -> float | None:
 
 
 def unpack_result(data: bytes) -> Outcome:
-    """Inverse of :func:`pack_result`."""
+    """Inverse of :func:`pack_result` (the service's side: the candidate comes back as weights)."""
     tensors, meta = checkpoint.decode(data, "finetune result")
     cfg = EngineConfig.model_validate(meta["engine_config"])
-    candidate = checkpoint.model_from(tensors, cfg.model) if tensors else None
+    candidate = checkpoint.weights_from(tensors, cfg.model) if tensors else None
     nan = float("nan")
     return Outcome(
         meta["outcome"],
@@ -102,10 +109,12 @@ def unpack_result(data: bytes) -> Outcome:
     )
 
 
-def run_inline(model: Forecaster, history: list[Triple], cfg: EngineConfig) -> Outcome:
-    """Fine-tune in the calling thread (the worker process and thread mode both end up here)."""
+def run_inline(model: Forecaster | Weights, history: list[Triple], cfg: EngineConfig) -> Outcome:
+    """Fine-tune in the calling thread (thread and inline mode; imports torch)."""
+    from lstm_stream.training import finetune
+
     t0 = time.monotonic()
-    result = finetune(model, history, cfg)
+    result = finetune(model.to_model() if isinstance(model, Weights) else model, history, cfg)
     return Outcome(
         result.outcome,
         result.candidate,
@@ -135,8 +144,9 @@ class Finetuner:
         """Whether a run is in progress."""
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, model: Forecaster, history: list[Triple], cfg: EngineConfig) -> bool:
-        """Start a run on copies of ``model`` and ``history``; False when one is already running."""
+    def start(self, model: Forecaster | Weights, history: list[Triple], cfg: EngineConfig) -> bool:
+        """Start a run on copies of ``model`` (a torch model or its weights) and ``history``; False when
+        one is already running."""
         if self.busy:
             return False
         if self.mode == "inline":
@@ -159,7 +169,7 @@ class Finetuner:
         with self._lock:
             self._result = outcome
 
-    def _run_thread(self, model: Forecaster, history: list[Triple], cfg: EngineConfig) -> None:
+    def _run_thread(self, model: Forecaster | Weights, history: list[Triple], cfg: EngineConfig) -> None:
         try:
             self._finish(run_inline(model, history, cfg))
         except Exception as exc:  # noqa: BLE001 - reported as an outcome, never raised into the service
@@ -167,7 +177,7 @@ class Finetuner:
                 Outcome("failed", None, float("nan"), float("nan"), 0.0, f"{type(exc).__name__}: {exc}")
             )
 
-    def _run_process(self, model: Forecaster, history: list[Triple], cfg: EngineConfig) -> None:
+    def _run_process(self, model: Forecaster | Weights, history: list[Triple], cfg: EngineConfig) -> None:
         t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         job, out = self.workdir / "finetune-job.safetensors", self.workdir / "finetune-result.safetensors"
@@ -198,6 +208,8 @@ class Finetuner:
 def worker_main(argv: list[str]) -> int:
     """Child-process entry: read the job file, fine-tune on one thread, write the result file."""
     import torch
+
+    from lstm_stream.training import finetune
 
     torch.set_num_threads(1)
     job, out = Path(argv[0]), Path(argv[1])

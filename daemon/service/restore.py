@@ -43,12 +43,13 @@ def _engine(settings: Settings, store: CheckpointStore) -> tuple[Engine, str]:
         cfg = cfg.model_copy(update={"model": loaded.config.model, "scaling": loaded.config.scaling})
         if loaded.config.mode == "window" or loaded.config.model.arch != "lstm":
             cfg = cfg.model_copy(update={"mode": "window", "look_back": loaded.config.look_back})
-        return Engine(cfg, loaded.model, loaded.version), f"model {settings.model_path}"
+        return Engine(cfg, loaded.weights, loaded.version), f"model {settings.model_path}"
     loaded = load_pretrained()
     if cfg.model != loaded.config.model:
         log.warning("engine.model differs from the shipped model: starting from random weights")
         return Engine(cfg), "untrained model (engine.model differs from the shipped one)"
-    return Engine(cfg.model_copy(update={"scaling": loaded.config.scaling}), loaded.model), "pretrained model"
+    cfg = cfg.model_copy(update={"scaling": loaded.config.scaling})
+    return Engine(cfg, loaded.weights), "pretrained model"
 
 
 def _adopt_tunables(restored: EngineConfig, configured: EngineConfig) -> EngineConfig:

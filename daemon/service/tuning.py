@@ -9,7 +9,7 @@ from typing import Protocol
 from daemon.service.finetuner import Finetuner, Outcome
 from daemon.settings import FinetuneSettings
 from lstm_stream.engine import Engine
-from lstm_stream.training import history_is_fresh
+from lstm_stream.history import history_is_fresh
 
 log = logging.getLogger("lstm_stream.service")
 
@@ -68,7 +68,7 @@ class Tuning:
         if not history_is_fresh(self.samples_since, history, train) and not self._forced:
             return
         self.samples_since, self._forced = 0, False
-        if self.finetuner.start(self.engine.copy_model(), history, self.engine.config):
+        if self.finetuner.start(self.engine.weights.copy(), history, self.engine.config):
             log.info("fine-tune started on %d streams' history (%s)", len(history), ft.mode)
 
     def _apply(self, o: Outcome) -> None:

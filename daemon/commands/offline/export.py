@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lstm_stream.config import MAX_MAE_INCREASE
 from lstm_stream.csvdata import load_csv
-from lstm_stream.export import MAX_MAE_INCREASE
 
 from .common import (
     EX_FAILURE,

@@ -1,0 +1,167 @@
+"""Resident memory of a daemon with default settings once it tracks N streams, per process.
+
+    python scripts/bench_memory.py [--streams 10000] [--samples 3] [--root CHECKOUT]
+
+Starts a private Mosquitto and ``python -m daemon run`` of ``--root`` (default: this checkout) with the
+default configuration (fine-tuning on, mode "process"; runtime auto) apart from the broker, port, state
+folder and no admission rate (so N streams arrive at once), publishes ``--samples`` values to each of N
+topics (QoS 1), waits until all are processed and ``--settle`` seconds more, and prints the RSS of each
+of the daemon's processes idle and loaded, the engine's own account of its arrays, and whether torch is
+mapped into the engine process. Running it with ``--root`` on two checkouts in one session gives a
+before/after on the same machine (e.g. ``git archive <base> | tar -x -C /tmp/before``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--streams", type=int, default=10000)
+    ap.add_argument("--samples", type=int, default=3, help="values published to each stream")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose daemon is measured")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the last sample")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    return ap.parse_args()
+
+
+class _Daemon:
+    """Just what ``memory_figures`` reads: the pid and a scrape."""
+
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc, self.port = proc, port
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def scrape(self, timeout: float = 30.0) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=timeout) as r:
+            return r.read()
+
+
+def _processed(d: _Daemon) -> float:
+    from daemon.commands.bench.scrape import parse_samples
+
+    s = parse_samples(d.scrape(), ["lstm_stream_samples_processed_total"])
+    return float(sum(s.values()))
+
+
+def _wait(cond, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited while waiting for {what}:\n{log.read_text()[-3000:]}")
+        try:
+            if cond():
+                return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise SystemExit(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
+def _subscribed(d: _Daemon, pub, proc: subprocess.Popen, log: Path) -> float:  # noqa: ANN001
+    """Publish a probe every half second until the daemon processes one (it has subscribed);
+    returns the samples processed by then."""
+    field = b"\x00\x06mem/s0"  # one of the streams, with older timestamps
+    for i in range(240):
+        pub.send([pub.packet(field, json.dumps({"value": 0.0, "ts": 1e9 + i}).encode(), 1)])
+        pub.read_acks()
+        try:
+            done = _processed(d)
+        except (urllib.error.URLError, OSError):
+            done = 0.0
+        if done >= 1:
+            return done
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited before subscribing:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise SystemExit("the daemon never processed a probe")
+
+
+def _maps_torch(pid: int) -> bool:
+    """Whether libtorch is mapped into the process (imported torch, even if freed since)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return any("libtorch" in line for line in f)
+
+
+def main() -> int:
+    args = _args()
+    from daemon.commands.bench.broker import Broker
+    from daemon.commands.bench.common import free_port, popen, stop_proc, toml_text
+    from daemon.commands.bench.memory import memory_figures
+    from daemon.commands.bench.publishers import RawPublisher
+
+    with tempfile.TemporaryDirectory(prefix="lstm-mem-") as tmp:
+        work = Path(tmp)
+        broker = Broker(work).start()
+        http_port = free_port()
+        cfg = work / "config.toml"
+        cfg.write_text(
+            toml_text(
+                {
+                    "mqtt": {"host": "127.0.0.1", "port": broker.port, "topics": ["mem/#"], "qos": 1},
+                    "http": {"bind": "127.0.0.1", "port": http_port},
+                    "state": {"directory": str(work / "state")},
+                    "engine": {"new_streams_per_s": False},
+                }
+            )
+        )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(args.root)}
+        env.pop("NOTIFY_SOCKET", None)
+        cmd = [sys.executable, "-m", "daemon", "run", "--config", str(cfg)]
+        proc = popen(cmd, work / "d.log", env=env, cwd=work)  # not this cwd: -m would import its daemon/
+        d = _Daemon(proc, http_port)
+        try:
+            _wait(lambda: d.scrape(2) is not None, 180, "the daemon", proc, work / "d.log")
+            idle = memory_figures(d)
+            pub = RawPublisher("127.0.0.1", broker.port, f"mem-pub-{os.getpid()}")
+            base = _subscribed(d, pub, proc, work / "d.log")
+            topics = [f"mem/s{i}".encode() for i in range(args.streams)]
+            fields = [len(t).to_bytes(2, "big") + t for t in topics]
+            t0 = time.time() - args.samples
+            for k in range(args.samples):
+                for a in range(0, len(fields), 1000):
+                    payload = json.dumps({"value": 1.0 + k, "ts": t0 + k}).encode()
+                    pub.send([pub.packet(f, payload, 1) for f in fields[a : a + 1000]])
+                    pub.read_acks()
+            want = args.streams * args.samples
+            _wait(
+                lambda: _processed(d) >= base + want,
+                args.timeout,
+                f"{want} samples processed",
+                proc,
+                work / "d.log",
+            )
+            time.sleep(args.settle)
+            out = {
+                "root": str(args.root),
+                "streams": args.streams,
+                "samples": want,
+                "idle": idle,
+                "loaded": memory_figures(d),
+                "engine_maps_torch": _maps_torch(d.pid),
+            }
+            pub.close()
+        finally:
+            stop_proc(proc, 60)
+            broker.stop()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
