@@ -2,10 +2,11 @@
 
     python scripts/bench_step.py [--widths 1,16,500,10000]
 
-The engine steps every stream of a round through ``model.step`` (torch's fused LSTM kernel). This
-times the same step exported to ONNX (``lstm_stream.export.export_step_onnx``) and run by
-onnxruntime on one thread, checks both give the same outputs, and measures the resident memory each
-runtime adds to a fresh interpreter (torch is most of the daemon's RSS).
+The engine steps every stream of a round through one LSTM step: onnxruntime by default
+(:mod:`lstm_stream.onnx_step`), torch's fused kernel (``model.step``) with ``engine.runtime = "torch"``
+or for models the ONNX graph cannot express. This times both on one thread, checks they give the same
+outputs, and measures the resident memory each runtime adds to a fresh interpreter (why the serving
+process imports neither torch nor onnx).
 """
 
 from __future__ import annotations
