@@ -88,6 +88,7 @@ def test_a_block_waits_for_batch_min_samples_or_batch_wait_ms(nats_server):  # n
         flush_s=0.001,
     ).start([0])
     try:
+        _until(source.ready.is_set, "the stream made by the source")  # not by publish(), meanwhile
         nats_server.publish([(subject_of("sensors/a/t", "part", 0), f"{i}".encode()) for i in range(60)])
         _until(lambda: stats.received == 60, "60 messages read")
         time.sleep(0.05)  # 50 flush_s periods: without batch_min they would be queued by now
