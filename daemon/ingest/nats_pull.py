@@ -47,6 +47,11 @@ _DELIVERY = re.compile(
     rb"H?MSG ([^ ]+) \d+ \$JS\.ACK\.(?:[^.]+\.[^.]+\.)?[^.]+\.([^.]+)\.\d+\.(\d+)\.(\d+)\.(\d+)\.\d+"
     rb"(?:\.[^ ]+)? (?:(\d+) )?(\d+)\r\n"
 )
+# the same for the 9-token form only (no domain): a third of the time per frame, as nothing backtracks;
+# it cannot match the longer forms (their extra tokens stand where this one wants the space)
+_DELIVERY9 = re.compile(
+    rb"H?MSG ([^ ]+) \d+ \$JS\.ACK\.[^.]+\.([^.]+)\.\d+\.(\d+)\.(\d+)\.(\d+)\.\d+ (?:(\d+) )?(\d+)\r\n"
+)
 _STATUS = re.compile(rb"NATS/1\.0 (\d+)")
 _PENDING = re.compile(rb"Nats-Pending-Messages: *(\d+)", re.IGNORECASE)
 
@@ -325,14 +330,14 @@ class PullReader:
 
     def _frames(self, buf: bytes, rows: list, marks: list, lost: list) -> int:  # noqa: C901 - the hot loop
         """Parse the frames of ``buf`` (under the lock); returns where the unread rest starts."""
-        match, find, n = _DELIVERY.match, buf.find, len(buf)
+        match, match_any, find, n = _DELIVERY9.match, _DELIVERY.match, buf.find, len(buf)
         consumers, cseqs, handled = self._consumer, self._cseq, self.handled
         subjects, parse, extend, mark = self._subjects, self.parser.parse, rows.extend, marks.append
         partition_of, rejected = self.partition_of, self.stats.rejected
         base, before = self.positions.queued, len(marks)
         pos = 0
         while pos < n:
-            m = match(buf, pos)
+            m = match(buf, pos) or match_any(buf, pos)
             if m is None:
                 eol = find(b"\r\n", pos)
                 if eol < 0:
