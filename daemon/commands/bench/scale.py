@@ -3,7 +3,9 @@
 Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder, with real processes:
 
 - **MQTT path** (the baseline, same run): a private Mosquitto and one daemon (``state.wal`` on, the
-  default); ``messages`` live publishes over ``streams`` topics.
+  default); ``messages`` live publishes over ``streams`` topics (flat out, or ``rate`` messages/s in
+  all with ``--scale-rate``: every phase then gets the same load, where flat out the MQTT path, fed
+  faster, runs fuller batches).
 - **1 worker, 2 workers**: a nats-server per phase (JetStream, its MQTT listener, the mapping of
   ``scale/s<i>`` onto ``partitions`` partitions); workers with static ownership (worker i of n, held
   through leases); the same publishers write MQTT 3.1.1 QoS 1 to nats-server's MQTT listener, which
@@ -55,6 +57,7 @@ class ScaleOptions:
     publishers: int = 2
     lease_ttl_s: float = 15.0
     failover_messages: int = 20_000
+    rate: float | None = None  # messages/s in all, every phase (None: as fast as the publishers go)
     timeout_s: float = 900.0
     settle_s: float = 2.0  # no counter moved this long after the publishers finished: the rest is lost
     keep_dir: bool = False
@@ -69,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--partitions", type=int, default=8, help="scale: partitions of the mapping")
     g.add_argument("--lease-ttl", type=float, default=15.0, help="scale: nats.lease_ttl_s of the failover")
     g.add_argument("--failover-messages", type=int, default=20_000, help="scale: messages around the kill")
+    g.add_argument(
+        "--scale-rate",
+        type=float,
+        default=None,
+        help="scale: publish at this many messages/s in all (every phase the same load; default: flat out)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -80,6 +89,7 @@ def run_cli(args: argparse.Namespace) -> int:
         publishers=getattr(args, "publishers", None) or 2,
         lease_ttl_s=args.lease_ttl,
         failover_messages=args.failover_messages,
+        rate=getattr(args, "scale_rate", None),
         keep_dir=bool(getattr(args, "keep_dir", False)),
     )
     try:
@@ -128,6 +138,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             "streams_on_two_workers": two["overlap"] + fo["overlap"],
             "failover_s": fo["failover_s"],
             "lease_ttl_s": o.lease_ttl_s,
+            "rate": o.rate,
             "cpu_us_per_msg_per_worker": {
                 "workers_1": one["cpu_us_per_msg"],
                 "workers_2": two["cpu_us_per_msg"],
@@ -270,7 +281,7 @@ def _live(workers: list[Worker], pubs: Publishers, n: int, streams: int, o: Scal
     first = [w.metrics() for w in workers]
     base = [m["samples_processed_total"] for m in first]
     cpu0 = [w.cpu() for w in workers]
-    pubs.start(PREFIX, streams, n, qos=1)
+    pubs.start(PREFIX, streams, n, qos=1, rate=o.rate)
     timeout = o.timeout_s
     deadline = time.monotonic() + timeout
     done_at = None
