@@ -52,6 +52,20 @@ class NatsSettings(BaseModel):
     availability_bucket: str = Field(
         "lstm-stream-availability", description="outputs = nats: key-value bucket of workers' availability"
     )
+    batch_min: int = Field(
+        1024,
+        ge=0,
+        description="samples a block of read messages waits for (up to batch_wait_ms) before it goes to the "
+        "engine: each engine batch has a fixed cost (~1-3 ms of CPU), which small blocks pay per few "
+        "samples; 0 = every ingest.batch_ms, as the MQTT path",
+    )
+    batch_wait_ms: float = Field(
+        100.0,
+        gt=0,
+        le=10_000,
+        description="the latency bound of batch_min: a block smaller than it goes once its oldest sample "
+        "waited this long (never sooner than ingest.batch_ms)",
+    )
 
     @field_validator("stream", "subject_prefix", "lease_bucket", "checkpoint_bucket", "availability_bucket")
     @classmethod

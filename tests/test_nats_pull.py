@@ -36,7 +36,9 @@ def _messages(first: int, count: int) -> list[tuple[str, bytes]]:
 def test_every_message_once_across_fetches_and_a_lost_connection(nats_server, monkeypatch):  # noqa: F811
     monkeypatch.setattr(nats_pull, "BATCH", 7)  # a fetch boundary every few messages
     seqs = nats_server.publish(_messages(0, 601))  # the last one (600, partition 0) closes the run
-    settings = load_settings(None, {"ingest.source": "nats", "nats.servers": [nats_server.url]})
+    # blocks as small as read (batch_min 0): the reader is mid-stream when the connection drops
+    overrides = {"ingest.source": "nats", "nats.servers": [nats_server.url], "nats.batch_min": 0}
+    settings = load_settings(None, overrides)
     # a small queue that waits for room: the reader stops mid-stream until the test takes samples
     queue, positions = ColumnQueue(50, block_s=float("inf")), Positions()
     source = NatsSource(
@@ -68,3 +70,48 @@ def test_every_message_once_across_fetches_and_a_lost_connection(nats_server, mo
     )
     assert values == expected, f"skipped: {sorted(set(expected) - set(values))}"
     assert positions.applied(len(values)) == {"0": seqs[600]}  # resume right after the last one
+
+
+def test_a_block_waits_for_batch_min_samples_or_batch_wait_ms(nats_server):  # noqa: F811
+    """``nats.batch_min``: read samples go to the queue once a block holds that many (the engine's
+    fixed cost per batch is paid per more samples); ``nats.batch_wait_ms`` bounds the wait."""
+    overrides = {"ingest.source": "nats", "nats.servers": [nats_server.url], "nats.batch_min": 100}
+    settings = load_settings(None, {**overrides, "nats.batch_wait_ms": 10_000})
+    queue, stats = ColumnQueue(10_000, block_s=float("inf")), LinkStats()
+    source = NatsSource(
+        settings.nats,
+        PayloadParser(settings.payload),
+        queue,
+        Positions(),
+        stats=stats,
+        rate_log=RateLimitedLogger(logging.getLogger(__name__)),
+        flush_s=0.001,
+    ).start([0])
+    try:
+        _until(source.ready.is_set, "the stream made by the source")  # not by publish(), meanwhile
+        nats_server.publish([(subject_of("sensors/a/t", "part", 0), f"{i}".encode()) for i in range(60)])
+        _until(lambda: stats.received == 60, "60 messages read")
+        time.sleep(0.05)  # 50 flush_s periods: without batch_min they would be queued by now
+        assert len(queue) == 0, "a block of 60 went to the queue before it held batch_min = 100"
+        nats_server.publish([(subject_of("sensors/a/t", "part", 0), f"{i}".encode()) for i in range(60, 100)])
+        _until(lambda: len(queue) == 100, "the block of 100")
+        assert queue.drain(1000).values.tolist() == [float(i) for i in range(100)]
+    finally:
+        source.close()
+    # the bound: a block below batch_min goes once its oldest sample waited batch_wait_ms
+    settings = load_settings(None, {**overrides, "nats.batch_wait_ms": 200})
+    queue, stats = ColumnQueue(10_000, block_s=float("inf")), LinkStats()
+    source = NatsSource(
+        settings.nats,
+        PayloadParser(settings.payload),
+        queue,
+        Positions({"0": 100}),  # after the first test's messages
+        stats=stats,
+        rate_log=RateLimitedLogger(logging.getLogger(__name__)),
+        flush_s=0.001,
+    ).start([0])
+    try:
+        nats_server.publish([(subject_of("sensors/a/t", "part", 0), b"7")])
+        _until(lambda: len(queue) == 1, "a lone sample queued within batch_wait_ms")
+    finally:
+        source.close()

@@ -57,8 +57,9 @@ class NatsSource:
         flush_s: float = 0.01,
         flush_max: int = 4096,
     ) -> None:
-        """``flush_s``/``flush_max``: how long read samples may wait, and how many, before they are
-        queued as one block (``ingest.batch_ms``/``batch_max``)."""
+        """``flush_s``/``flush_max``: how often read samples are queued as one block, and at most
+        how many (``ingest.batch_ms``/``batch_max``); ``settings.batch_min``/``batch_wait_ms``: how
+        many a block waits for, and how long at most."""
         self.settings = settings
         self.parser = parser
         self.queue = queue
@@ -92,6 +93,8 @@ class NatsSource:
             on_enqueued=on_enqueued,
             flush_s=flush_s,
             flush_max=flush_max,
+            flush_min=settings.batch_min,
+            wait_s=settings.batch_wait_ms / 1000.0,
         )
 
     # ------------------------------------------------------------------ lifecycle (any thread)

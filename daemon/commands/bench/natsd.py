@@ -165,6 +165,7 @@ class Worker:
         with urllib.request.urlopen(url, timeout=30) as r:
             text = r.read()
         names = ["samples_processed_total", "streams", "nats_partitions_owned", "mqtt_connected"]
+        names.append("batch_size_count")
         out: dict[str, float] = dict.fromkeys(names, 0.0)
         for (name, _), v in parse_samples(text, [f"lstm_stream_{n}" for n in names]).items():
             out[name.removeprefix("lstm_stream_")] += v

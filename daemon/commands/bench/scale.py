@@ -3,7 +3,9 @@
 Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder, with real processes:
 
 - **MQTT path** (the baseline, same run): a private Mosquitto and one daemon (``state.wal`` on, the
-  default); ``messages`` live publishes over ``streams`` topics.
+  default); ``messages`` live publishes over ``streams`` topics (flat out, or ``rate`` messages/s in
+  all with ``--scale-rate``: every phase then gets the same load, where flat out the MQTT path, fed
+  faster, runs fuller batches).
 - **1 worker, 2 workers**: a nats-server per phase (JetStream, its MQTT listener, the mapping of
   ``scale/s<i>`` onto ``partitions`` partitions); workers with static ownership (worker i of n, held
   through leases); the same publishers write MQTT 3.1.1 QoS 1 to nats-server's MQTT listener, which
@@ -13,10 +15,13 @@ Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder, with
   other consumes every partition, the second half published, the survivor stopped cleanly; ``lost`` and
   ``doubled`` compare each stream's sample count in the partition checkpoints with what was published.
 
-Rates are ``messages / (done - first publish)``, ``done`` the first poll (every 50 ms) of /metrics at
-which the workers' processed counters reached it; publishers, nats-server and workers share the
-machine. CPU is utime + stime of each daemon and its child processes over the phase, per message it
-processed. ``streams_on_two_workers``: streams tracked by both workers (their stream counts add up to
+Every phase's daemons are started and up before the first is measured. Rates are ``messages /
+(done - first publish)``, ``done`` the first poll of /metrics at which the workers' processed counters
+reached it: every 50 ms once the publishers are done, every 0.5 s while they publish (a scrape costs a
+daemon 1-4 ms of CPU: 20 a second added 5-10 us to a NATS worker's figure per message); publishers,
+nats-server and workers share the machine. CPU is utime + stime of each daemon and its child
+processes over the phase, per message it processed; ``samples_per_batch``: per engine micro-batch.
+``streams_on_two_workers``: streams tracked by both workers (their stream counts add up to
 more than the streams published).
 """
 
@@ -41,6 +46,8 @@ from daemon.commands.bench.natsd import PREFIX, NatsServer, Worker
 from daemon.commands.bench.options import BenchError
 from daemon.commands.bench.publishers import Publishers
 
+POLL_PUBLISHING_S = 0.5  # /metrics polls while the publishers run (every 50 ms once they are done)
+
 
 @dataclass
 class ScaleOptions:
@@ -50,6 +57,7 @@ class ScaleOptions:
     publishers: int = 2
     lease_ttl_s: float = 15.0
     failover_messages: int = 20_000
+    rate: float | None = None  # messages/s in all, every phase (None: as fast as the publishers go)
     timeout_s: float = 900.0
     settle_s: float = 2.0  # no counter moved this long after the publishers finished: the rest is lost
     keep_dir: bool = False
@@ -64,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--partitions", type=int, default=8, help="scale: partitions of the mapping")
     g.add_argument("--lease-ttl", type=float, default=15.0, help="scale: nats.lease_ttl_s of the failover")
     g.add_argument("--failover-messages", type=int, default=20_000, help="scale: messages around the kill")
+    g.add_argument(
+        "--scale-rate",
+        type=float,
+        default=None,
+        help="scale: publish at this many messages/s in all (every phase the same load; default: flat out)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -75,6 +89,7 @@ def run_cli(args: argparse.Namespace) -> int:
         publishers=getattr(args, "publishers", None) or 2,
         lease_ttl_s=args.lease_ttl,
         failover_messages=args.failover_messages,
+        rate=getattr(args, "scale_rate", None),
         keep_dir=bool(getattr(args, "keep_dir", False)),
     )
     try:
@@ -107,6 +122,8 @@ def run(o: ScaleOptions) -> dict[str, Any]:
     try:
         for phase in phases:
             phase.start()
+        for phase in phases:  # every daemon started up (none loads the machine while one is measured)
+            phase.ready()
         mqtt, one, two, fo = (phase.measure() for phase in phases)
         nats_cpu = [x or 0.0 for phase in (one, two) for x in phase["cpu_us_per_msg"]]
         result = {
@@ -121,6 +138,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             "streams_on_two_workers": two["overlap"] + fo["overlap"],
             "failover_s": fo["failover_s"],
             "lease_ttl_s": o.lease_ttl_s,
+            "rate": o.rate,
             "cpu_us_per_msg_per_worker": {
                 "workers_1": one["cpu_us_per_msg"],
                 "workers_2": two["cpu_us_per_msg"],
@@ -164,6 +182,10 @@ class Phase:
     def start(self) -> None:
         raise NotImplementedError
 
+    def ready(self) -> None:
+        """Wait until the phase's daemons are up (connected, their partitions held)."""
+        raise NotImplementedError
+
     def measure(self) -> dict[str, Any]:
         """Measure, then close (the next phase runs without this one's processes)."""
         try:
@@ -202,8 +224,10 @@ class MqttPhase(Phase):
         self.workers = [Worker(self.tmp, "mqtt", {"mqtt": mqtt, "engine": _engine(self.o)}).start()]
         self.pubs = Publishers(self.ctx, self.o.publishers, self.server)
 
-    def _measure(self) -> dict[str, Any]:
+    def ready(self) -> None:
         self.workers[0].wait_for("MQTT connection", lambda m: m["mqtt_connected"] == 1, 180)
+
+    def _measure(self) -> dict[str, Any]:
         return _live(self.workers, self.pubs, self.o.messages, self.o.streams, self.o)
 
 
@@ -238,10 +262,13 @@ class NatsPhase(Phase):
             self.workers.append(Worker(self.tmp, name, sections).start())
         self.pubs = Publishers(self.ctx, o.publishers, SimpleNamespace(port=self.server.mqtt_port))
 
-    def _measure(self) -> dict[str, Any]:
+    def ready(self) -> None:
         o, n = self.o, self.n
         for w in self.workers:
             w.wait_for("partitions", lambda m: m["nats_partitions_owned"] == o.partitions // n, 180)
+
+    def _measure(self) -> dict[str, Any]:
+        o, n = self.o, self.n
         out = _live(self.workers, self.pubs, o.messages, o.streams, o)
         streams = [w.metrics()["streams"] for w in self.workers]
         out["overlap"] = int(max(0, sum(streams) - o.streams)) if n > 1 else 0
@@ -251,14 +278,20 @@ class NatsPhase(Phase):
 
 def _live(workers: list[Worker], pubs: Publishers, n: int, streams: int, o: ScaleOptions) -> dict[str, Any]:
     """Publish ``n`` messages over ``streams`` topics while ``workers`` run; rate, CPU, lost, doubled."""
-    base = [w.processed() for w in workers]
+    first = [w.metrics() for w in workers]
+    base = [m["samples_processed_total"] for m in first]
     cpu0 = [w.cpu() for w in workers]
-    pubs.start(PREFIX, streams, n, qos=1)
+    pubs.start(PREFIX, streams, n, qos=1, rate=o.rate)
     timeout = o.timeout_s
     deadline = time.monotonic() + timeout
     done_at = None
     last, moved = -1.0, time.monotonic()
+    polled = 0.0
     while time.monotonic() < deadline:
+        if not pubs.done() and time.monotonic() - polled < POLL_PUBLISHING_S:
+            time.sleep(0.05)
+            continue
+        polled = time.monotonic()
         got = [w.processed() - b for w, b in zip(workers, base, strict=True)]
         now = time.time()
         if sum(got) >= n and done_at is None:
@@ -271,12 +304,16 @@ def _live(workers: list[Worker], pubs: Publishers, n: int, streams: int, o: Scal
     else:
         raise BenchError(f"phase not done after {timeout:.0f}s ({last:.0f} of {n} processed)")
     cpu = [w.cpu() - c for w, c in zip(workers, cpu0, strict=True)]
+    batches = [
+        w.metrics()["batch_size_count"] - m["batch_size_count"] for w, m in zip(workers, first, strict=True)
+    ]
     res = pubs.results(30)
     total = sum(got)
     return {
         "msgs_per_s": round(n / (done_at - res["first"]), 1) if done_at else None,
         "processed_per_worker": [int(g) for g in got],
         "cpu_us_per_msg": [round(c / g * 1e6, 1) if g else None for c, g in zip(cpu, got, strict=True)],
+        "samples_per_batch": [round(g / b) if b else None for g, b in zip(got, batches, strict=True)],
         "published": res["published"],
         "unacked": res["unacked"],
         "lost": int(max(0, n - total)),
@@ -293,12 +330,15 @@ class FailoverPhase(NatsPhase):
     def _nats(self) -> dict[str, Any]:
         return {"ownership": "lease", "lease_ttl_s": self.o.lease_ttl_s}
 
+    def ready(self) -> None:
+        half, bound = self.o.partitions // 2, 60 + 4 * self.o.lease_ttl_s
+        for w in self.workers:
+            w.wait_for("its half of the partitions", lambda m: m["nats_partitions_owned"] == half, bound)
+
     def _measure(self) -> dict[str, Any]:
         o = self.o
         a, b = self.workers
-        half, bound = o.partitions // 2, 60 + 4 * o.lease_ttl_s
-        for w in self.workers:
-            w.wait_for("its half of the partitions", lambda m: m["nats_partitions_owned"] == half, bound)
+        bound = 60 + 4 * o.lease_ttl_s
         first = o.failover_messages // 2
         sent = _sent(first, o.streams, o.publishers) + _sent(
             o.failover_messages - first, o.streams, o.publishers
