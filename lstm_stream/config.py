@@ -92,6 +92,12 @@ class ScoringConfig(_Strict):
     long_winsor: Annotated[float | None, OffOrZero] = Field(
         None, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
     )
+    level_window: Annotated[int | None, OffOrZero] = Field(
+        30, ge=1, description="EW span of the value's level vs its long-run history (false or 0 = off)"
+    )
+    level_floor: float = Field(
+        1.0, ge=0.0, description="the level's long-run spread: at least this many times white noise's"
+    )
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")

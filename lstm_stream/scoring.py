@@ -5,9 +5,10 @@ a short exponentially weighted mean of the standardised error is compared with a
 its own long-run history; the one-sided tail probability ``q`` becomes ``-log10(q) / 10`` clipped to
 [0, 1] (a tail of 1e-5 reads 0.5). Where the stream has a period, the error against the value one
 period ago gets the same treatment (reason ``seasonal``: a day whose shape changes, though each step
-of it is easy to forecast). Two rules add their own reasons: a value beyond the range seen so far,
-and a flat line far longer than any the stream showed before. Flags are suppressed during
-warm-up, within one event, and for a while after a flag.
+of it is easy to forecast). Three rules add their own reasons: a value beyond the range seen so far,
+a flat line far longer than any the stream showed before, and a level shift of a noisy metric (the
+value's recent level far from its own history, though no single step is). Flags are suppressed
+during warm-up, within one event, and for a while after a flag.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from . import fastnp
 from .config import ScoringConfig
 from .state import Column
 
-REASONS = ("", "likelihood", "range", "flatline", "regime_change", "seasonal")
-NONE, LIKELIHOOD, RANGE, FLATLINE, REGIME, SEASONAL = range(len(REASONS))
+REASONS = ("", "likelihood", "range", "flatline", "regime_change", "seasonal", "level")
+NONE, LIKELIHOOD, RANGE, FLATLINE, REGIME, SEASONAL, LEVEL = range(len(REASONS))
 LOG_1E10 = np.log(1e10)
 MAX_ERR = 1e6  # standardised errors are clipped here: one wild value cannot poison the statistics
 SCORE_AFTER = 8  # errors of a stream's first samples (scaler not yet settled) are not scored
 MIN_LONG_N = 10  # long-run samples before the likelihood says anything
 REL_STD_FLOOR = 0.1  # the long-run spread is at least this fraction of its mean (no 0-width fits)
+WHITE_STEP = (
+    np.sqrt(np.pi) / 2
+)  # white noise's spread per mean absolute step: E|x1 - x0| = 2 sigma / sqrt(pi)
 
 COLUMNS = {
     "err_short": Column((), np.float64),
@@ -45,6 +49,10 @@ COLUMNS = {
     "sr_lr_mean": Column((), np.float64),
     "sr_lr_var": Column((), np.float64),
     "sr_lr_n": Column((), np.int64),
+    "lv_level": Column((), np.float64),
+    "lv_n": Column((), np.int64),
+    "lv_mean": Column((), np.float64),
+    "lv_var": Column((), np.float64),
     "cond_prev": Column((), np.bool_),
     "since_flag": Column((), np.int64, 1 << 40),
     "run_len": Column((), np.int64),
@@ -134,6 +142,38 @@ def _horizon(
     return z
 
 
+def _level_rule(
+    cols: dict, slots: np.ndarray, x: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
+) -> np.ndarray:
+    """True where the value's recent level (EW span ``level_window``) has left a Gaussian of its own
+    long-run history by the likelihood threshold, two-sided: a level shift of a noisy metric.
+
+    The spread is at least ``level_floor`` times what white noise alone gives such an average (from
+    the stream's typical step). Where the rule fires the long-run mean jumps to the new level, so a
+    shift is reported once and the new level is normal from then on; nothing fires before warm-up.
+    """
+    alpha = 2.0 / (cfg.level_window + 1.0)
+    n = cols["lv_n"][slots]
+    prev = cols["lv_level"][slots]
+    level = np.where(n == 0, x, prev + alpha * (x - prev))
+    mean, var = cols["lv_mean"][slots], cols["lv_var"][slots]
+    noise = WHITE_STEP * np.sqrt(alpha / (2.0 - alpha)) * cols["step_mad"][slots]
+    std = np.maximum(np.sqrt(np.maximum(var, 0.0)), cfg.level_floor * noise + 1e-12)
+    delta = level - mean
+    ok = valid & np.isfinite(x)
+    with np.errstate(invalid="ignore"):
+        z = np.where(ok & (n >= max(cfg.warmup, MIN_LONG_N)), np.abs(delta) / std, -np.inf)
+    shift = tail_score(z) >= cfg.threshold
+    a = _ew(n + 1, cfg.long_memory)
+    new_mean = np.where((n == 0) | shift, level, mean + a * delta)
+    new_var = np.where((n == 0) | shift, var, (1.0 - a) * (var + a * delta * delta))
+    cols["lv_level"][slots] = np.where(ok, level, prev)
+    cols["lv_n"][slots] = n + ok
+    cols["lv_mean"][slots] = np.where(ok, new_mean, mean)
+    cols["lv_var"][slots] = np.where(ok, new_var, var)
+    return shift & ok
+
+
 def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
     """True where ``x`` leaves the range seen so far by more than ``range_margin`` of it."""
     lo, hi = cols["rng_min"][slots], cols["rng_max"][slots]
@@ -213,15 +253,20 @@ def score(
     lik = tail_score(z)
     # a young stream is still exploring its range: its new records say little
     out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
+    level = np.zeros(len(slots), dtype=bool)
+    if cfg.level_window:  # before the flat-line rule updates the typical step with this sample
+        level = _level_rule(cols, slots, x, has_forecast, cfg)
     flat = _flatline_rule(cols, slots, x, cfg)
-    cond = (lik >= cfg.threshold) | out_of_range | flat
-    value = np.where(out_of_range | flat, 1.0, lik)
+    cond = (lik >= cfg.threshold) | out_of_range | flat | level
+    value = np.where(out_of_range | flat | level, 1.0, lik)
     eligible = count >= cfg.warmup
     new_event = cond & ~cols["cond_prev"][slots]
     since = cols["since_flag"][slots]
     flag = eligible & new_event & (since >= cfg.suppress)
     reason = np.where(
-        out_of_range, RANGE, np.where(flat, FLATLINE, np.where(by_season, SEASONAL, LIKELIHOOD))
+        out_of_range,
+        RANGE,
+        np.where(flat, FLATLINE, np.where(by_season, SEASONAL, np.where(level, LEVEL, LIKELIHOOD))),
     ).astype(np.uint8)
     run = np.where(cond, cols["run_len"][slots] + 1, 0)
     if cfg.regime_after is not None:
