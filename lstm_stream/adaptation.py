@@ -14,8 +14,10 @@ Features and target are in units ``u`` of the served forecast's running absolute
 miss: the robust scale of a trending level is far larger) and clipped at ``clip``. The corrected
 forecast ``b + u * w . f`` keeps its own running absolute error (the same memory as selection's),
 and the stream is served it once it has ``MIN_ERRORS`` errors and is better than the running error
-of the candidate serving ``b`` by selection's ``margin``; it is then named ``adapted``
-(``selection.NAMES``) and its spread is its own running error as a sigma. Every value is scored
+of the candidate serving ``b`` by selection's ``margin`` and its paired gain over ``b`` passes
+selection's test (``selection.paired_gain``); it is then named ``adapted`` (``selection.NAMES``) and its
+spread is its own running error as a sigma. It is taken off as soon as its running paired gain is
+no longer positive (or ``b`` is better by the margin): a spell of luck ends there. Every value is scored
 against the forecast made before it and only then folded into the fit: the correction only ever
 sees the past. The weights are solved every ``STRIDE`` samples of a stream (the normal equations
 are updated at every one). Everything is vectorised over the slots of a batch.

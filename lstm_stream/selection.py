@@ -16,7 +16,11 @@ period ago is. So each stream also keeps simple candidates beside the model's fo
 Every candidate's absolute error is folded into its own running mean (exponentially weighted, the
 same ``memory`` for all, so they compare fairly), and the stream is served the candidate with the
 lowest one. It changes only when another is better by more than ``margin`` (a fraction of the served
-one's error), so it does not flap. A candidate is considered once it has ``MIN_ERRORS`` errors; until
+one's error), so it does not flap, and when that gain is significant (:func:`significant`: the paired
+difference of the two absolute errors, ``confidence`` standard errors above zero): on a spiky stream
+one spike can make a candidate look better over ``memory`` samples by luck, and every spell of a
+wrong candidate costs. Persistence, the fallback, needs only the margin to be served again. A
+candidate is considered once it has ``MIN_ERRORS`` errors; until
 one has, a new stream is served persistence (the network's first forecasts, before the scaler settles,
 are its worst). (Winsorising the errors at 5x the running error kept a spike from moving the choice,
 but cost forecast accuracy on spiky streams: MASE is a mean, so the big misses must count.)
