@@ -14,8 +14,10 @@ Features and target are in units ``u`` of the served forecast's running absolute
 miss: the robust scale of a trending level is far larger) and clipped at ``clip``. The corrected
 forecast ``b + u * w . f`` keeps its own running absolute error (the same memory as selection's),
 and the stream is served it once it has ``MIN_ERRORS`` errors and is better than the running error
-of the candidate serving ``b`` by selection's ``margin``; it is then named ``adapted``
-(``selection.NAMES``) and its spread is its own running error as a sigma. Every value is scored
+of the candidate serving ``b`` by selection's ``margin`` and its paired gain over ``b`` passes
+selection's test (``selection.paired_gain``); it is then named ``adapted`` (``selection.NAMES``) and its
+spread is its own running error as a sigma. It is taken off as soon as its running paired gain is
+no longer positive (or ``b`` is better by the margin): a spell of luck ends there. Every value is scored
 against the forecast made before it and only then folded into the fit: the correction only ever
 sees the past. The weights are solved every ``STRIDE`` samples of a stream (the normal equations
 are updated at every one). Everything is vectorised over the slots of a batch.
@@ -27,7 +29,17 @@ import numpy as np
 
 from . import fastnp
 from .config import AdaptationConfig, EngineConfig, SelectionConfig
-from .selection import ADAPTED, EWMA, MAD_TO_SIGMA, MIN_ERRORS, MODEL, PERSISTENCE, SEASONAL, SPREAD_FLOOR
+from .selection import (
+    ADAPTED,
+    EWMA,
+    MAD_TO_SIGMA,
+    MIN_ERRORS,
+    MODEL,
+    PERSISTENCE,
+    SEASONAL,
+    SPREAD_FLOOR,
+    paired_gain,
+)
 from .state import Column
 
 FEATURES = ("model", "persistence", "ewma", "seasonal", "sdiff", "momentum", "bias")
@@ -57,6 +69,7 @@ def columns(cfg: AdaptationConfig, selection: SelectionConfig) -> dict[str, Colu
         "ad_fc": Column((), np.float64, np.nan),  # the corrected forecast (NaN while warming up)
         "ad_mae": Column((2,), np.float64),  # running |error| of base, corrected
         "ad_ne": Column((2,), np.int64),  # errors counted in them
+        "ad_gain": Column((2,), np.float64),  # running mean of |base err| - |corrected err|, and its square
         "ad_on": Column((), np.bool_),  # the corrected forecast is served
         "ad_of": Column((), np.uint8, ADAPTED),  # the candidate serving the base (ADAPTED: none yet)
     }
@@ -80,6 +93,11 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
         w = 1.0 / fastnp.clip(ne, 1, memory)
         cols["ad_mae"][s] = np.where(ok, mae + w * (np.where(ok, err, 0.0) - mae), mae)
         cols["ad_ne"][s] = ne
+        gain = err[:, 0] - err[:, 1]
+        paired = np.isfinite(gain)
+        g = cols["ad_gain"][s]
+        step = np.where(paired, w[:, 1], 0.0)[:, None] * (np.stack([gain, gain * gain], axis=1) - g)
+        cols["ad_gain"][s] = np.where(paired[:, None], g + step, g)
         fit = np.isfinite(base) & np.isfinite(sc) & (sc > 0) & np.isfinite(x) & (cols["count"][s] > SKIP)
         if not fit.any():
             return
@@ -146,6 +164,7 @@ def forecast(
         cols["ad_on"][m] = False
         cols["ad_mae"][m, 1] = 0.0
         cols["ad_ne"][m, 1] = 0
+        cols["ad_gain"][m] = 0.0
         cols["ad_of"][m] = choice[moved]
     own = np.take_along_axis(cols["sel_mae"][s], choice[:, None].astype(np.intp), axis=1)[:, 0]
     return serve(cols, s, base, base_spread, scale, cfg.adaptation, cfg.selection, base_mae=own)
@@ -186,7 +205,11 @@ def serve(
         # better by the margin and by more than a negligible amount (an exact candidate stays served)
         now = mae[:, 0] if base_mae is None else base_mae
         better = mae[:, 1] < (1.0 - selection.margin) * now - SPREAD_FLOOR * scale
-        worse = now < (1.0 - selection.margin) * mae[:, 1]
+        # and the paired gain over the uncorrected forecast is significant (selection.significant)
+        gain = cols["ad_gain"][s]
+        better &= paired_gain(gain[:, 0], gain[:, 1], ne[:, 1], selection)
+        # off as soon as it has not gained over the uncorrected forecast lately (a spell of luck ends)
+        worse = (now < (1.0 - selection.margin) * mae[:, 1]) | (gain[:, 0] <= 0.0)
         on = np.where(counted, np.where(on, ~worse, better), False)
     on &= ready
     cols["ad_on"][s] = on

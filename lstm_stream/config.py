@@ -148,6 +148,13 @@ class SelectionConfig(_Strict):
         0.05, ge=0.0, lt=1.0, description="switch only to a candidate with this fraction less error"
     )
     ewma_alpha: float = Field(0.3, gt=0.0, le=1.0, description="weight of the newest value in the EWMA")
+    confidence: float = Field(
+        1.645,
+        ge=0.0,
+        description="switch to a candidate (or the per-stream correction) only when its paired advantage in "
+        "absolute error over the served one is this many standard errors above zero (1.645: one-sided "
+        "5 %); a switch back to persistence needs only the margin",
+    )
 
 
 class AdaptationConfig(_Strict):

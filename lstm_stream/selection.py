@@ -16,7 +16,11 @@ period ago is. So each stream also keeps simple candidates beside the model's fo
 Every candidate's absolute error is folded into its own running mean (exponentially weighted, the
 same ``memory`` for all, so they compare fairly), and the stream is served the candidate with the
 lowest one. It changes only when another is better by more than ``margin`` (a fraction of the served
-one's error), so it does not flap. A candidate is considered once it has ``MIN_ERRORS`` errors; until
+one's error), so it does not flap, and when that gain is significant (:func:`significant`: the paired
+difference of the two absolute errors, ``confidence`` standard errors above zero): on a spiky stream
+one spike can make a candidate look better over ``memory`` samples by luck, and every spell of a
+wrong candidate costs. Persistence, the fallback, needs only the margin to be served again. A
+candidate is considered once it has ``MIN_ERRORS`` errors; until
 one has, a new stream is served persistence (the network's first forecasts, before the scaler settles,
 are its worst). (Winsorising the errors at 5x the running error kept a spike from moving the choice,
 but cost forecast accuracy on spiky streams: MASE is a mean, so the big misses must count.)
@@ -54,6 +58,7 @@ def columns(cfg: SelectionConfig) -> dict[str, Column]:
         "sel_fc": Column((K,), np.float64, np.nan),
         "sel_mae": Column((K,), np.float64, 0.0),  # meaningful where sel_n > 0
         "sel_n": Column((K,), np.int64, 0),
+        "sel_ee": Column((K, K), np.float64, 0.0),  # running mean of |error_i| x |error_j| (paired test)
         "sel_level": Column((), np.float64, np.nan),
         "sel_dxy": Column((), np.float64),  # running mean of actual x predicted change
         "sel_dxx": Column((), np.float64),  # running mean of squared predicted change
@@ -90,6 +95,7 @@ def update(
         w = 1.0 / fastnp.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
         mae = np.take(cols["sel_mae"], s, axis=0)
         mae = np.where(ok, mae + w * (err - mae), mae)
+        cols["sel_ee"][s] = pair_moments(np.take(cols["sel_ee"], s, axis=0), err, ok, count, cfg.memory)
         change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
         xy, xx = change * predicted, predicted * predicted
         fit = np.isfinite(xy) & np.isfinite(xx)
@@ -172,6 +178,9 @@ def _serve(
         current = np.take_along_axis(err, choice[:, None], axis=1)[:, 0]
         with np.errstate(invalid="ignore"):
             switch = lowest < (1.0 - cfg.margin) * current  # from an unready choice (inf) to a ready one
+        if switch.any():
+            sure = significant(cols["sel_ee"][s], mae, count, choice, best, cfg)
+            switch &= sure | (best == PERSISTENCE) | ~np.isfinite(current)
         choice = np.where(switch, best, choice)
     served = np.take_along_axis(fc, choice[:, None], axis=1)[:, 0]
     # a choice whose forecast is gone (the period was lost) falls back to the model
@@ -188,3 +197,37 @@ def _serve(
     # before the candidate's first error the network's spread stands in
     own = np.where(known, np.maximum(MAD_TO_SIGMA * own, SPREAD_FLOOR * scale), model_spread)
     return served, own, choice.astype(np.uint8)
+
+
+def pair_moments(
+    ee: np.ndarray, err: np.ndarray, ok: np.ndarray, count: np.ndarray, memory: int
+) -> np.ndarray:
+    """Fold one row of absolute errors ``err`` (``ok``: made) into the running means ``ee`` of their
+    pairwise products, each pair weighted as the younger of its two running errors (what the paired
+    test needs: the variance of a difference of two errors)."""
+    both = ok[:, :, None] & ok[:, None, :]
+    w = 1.0 / fastnp.clip(np.minimum(count[:, :, None], count[:, None, :]), 1, memory)
+    e = np.where(ok, err, 0.0)
+    return np.where(both, ee + w * (e[:, :, None] * e[:, None, :] - ee), ee)
+
+
+def significant(
+    ee: np.ndarray, mae: np.ndarray, count: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: SelectionConfig
+) -> np.ndarray:
+    """Whether candidate ``b``'s running absolute error is below ``a``'s by more than ``cfg.confidence``
+    standard errors of their paired difference (a Diebold-Mariano test on the running means; the
+    sample counts as ``2 x memory - 1`` once the means forget, an exponential mean's effective size).
+    The errors of two forecasts of one value move together (a spike hits both), so the difference is
+    far less noisy than either: a spell of luck on a spiky stream does not pass, a steady gain does."""
+    rows = np.arange(len(a))
+    mean = mae[rows, a] - mae[rows, b]
+    square = ee[rows, a, a] - 2.0 * ee[rows, a, b] + ee[rows, b, b]
+    return paired_gain(mean, square, np.minimum(count[rows, a], count[rows, b]), cfg)
+
+
+def paired_gain(mean: np.ndarray, square: np.ndarray, n: np.ndarray, cfg: SelectionConfig) -> np.ndarray:
+    """Whether a running mean gain ``mean`` (mean square ``square``, over ``n`` samples) is above zero by
+    ``cfg.confidence`` standard errors."""
+    size = fastnp.clip(n, 1, 2 * cfg.memory - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return mean > cfg.confidence * np.sqrt(np.maximum(square - mean * mean, 0.0) / size)

@@ -94,3 +94,20 @@ def test_a_model_swap_redoes_the_correction_on_the_new_forecast(cfg: EngineConfi
     expect = a["ad_base"][0] + a["ad_scale"][0] * float(f @ a["ad_w"][0])
     assert a["ad_fc"][0] == pytest.approx(expect, rel=1e-12)
     assert a["fc_mean"][0] == (a["ad_fc"][0] if a["ad_on"][0] else a["ad_base"][0])
+
+
+def test_the_correction_is_served_only_while_it_gains(cfg: EngineConfig) -> None:
+    """A drift (the correction pays) that stops, then a flat level with spikes: wherever the correction
+    is served, its running paired gain over the uncorrected forecast was positive when it was chosen."""
+    rng = np.random.default_rng(2)
+    y = 100.0 + np.cumsum(np.r_[np.full(400, 0.5), np.zeros(600)]) + rng.standard_normal(1000)
+    y[rng.choice(np.arange(450, 1000), 12, replace=False)] += 25.0 * rng.choice([-1.0, 1.0], 12)
+    engine = Engine(cfg.model_copy(update={"adaptation": AdaptationConfig(enabled=True)}))
+    gains, chosen = [], []
+    for t, v in enumerate(y):
+        r = engine.process(["a"], [float(t)], [v])
+        gains.append(engine.arrays["ad_gain"][0, 0])
+        chosen.append(r.next_served[0] == selection.ADAPTED)
+    chosen, gains = np.array(chosen), np.array(gains)
+    assert chosen[200:400].mean() > 0.9  # the drift is corrected
+    assert not (chosen & (gains <= 0.0)).any()

@@ -160,3 +160,35 @@ def test_a_spike_on_a_clean_period_is_flagged(pretrained) -> None:
     r = Engine(pretrained.config, pretrained.model).process(["a"] * 400, t.astype(float), y)
     assert r.served_of(300) == "seasonal"
     assert r.is_anomaly[300]
+
+
+def _spike_on_random_walk(n: int = 400, seed: int = 1) -> np.ndarray:
+    """A random walk (persistence is the best forecaster) with one large spike at row 100: after it
+    the EWMA's error is lower for a while (it recovers faster than persistence), by luck only."""
+    y = _random_walk(n, seed)
+    y[100] += 60.0
+    return y
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_one_spike_does_not_move_the_choice(cfg: EngineConfig, seed: int) -> None:
+    y = _spike_on_random_walk(seed=seed)
+    after = slice(101, 300)  # while the spike is in the running errors' memory
+    r = Engine(cfg).process(["a"] * len(y), np.arange(len(y), dtype=float), y)
+    served = r.served[after]
+    assert np.all(served == selection.PERSISTENCE), np.bincount(served, minlength=selection.K)
+    # the margin alone (no paired test) switches on the spike's luck, and serves worse than persistence
+    loose_cfg = cfg.model_copy(update={"selection": SelectionConfig(confidence=0.0)})
+    loose = Engine(loose_cfg).process(["a"] * len(y), np.arange(len(y), dtype=float), y)
+    assert np.any(loose.served[after] != selection.PERSISTENCE)
+    mae = [np.mean(np.abs(res.residual[after])) for res in (r, loose)]
+    assert mae[0] < mae[1]
+
+
+def test_paired_test_passes_a_steady_gain_and_not_one_outlier() -> None:
+    cfg = SelectionConfig()
+    n = np.array([100, 100])
+    # gains of 0.2 +- 1: mean 0.2, mean square 1.04, over 100 samples: t = 2
+    # one gain of 20 among 99 of 0: mean 0.2, mean square 4: t = 1 whatever its size
+    passed = selection.paired_gain(np.array([0.2, 0.2]), np.array([1.04, 4.0]), n, cfg)
+    assert passed.tolist() == [True, False]
