@@ -22,6 +22,7 @@ class Options:
     batch_messages: int | None = None  # default: messages // 10
     array_samples: int = 1000  # the array phase: one stream's array of this many samples (0: no phase)
     array_every_s: float = 0.0  # ... sent once, 1 s into the phase, or again every this many seconds
+    latency_rate: float | None = None  # the latency phases' rate (msgs/s); None: half the daemon's rate
     protocol: str = "5"
     wal: bool = True  # the daemons' write-ahead log (state.wal)
     finetune: str = "off"
@@ -64,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="e2e: send the array again every this many seconds of the phase (default 0: once)",
+    )
+    g.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="e2e: latency phases at this many msgs/s (default: half the daemon's measured rate), to compare "
+        "settings at one load",
     )
     g.add_argument("--protocol", choices=["5", "3.1.1"], default=None, help="e2e: MQTT version (5)")
     g.add_argument(
@@ -125,6 +133,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     pick("batch_messages", "batch_messages")
     pick("array_samples", "array_samples")
     pick("array_every", "array_every_s")
+    pick("latency_rate", "latency_rate")
     pick("protocol", "protocol")
     pick("timeout", "timeout_s")
     pick("profile_dir", "profile_dir", Path)

@@ -200,9 +200,10 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
                         + ("; at QoS 1 these messages had been acknowledged to the broker)" if qos else ")")
                     )
                 cell["rss_mb_after_batched"] = rss_mb(a.pid)
-            c.log(f"qos {qos}, {n} streams: latency phase at {drate / 2:.0f} msgs/s")
+            half = o.latency_rate or (drate / 2 if drate == drate else 1000.0)
+            c.log(f"qos {qos}, {n} streams: latency phase at {half:.0f} msgs/s")
             ft_before = b.finetune_runs()
-            lat = latency_phase(c, b, n, qos, drate / 2 if drate == drate else 1000.0, bare)
+            lat = latency_phase(c, b, n, qos, half, bare)
             lat["finetune"] = o.finetune
             lat["finetune_runs_during_phase"] = b.finetune_runs() - ft_before
             cell["p50_latency_ms"] = lat["p50_ms"]
@@ -223,9 +224,8 @@ def run_qos(c: Ctx, qos: int) -> dict[str, dict]:
             cell["latency_daemon_memory"] = memory_figures(b)
             for i, other in enumerate(lat_daemons[1:], 1):
                 mode = o.exposition[i]
-                c.log(f"qos {qos}, {n} streams: latency phase, exposition {mode}, at {drate / 2:.0f} msgs/s")
-                rate = drate / 2 if drate == drate else 1000.0
-                cell[f"latency_phase_{mode}"] = latency_phase(c, other, n, qos, rate, None, latency_prefix(i))
+                c.log(f"qos {qos}, {n} streams: latency phase, exposition {mode}, at {half:.0f} msgs/s")
+                cell[f"latency_phase_{mode}"] = latency_phase(c, other, n, qos, half, None, latency_prefix(i))
                 cell[f"latency_phase_{mode}"]["rss_mb"] = rss_mb(other.pid)
             tries = 1 if o.rounds == 1 else 3
             cell["scrape_s_per_stream_all"] = rnd(scrape_cost(b, tries), 4)
