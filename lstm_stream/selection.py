@@ -199,6 +199,9 @@ def _serve(
     return served, own, choice.astype(np.uint8)
 
 
+PAIR_CAP = 1e150  # absolute errors are capped here in the paired test's moments: their products stay finite
+
+
 def pair_moments(
     ee: np.ndarray, err: np.ndarray, ok: np.ndarray, count: np.ndarray, memory: int
 ) -> np.ndarray:
@@ -207,7 +210,7 @@ def pair_moments(
     test needs: the variance of a difference of two errors)."""
     both = ok[:, :, None] & ok[:, None, :]
     w = 1.0 / fastnp.clip(np.minimum(count[:, :, None], count[:, None, :]), 1, memory)
-    e = np.where(ok, err, 0.0)
+    e = np.minimum(np.where(ok, err, 0.0), PAIR_CAP)  # products of errors of 1e300 must stay finite
     return np.where(both, ee + w * (e[:, :, None] * e[:, None, :] - ee), ee)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lstm_stream import checkpoint
@@ -71,6 +71,7 @@ def _finite_state(engine: Engine) -> bool:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.lists(samples, min_size=1, max_size=4))
+@example(batches=[[("a", 0.0, 1e300), ("a", 1.0, 0.0), ("a", 2.0, 0.0)]])  # squared errors overflowed
 def test_scores_in_unit_interval_and_state_stays_finite(batches) -> None:
     engine = Engine(CFG)
     for batch in batches:
