@@ -4,6 +4,8 @@ and give the same results as if applied at once; the service carries them and ch
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,19 @@ def test_the_service_carries_deferred_samples_and_checkpoints_below_them(tmp_pat
     unbounded, _ = _batches(tmp_path, small_cfg, False)
     unbounded.process(samples)
     assert unbounded.pending == 0 and unbounded.applied == len(samples)
+
+
+def test_torch_half_imported_by_a_fine_tune_thread_waits_for_a_later_batch(
+    tmp_path: Path, small_cfg, monkeypatch
+) -> None:
+    """A fine-tune thread importing torch leaves a module without ``set_num_threads`` in sys.modules
+    for a while: a batch then must not fail (the engine loop crashed on it), and a later one sets it."""
+    batches, _ = _batches(tmp_path, small_cfg, 16)
+    half = types.ModuleType("torch")
+    monkeypatch.setitem(sys.modules, "torch", half)
+    batches.limit_torch_threads()
+    calls: list[int] = []
+    half.set_num_threads = calls.append  # type: ignore[attr-defined]
+    batches.limit_torch_threads()
+    batches.limit_torch_threads()
+    assert calls == [small_cfg.torch_threads]

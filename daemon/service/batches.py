@@ -133,9 +133,13 @@ class Batches:
     def limit_torch_threads(self) -> None:
         """Once per thread that runs the engine, if torch is loaded (the engine serves on onnxruntime
         without it): OpenMP's thread count is per thread, and with every core a torch call stalls
-        for tens of ms whenever another thread or process is busy."""
-        if not getattr(self._torch_threads, "set", False) and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(self.engine.config.torch_threads)
+        for tens of ms whenever another thread or process is busy. torch may be half imported by a
+        fine-tune thread right now: then this waits for a later batch."""
+        if getattr(self._torch_threads, "set", False):
+            return
+        set_threads = getattr(sys.modules.get("torch"), "set_num_threads", None)
+        if set_threads is not None:
+            set_threads(self.engine.config.torch_threads)
             self._torch_threads.set = True
 
     def process(self, samples: Columns | list) -> None:
