@@ -30,21 +30,28 @@ def _mixed_batch(n_live: int, array: int, t: float) -> tuple[list[str], np.ndarr
     return names, ts, np.concatenate([rng.normal(size=n_live), np.sin(np.arange(array) / 5.0)])
 
 
+def _in_calls(engine: Engine, names: list[str], ts: np.ndarray, values: np.ndarray, **bound) -> tuple:
+    """Pass the batch, then what each call deferred, until everything is applied; returns the next
+    forecasts in input order, the number of calls and the most of stream ``arr`` one call applied."""
+    got = np.full(len(names), np.nan)
+    todo = np.arange(len(names))
+    calls, most = 0, 0
+    while len(todo):
+        r = engine.process([names[i] for i in todo], ts[todo], values[todo], **bound)
+        applied = r.reject != DEFERRED
+        most = max(most, int(np.count_nonzero(applied & (np.asarray(r.stream) == "arr"))))
+        got[todo[applied]] = r.next_forecast[applied]
+        todo = todo[~applied]
+        calls += 1
+    return got, calls, most
+
+
 def test_deferred_samples_give_the_results_of_one_unbounded_call(small_cfg) -> None:
     names, ts, values = _mixed_batch(20, 50, 100.0)
     whole = Engine(small_cfg).process(names, ts, values)
     bounded = Engine(small_cfg)
-    got = np.full(len(names), np.nan)
-    todo = np.arange(len(names))
-    calls = 0
-    while len(todo):
-        r = bounded.process([names[i] for i in todo], ts[todo], values[todo], max_rounds=8)
-        applied = r.reject != DEFERRED
-        assert np.count_nonzero(applied & (np.asarray(r.stream) == "arr")) <= 8
-        got[todo[applied]] = r.next_forecast[applied]
-        todo = todo[~applied]
-        calls += 1
-    assert calls == 7  # 50 samples at 8 a call
+    got, calls, most = _in_calls(bounded, names, ts, values, max_rounds=8)
+    assert calls == 7 and most == 8  # 50 samples at 8 a call
     np.testing.assert_allclose(got, whole.next_forecast, rtol=1e-6)
     assert bounded.counters["rejected"] == 0 and bounded.counters["processed"] == len(names)
 
@@ -57,18 +64,8 @@ def test_a_round_budget_defers_later_rounds_and_keeps_the_results(small_cfg, mon
     monkeypatch.setattr(rounds.RoundBudget, "clock", staticmethod(lambda: float(next(ticks))))
     names, ts, values = _mixed_batch(20, 12, 100.0)
     whole = Engine(small_cfg).process(names, ts, values)
-    bounded = Engine(small_cfg)
-    got = np.full(len(names), np.nan)
-    todo = np.arange(len(names))
-    calls = 0
-    while len(todo):
-        r = bounded.process([names[i] for i in todo], ts[todo], values[todo], round_budget_s=0.0)
-        applied = r.reject != DEFERRED
-        assert np.count_nonzero(applied & (np.asarray(r.stream) == "arr")) == 1
-        got[todo[applied]] = r.next_forecast[applied]
-        todo = todo[~applied]
-        calls += 1
-    assert calls == 12
+    got, calls, most = _in_calls(Engine(small_cfg), names, ts, values, round_budget_s=0.0)
+    assert calls == 12 and most == 1
     np.testing.assert_allclose(got, whole.next_forecast, rtol=1e-6)
     roomy = Engine(small_cfg).process(names, ts, values, round_budget_s=60.0)  # 60 ticks: enough
     assert not (roomy.reject == DEFERRED).any()
