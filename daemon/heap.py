@@ -16,10 +16,10 @@ vs 280 MB), so :func:`limit_malloc_arenas` sets two unless ``MALLOC_ARENA_MAX`` 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import os
+
+from lstm_stream import libc
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 
@@ -35,8 +35,5 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     or ``MALLOC_ARENA_MAX`` set in the environment, which glibc reads itself)."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.function("mallopt")
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))

@@ -8,30 +8,20 @@ when the caller gives a bound, so live streams are never pushed out); idle strea
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from itertools import repeat
 
 import numpy as np
 
-
-@cache
-def _malloc_trim() -> ctypes._CFuncPtr | None:
-    """glibc's ``malloc_trim``, or None elsewhere."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+from . import libc
 
 
 def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the system. After a growth the old arrays (each under
     glibc's 32 MB mmap threshold, so on the heap) stay resident as free heap otherwise: 16 MB of
     the engine's steady RSS at 10k streams (262.6 vs 246.8 MB, default engine, batches of 4096)."""
-    trim = _malloc_trim()
+    trim = libc.function("malloc_trim")
     if trim is not None:
         trim(0)
 

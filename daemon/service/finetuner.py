@@ -4,10 +4,10 @@
 torch thread, exchanging safetensors files in the state directory: a crash or a hang in training can
 never take the service down, and the ingest core is not taken. ``mode = "thread"`` runs it in a
 thread with one torch thread (cheaper to start, shares the GIL with ingestion, imports torch into the
-service). ``mode = "inline"``
-runs it to the end inside :meth:`Finetuner.start` (blocking the caller): for offline replays such as
-``evaluate --online``, where the result must not depend on timing. The model goes out and a candidate
-comes back as numpy :class:`~lstm_stream.weights.Weights`: in process mode the service never imports torch.
+service). ``mode = "inline"`` runs it to the end inside :meth:`Finetuner.start` (blocking the caller):
+for offline replays such as ``evaluate --online``, where the result must not depend on timing. The
+model goes out and a candidate comes back as numpy :class:`~lstm_stream.weights.Weights`: in process
+mode the service never imports torch.
 """
 
 from __future__ import annotations
