@@ -8,7 +8,8 @@ period ago gets the same treatment (reason ``seasonal``: a day whose shape chang
 of it is easy to forecast). Three rules add their own reasons: a value beyond the range seen so far,
 a flat line far longer than any the stream showed before, and a level shift of a noisy metric (the
 value's recent level far from its own history, though no single step is). Flags are suppressed
-during warm-up, within one event, and for a while after a flag.
+during warm-up, within one event, and for a while after a flag, unless a new record far from the
+forecast (a surprise of its own, not an echo of the flagged event) comes within that while.
 """
 
 from __future__ import annotations
@@ -262,7 +263,11 @@ def score(
     eligible = count >= cfg.warmup
     new_event = cond & ~cols["cond_prev"][slots]
     since = cols["since_flag"][slots]
-    flag = eligible & new_event & (since >= cfg.suppress)
+    quiet = since >= cfg.suppress
+    if cfg.record_pass:  # a record the forecast did not expect either is news, not an echo of the last flag
+        with np.errstate(invalid="ignore"):
+            quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
+    flag = eligible & new_event & quiet
     reason = np.where(
         out_of_range,
         RANGE,
