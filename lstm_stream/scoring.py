@@ -60,6 +60,7 @@ COLUMNS = {
     "rng_min": Column((), np.float64, np.inf),
     "rng_max": Column((), np.float64, -np.inf),
     "prev_x": Column((), np.float64, np.nan),
+    "prev_fc": Column((), np.float64, np.nan),
     "step_mad": Column((), np.float64),
     "step_n": Column((), np.int64),
     "flat_run": Column((), np.int64),
@@ -221,6 +222,19 @@ def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return fastnp.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
 
 
+def _count_spike_once(
+    cols: dict, slots: np.ndarray, x: np.ndarray, residual: np.ndarray, spread: np.ndarray, err: np.ndarray
+) -> np.ndarray:
+    """The smaller of ``err`` and the error against the forecast made one step earlier: a forecast
+    that copied a lone outlier (persistence does) would make the value's return a second surprise."""
+    fc = x - residual
+    prev = cols["prev_fc"][slots]
+    with np.errstate(invalid="ignore"):
+        back = standardised_error(x - prev, spread)
+    cols["prev_fc"][slots] = fc
+    return np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, back), err)
+
+
 def score(
     cols: dict,
     slots: np.ndarray,
@@ -241,6 +255,8 @@ def score(
     """
     has_forecast = count >= SCORE_AFTER
     err = standardised_error(residual, spread)
+    if cfg.spike_once:
+        err = _count_spike_once(cols, slots, x, residual, spread, err)
     z = _likelihood_stage(cols, slots, err, has_forecast, cfg)
     by_season = np.zeros(len(slots), dtype=bool)
     if cfg.seasonal_window and seasonal_residual is not None and seasonal_spread is not None:
