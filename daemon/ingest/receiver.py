@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import signal
 import threading
 import time
@@ -40,6 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from daemon import spawn
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
 from daemon.ingest.payload import PayloadParser
@@ -379,7 +379,7 @@ class ReceiverProcess:
         self._on_stats = on_stats
         self._next_stats = 0.0
         self._on_enqueued = on_enqueued
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
+        ctx = spawn.context()  # no fork of a threaded parent; no resource tracker process
         self._conn, child_conn = ctx.Pipe()
         self._child_conn = child_conn
         self.process = ctx.Process(

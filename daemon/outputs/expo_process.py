@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -30,6 +29,7 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from daemon import spawn
 from daemon.outputs.server import HealthCheck, health_response, listening_socket, serve_socket
 from daemon.outputs.snapshot import SnapshotReader, SnapshotWriter
 from daemon.outputs.snaptext import SnapshotText
@@ -78,7 +78,7 @@ class ExpositionProcess:
 
     def start(self) -> ExpositionProcess:
         """Start the child and the thread that answers it; returns self."""
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
+        ctx = spawn.context()  # no fork of a threaded parent; no resource tracker process
         ctl, ctl_child = ctx.Pipe()
         rpc, rpc_child = ctx.Pipe()
         proc = ctx.Process(
