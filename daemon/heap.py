@@ -21,7 +21,9 @@ import os
 
 from lstm_stream import libc
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
+M_ARENA_MAX = -8  # glibc's mallopt parameters
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, which it raises (up to 32 MB) as big blocks are freed
 
 
 def freeze_startup_objects() -> None:
@@ -37,3 +39,15 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
     mallopt = libc.function("mallopt")
     return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def compact_heap(arenas: int = 1, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """For a child whose threads build and drop blocks of megabytes (the exposition process):
+    ``arenas`` malloc arenas, and blocks of ``mmap_threshold`` bytes or more mapped and unmapped
+    on their own, at a fixed threshold (glibc's moves up as such blocks are freed, after which
+    they stay in the heap, resident). Exposition child at 10k streams: 80 -> 60 MB with both."""
+    mallopt = libc.function("mallopt")
+    if mallopt is None:
+        return False
+    limit_malloc_arenas(arenas)
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
