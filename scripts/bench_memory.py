@@ -5,10 +5,11 @@
 Starts a private Mosquitto and ``python -m daemon run`` of ``--root`` (default: this checkout) with the
 default configuration (fine-tuning on, mode "process"; runtime auto) apart from the broker, port, state
 folder and no admission rate (so N streams arrive at once), publishes ``--samples`` values to each of N
-topics (QoS 1), waits until all are processed and ``--settle`` seconds more, and prints the RSS of each
-of the daemon's processes idle and loaded, the engine's own account of its arrays, and whether torch is
-mapped into the engine process. Running it with ``--root`` on two checkouts in one session gives a
-before/after on the same machine (e.g. ``git archive <base> | tar -x -C /tmp/before``).
+topics (QoS 1), waits until all are processed and ``--settle`` seconds more, scrapes ``/metrics``
+``--scrapes`` times, and prints the RSS (and PSS) of each of the daemon's processes idle and loaded,
+the engine's own account of its arrays, and whether torch is mapped into the engine process. Running
+it with ``--root`` on two checkouts in one session gives a before/after on the same machine (e.g.
+``git archive <base> | tar -x -C /tmp/before``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--samples", type=int, default=3, help="values published to each stream")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose daemon is measured")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the last sample")
+    ap.add_argument("--scrapes", type=int, default=10, help="full /metrics scrapes before the loaded figures")
     ap.add_argument("--timeout", type=float, default=120.0)
     return ap.parse_args()
 
@@ -147,6 +149,8 @@ def main() -> int:
                 work / "d.log",
             )
             time.sleep(args.settle)
+            for _ in range(args.scrapes):  # as Prometheus would: the exposition process renders each time
+                d.scrape()
             out = {
                 "root": str(args.root),
                 "streams": args.streams,
