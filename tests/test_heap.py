@@ -46,3 +46,34 @@ def test_compact_heap_gives_big_blocks_back_once_dropped() -> None:
     }
     assert kept["compact"] < 2, kept
     assert kept["default"] >= 7, kept  # the test bites: without it the block stays
+
+
+TRIM = """
+import sys
+from daemon.heap import HeapTrimmer
+def anon():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon")) // 1024
+keep, drop = [], []
+for i in range(20_000):  # 2 kB blocks (malloc's heap, not mapped); the freed ones lie between kept ones
+    (keep if i % 50 == 0 else drop).append(bytearray(2000))
+del drop
+before = anon()
+trimmer = HeapTrimmer(every_s=10.0)
+if sys.argv[1] == "trim":
+    assert trimmer.maybe_trim(0.0) and not trimmer.maybe_trim(5.0) and trimmer.trims == 1
+print(before - anon())
+"""
+
+
+def test_the_heap_trimmer_gives_freed_pages_back_at_most_every_interval() -> None:
+    """Freed blocks in the middle of the heap stay resident until ``malloc_trim``: the housekeeping's
+    trimmer (at most once per interval) gives them back."""
+    freed = {
+        how: int(
+            subprocess.run(
+                [sys.executable, "-c", TRIM, how], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for how in ("trim", "no")
+    }
+    assert freed["trim"] >= 20 and freed["no"] < 5, freed
