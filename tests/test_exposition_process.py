@@ -90,6 +90,9 @@ def test_fast_values_round_trip_exactly() -> None:
     r = np.random.default_rng(0)
     x = r.standard_cauchy(5000) * 10.0 ** r.integers(-30, 30, 5000)
     assert [float(t) for t in fast_values(x)] == x.tolist()
+    # as the exposition process reads them: memoryviews of the snapshot, no numpy
+    assert fast_values(memoryview(a.tobytes()).cast("d")) == text
+    assert fast_values(memoryview(np.array([3.0, np.nan]).tobytes()).cast("d"), integer=True) == ["3", "NaN"]
 
 
 @pytest.fixture

@@ -1,18 +1,20 @@
 """Per-stream exposition text from a shared-memory snapshot, formatted in C loops.
 
 ``float.__repr__`` costs about 1 us a value here, so 70k series took 70-200 ms in Python. orjson
-writes a whole numpy column as shortest round-trip decimals (ryu) in about 0.1 us a value; the
+writes a whole column as shortest round-trip decimals (ryu) in about 0.1 us a value; the
 lines are then joined with ``map``/``join`` over label strings cached per stream, so no Python code
 runs per series. A family whose column did not change since the last snapshot keeps its text.
 Values print as Go's ParseFloat reads them (``1e22``, ``0.00001``, ``NaN``, ``+Inf``).
+No numpy here: the exposition process does without it (14 MB).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
-
-import numpy as np
+from collections.abc import Sequence
+from typing import Any
 
 from daemon.outputs.families import (
     ANOMALOUS_SCORE,
@@ -32,25 +34,29 @@ except ImportError:  # pragma: no cover - a dependency; the slower formatter sti
 _ATTRS = [attr for _, _, _, attr in FAMILIES]
 
 
-def fast_values(a: np.ndarray, integer: bool = False) -> list[str]:
-    """Sample values as text: shortest round-trip decimals, integers as such, NaN / +Inf / -Inf."""
-    if integer:
-        a = a.astype(np.int64)
-    else:
-        a = np.ascontiguousarray(a, dtype=np.float64)
-    if not len(a):
-        return []
-    if orjson is None:
-        from daemon.outputs.exposition import format_values
+def _special(v: float) -> str:
+    return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
 
-        return format_values(a)
-    out = orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode("ascii").split(",")
-    if not integer:
-        bad = ~np.isfinite(a)
-        if bad.any():  # orjson writes null for these
-            for i in np.flatnonzero(bad).tolist():
-                v = a[i]
-                out[i] = "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
+
+def fast_values(a: Any, integer: bool = False) -> list[str]:
+    """Sample values (a sequence of floats, or anything with ``tolist()``) as text: shortest
+    round-trip decimals, integers as such, NaN / +Inf / -Inf."""
+    values = a.tolist() if hasattr(a, "tolist") else list(a)
+    if not values:
+        return []
+    if integer:
+        try:
+            values = list(map(int, values))
+        except (ValueError, OverflowError):  # NaN or infinite where counts belong: print them as such
+            values = [int(v) if math.isfinite(v) else _special(v) for v in values]
+            return list(map(str, values))
+    if orjson is None:
+        text = ",".join(map(repr, values))
+    else:
+        text = orjson.dumps(values)[1:-1].decode("ascii")
+    out = text.split(",")
+    if not integer and "n" in text:  # NaN or an infinity: null from orjson, nan or inf from repr
+        out = [t if math.isfinite(v) else _special(v) for t, v in zip(out, values, strict=True)]
     return out
 
 
@@ -97,15 +103,16 @@ class SnapshotText:
             return []
         return [self._family(k, snap, rows) for k in range(min(len(self.series), len(snap.cols)))]
 
-    def _family(self, k: int, snap: Snapshot, rows: np.ndarray | None) -> bytes:
+    def _family(self, k: int, snap: Snapshot, rows: list[int] | None) -> bytes:
         """Family ``k``'s sample lines; reused when its column (and the rows shown) are unchanged."""
         col = snap.cols[k]
         one = self.series[k]
         labels = self._closed if one.step is None else self._open
+        bits = col.tobytes()
         if rows is not None:
-            col = col[rows]
-            labels = list(map(labels.__getitem__, rows.tolist()))
-        bits = col.tobytes() + (rows.tobytes() if rows is not None else b"")
+            col = list(map(col.tolist().__getitem__, rows))
+            labels = list(map(labels.__getitem__, rows))
+            bits += repr(rows).encode()
         if bits != self._bits[k]:
             values = fast_values(col, snap.kinds[k] == INT)
             if one.step is not None:  # ',horizon="h"} ' (the label set '} ' gets) before each value, in C
@@ -127,11 +134,14 @@ class SnapshotText:
         self._bits = [b""] * len(self.series)
         self._names = names
 
-    def _rows(self, snap: Snapshot) -> np.ndarray | None:
+    def _rows(self, snap: Snapshot) -> list[int] | None:
         """Rows shown: all (None), or those anomalous now, flagged before, or scoring >= 0.5."""
         if self.mode == "all":
             return None
-        col = {attr: snap.cols[k] for k, attr in enumerate(_ATTRS)}
-        with np.errstate(invalid="ignore"):
-            keep = (col["in_anomaly"] != 0) | (col["anomalies"] > 0) | (col["score"] >= ANOMALOUS_SCORE)
-        return np.flatnonzero(keep)
+        col: dict[str, Sequence[float]] = {attr: snap.cols[k] for k, attr in enumerate(_ATTRS)}
+        keep = zip(col["in_anomaly"], col["anomalies"], col["score"], strict=True)
+        return [
+            i
+            for i, (now, flags, score) in enumerate(keep)
+            if now != 0 or flags > 0 or score >= ANOMALOUS_SCORE
+        ]
