@@ -15,6 +15,7 @@ it with ``--root`` on two checkouts in one session gives a before/after on the s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -35,6 +36,12 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose daemon is measured")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the last sample")
     ap.add_argument("--scrapes", type=int, default=10, help="full /metrics scrapes before the loaded figures")
+    ap.add_argument(
+        "--finetune",
+        action="store_true",
+        help="then wait for one fine-tune run (due 2 s after all samples are in; give --samples 80: it "
+        "trains on streams with 65 or more) and report the peak over its run and the figures after",
+    )
     ap.add_argument("--timeout", type=float, default=120.0)
     return ap.parse_args()
 
@@ -100,6 +107,46 @@ def _maps_torch(pid: int) -> bool:
         return any("libtorch" in line for line in f)
 
 
+def _publish_round(pub, fields: list[bytes], value: float, ts: float) -> None:  # noqa: ANN001
+    """One sample to every topic (``fields``: MQTT topic fields), QoS 1, acknowledged."""
+    payload = json.dumps({"value": value, "ts": ts}).encode()
+    for a in range(0, len(fields), 1000):
+        pub.send([pub.packet(f, payload, 1) for f in fields[a : a + 1000]])
+        pub.read_acks()
+
+
+def _finetune_phase(d: _Daemon, args: argparse.Namespace, proc: subprocess.Popen, log: Path) -> dict:
+    """Sample the tree's RSS until a fine-tune run ends: its peak (the fine-tuning process included),
+    the outcome, and the figures once it settled (after a swap: every window replayed)."""
+    from daemon.commands.bench.memory import memory_figures, rss_by_role
+    from daemon.commands.bench.scrape import parse_samples
+
+    peak: dict[str, float] = {}
+    deadline = time.monotonic() + args.timeout + 600
+    for i in itertools.count():
+        now = rss_by_role(d.pid)
+        if sum(now.values()) > sum(peak.values()):
+            peak = now
+        if i % 5 == 0:  # a scrape a second: parsing 100k series is not free
+            runs = parse_samples(d.scrape(), ["lstm_stream_finetune_runs_total"])
+            if sum(runs.values()) >= 1:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"no fine-tune run finished:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    time.sleep(args.settle)
+    for _ in range(args.scrapes):
+        d.scrape()
+    version = parse_samples(d.scrape(), ["lstm_stream_model_version"])
+    return {
+        "peak_total_rss_mb": round(sum(peak.values()), 1),
+        "peak_rss_mb_by_process": peak,
+        "runs": {labels: v for (_, labels), v in runs.items() if v},
+        "model_version": max(version.values(), default=None),
+        "after": memory_figures(d),
+    }
+
+
 def main() -> int:
     args = _args()
     from daemon.commands.bench.broker import Broker
@@ -112,6 +159,7 @@ def main() -> int:
         broker = Broker(work).start()
         http_port = free_port()
         cfg = work / "config.toml"
+        ft_after = args.streams * (args.samples + 1)
         cfg.write_text(
             toml_text(
                 {
@@ -119,6 +167,13 @@ def main() -> int:
                     "http": {"bind": "127.0.0.1", "port": http_port},
                     "state": {"directory": str(work / "state")},
                     "engine": {"new_streams_per_s": False},
+                    # due once one more round arrives, after the loaded figures (the probes that
+                    # found the daemon subscribed count too, but are fewer than a round)
+                    **(
+                        {"finetune": {"interval_s": 2.0, "min_new_samples": ft_after}}
+                        if args.finetune
+                        else {}
+                    ),
                 }
             )
         )
@@ -136,10 +191,7 @@ def main() -> int:
             fields = [len(t).to_bytes(2, "big") + t for t in topics]
             t0 = time.time() - args.samples
             for k in range(args.samples):
-                for a in range(0, len(fields), 1000):
-                    payload = json.dumps({"value": 1.0 + k, "ts": t0 + k}).encode()
-                    pub.send([pub.packet(f, payload, 1) for f in fields[a : a + 1000]])
-                    pub.read_acks()
+                _publish_round(pub, fields, 1.0 + k, t0 + k)
             want = args.streams * args.samples
             _wait(
                 lambda: _processed(d) >= base + want,
@@ -159,6 +211,9 @@ def main() -> int:
                 "loaded": memory_figures(d),
                 "engine_maps_torch": _maps_torch(d.pid),
             }
+            if args.finetune:
+                _publish_round(pub, fields, 0.0, t0 + args.samples)  # the run is due now
+                out["finetune"] = _finetune_phase(d, args, proc, work / "d.log")
             pub.close()
         finally:
             stop_proc(proc, 60)

@@ -35,8 +35,8 @@ def process_memory(pid: int) -> dict[str, float]:
 
 
 def _role(pid: int, root: int) -> str:
-    """engine (the daemon itself), exposition, resource_tracker (multiprocessing's), receiver
-    (the other spawned children), or the process name."""
+    """engine (the daemon itself), exposition, resource_tracker (multiprocessing's), finetune,
+    receiver (the other spawned children), or the process name."""
     if pid == root:
         return "engine"
     try:
@@ -48,7 +48,19 @@ def _role(pid: int, root: int) -> str:
         return "exposition"
     if b"resource_tracker" in cmdline:
         return "resource_tracker"
+    if b"daemon.service.finetuner" in cmdline:
+        return "finetune"  # the fine-tuning process (finetune.mode "process"), while a run lasts
     return "receiver" if b"spawn_main" in cmdline else comm
+
+
+def rss_by_role(root: int) -> dict[str, float]:
+    """VmRSS of each process in ``root``'s tree by role (MB), without a scrape: cheap to sample."""
+    out: dict[str, float] = {}
+    for pid in proc_tree(root):
+        role = _role(pid, root)
+        if role != "gone":
+            out[role] = round(out.get(role, 0.0) + process_memory(pid).get("rss_mb", 0.0), 1)
+    return out
 
 
 def memory_figures(d: Daemon) -> dict:
