@@ -1,6 +1,7 @@
 """Resident memory of a daemon with default settings once it tracks N streams, per process.
 
     python scripts/bench_memory.py [--streams 10000] [--samples 3] [--root CHECKOUT]
+    python scripts/bench_memory.py --samples 80 --finetune   # and over one fine-tune run
 
 Starts a private Mosquitto and ``python -m daemon run`` of ``--root`` (default: this checkout) with the
 default configuration (fine-tuning on, mode "process"; runtime auto) apart from the broker, port, state
@@ -9,7 +10,9 @@ topics (QoS 1), waits until all are processed and ``--settle`` seconds more, scr
 ``--scrapes`` times, and prints the RSS (and PSS) of each of the daemon's processes idle and loaded,
 the engine's own account of its arrays, and whether torch is mapped into the engine process. Running
 it with ``--root`` on two checkouts in one session gives a before/after on the same machine (e.g.
-``git archive <base> | tar -x -C /tmp/before``).
+``git archive <base> | tar -x -C /tmp/before``). With ``--finetune`` (fine-tuning due 2 s after one more
+round of samples) it then samples the tree until a run ends: the peak by process, the fine-tuning
+process included (it exists only while a run lasts), and the figures after (a swap replays windows).
 """
 
 from __future__ import annotations
