@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 
 from lstm_stream import libc
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
+M_ARENA_MAX = -8  # glibc's mallopt parameters
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, which it raises (up to 32 MB) as big blocks are freed
 
 
 def freeze_startup_objects() -> None:
@@ -37,3 +40,41 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
     mallopt = libc.function("mallopt")
     return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def compact_heap(arenas: int = 1, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """For a child whose threads build and drop blocks of megabytes (the exposition process):
+    ``arenas`` malloc arenas, and blocks of ``mmap_threshold`` bytes or more mapped and unmapped
+    on their own, at a fixed threshold (glibc's moves up as such blocks are freed, after which
+    they stay in the heap, resident). Exposition child at 10k streams: 80 -> 60 MB with both."""
+    mallopt = libc.function("mallopt")
+    if mallopt is None:
+        return False
+    limit_malloc_arenas(arenas)
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+
+
+class HeapTrimmer:
+    """Hands the C heap's free pages back to the system every ``every_s`` (glibc's ``malloc_trim``).
+
+    The engine's batches leave freed temporaries scattered through its heap, resident until reused:
+    5-6 MB of the engine process at 10k streams (``scripts/bench_memory.py``), for about 0.3 ms a call.
+    """
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self._trim = libc.function("malloc_trim")
+        self._next = 0.0
+        self.trims = 0
+        self.seconds = 0.0  # wall time spent trimming
+
+    def maybe_trim(self, now: float) -> bool:
+        """Trim if ``every_s`` passed since the last time (``now``: monotonic seconds)."""
+        if self._trim is None or now < self._next:
+            return False
+        self._next = now + self.every_s
+        t0 = time.perf_counter()
+        self._trim(0)
+        self.seconds += time.perf_counter() - t0
+        self.trims += 1
+        return True

@@ -38,6 +38,7 @@ from pydantic_settings import (
 
 from daemon.ingest_settings import IngestSettings
 from daemon.nats_settings import NatsSettings
+from daemon.plain import read_password
 from lstm_stream.config import EngineConfig, OffOnly
 
 if sys.version_info >= (3, 11):
@@ -234,15 +235,9 @@ class MqttSettings(_Section):
         return v
 
     def password(self) -> str | None:
-        """Read the password now (None without a username, a password file or content).
-
-        Read on each call, so a rotated credential is picked up at the next reconnect; one
-        trailing line break is not part of the password.
-        """
-        if self.username is None or self.password_file is None:
-            return None
-        text = self.password_file.read_text(encoding="utf-8")
-        return text.removesuffix("\n").removesuffix("\r") or None
+        """Read the password now (see :func:`~daemon.plain.read_password`: a rotated credential is
+        picked up at the next reconnect)."""
+        return read_password(self.username, self.password_file)
 
 
 class PayloadSettings(_Section):

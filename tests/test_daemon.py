@@ -175,6 +175,13 @@ def test_sigterm_to_the_whole_group_as_systemd_sends_it_still_drains(broker, dae
     d.wait_metric("lstm_stream_samples_processed_total", lambda v: v >= 1)
     receivers = _children(d.proc.pid)
     assert receivers, "the receiver process is a child of the daemon"
+    # nor is there a resource tracker (a whole interpreter, 15 MB, for resources the daemon has not)
+    assert _children(d.proc.pid, "resource_tracker") == []
+    # and the receiver reads plain settings: pydantic (18 MB there) is not loaded; nor numpy (14 MB)
+    # where the exposition process reads the snapshot
+    assert "pydantic_core" not in Path(f"/proc/{receivers[0]}/maps").read_text()
+    (exposition,) = _children(d.proc.pid, exposition=True)
+    assert "_multiarray_umath" not in Path(f"/proc/{exposition}/maps").read_text()
     for pid in [d.proc.pid, *receivers, *_children(d.proc.pid, exposition=True)]:
         os.kill(pid, signal.SIGTERM)
     assert d.stop(timeout=60) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lstm_stream import scoring
 from lstm_stream.config import ScoringConfig
@@ -30,3 +31,18 @@ def test_a_chance_record_smaller_than_half_a_step_is_not_a_range_anomaly() -> No
     without = _flags(y, ScoringConfig(range_steps=0))
     assert (800, "range") in without and (1000, "range") in without
     assert (800, "range") not in with_floor and (1000, "range") in with_floor
+
+
+def test_tail_score_equals_scipys_log_ndtr() -> None:
+    """``tail_score`` (``math.erfc``, no scipy in the daemon) gives scipy's ``log_ndtr`` scores to the
+    last bit or two, across the whole range, with the same NaN and infinities."""
+    log_ndtr = pytest.importorskip("scipy.special").log_ndtr
+    rng = np.random.default_rng(7)
+    z = np.concatenate(
+        [rng.standard_normal(20_000) * 4, np.linspace(-60, 60, 24_001), [np.inf, -np.inf, np.nan, 0.0]]
+    )
+    want = np.clip(-log_ndtr(-z) / scoring.LOG_1E10, 0.0, 1.0)
+    got = scoring.tail_score(z)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert scoring.tail_score(z[:44_000].reshape(4, -1)).shape == (4, 11_000)

@@ -384,3 +384,27 @@ def test_true_is_not_a_number_or_a_name(tmp_path: Path) -> None:
     assert msg.startswith("config error: engine.idle_expiry_s: true is not a value here")
     msg = config_error(write(tmp_path / "t.toml", "[payload]\ntimestamp_key = true\n"))
     assert msg.startswith("config error: payload.timestamp_key: true is not a value here")
+
+
+def test_plain_copies_are_the_settings_values_for_the_receiver_child(tmp_path: Path) -> None:
+    """The receiver child reads ``daemon.plain`` copies (no pydantic there): every field, nested
+    sections too, the same values; the password is read from the file at each call, as by the model."""
+    import pickle
+
+    from daemon.plain import Plain, PlainMqtt
+
+    pw = write(tmp_path / "pw", "first\n")
+    s = load_settings(
+        None, {"mqtt.username": "daemon", "mqtt.password_file": str(pw), "mqtt.topics": ["a/#"]}
+    )
+    for model, plain in ((s.mqtt, PlainMqtt.of(s.mqtt)), (s.payload, Plain.of(s.payload))):
+        assert {k: getattr(plain, k) for k in type(model).model_fields} == {
+            k: v if not hasattr(v, "model_dump") else Plain.of(v) for k, v in dict(model).items()
+        }
+        assert pickle.loads(pickle.dumps(plain)) == plain
+    plain = PlainMqtt.of(s.mqtt)
+    assert plain.tls.enabled is False and plain.topics == ["a/#"] and plain.password() == "first"
+    write(pw, "rotated")
+    assert plain.password() == s.mqtt.password() == "rotated"
+    with pytest.raises(AttributeError):
+        plain.host = "elsewhere"

@@ -1,5 +1,6 @@
 """With default settings the serving process never imports torch (weights as numpy, onnxruntime steps),
-nor the onnx package (the graph is written by lstm_stream.onnx_proto).
+nor the onnx package (the graph is written by lstm_stream.onnx_proto), nor scipy (26 MB resident for
+one function: scoring uses ``math.erfc``), nor nats-py (``ingest.source = "nats"`` only).
 
 Run in a fresh interpreter: other tests import torch into this one, which would hide an import.
 """
@@ -42,7 +43,7 @@ e.swap_model(candidate)
 restored = checkpoint.restore(checkpoint.snapshot(e))
 r = restored.process(["a", "b"], [200.0, 200.0], [0.1, 0.2])
 assert e.counters["reordered"] == 1 and restored.model_version == 1 and np.isfinite(r.next_forecast).all()
-print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx")))  # onnxruntime is not onnx
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "scipy", "nats")))
 """
 
 

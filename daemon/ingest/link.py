@@ -22,7 +22,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -35,8 +35,11 @@ from daemon.ingest.inlet import Inlet
 from daemon.ingest.mqtt_client import Client
 from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import IngestQueue, LinkStats
+from daemon.plain import PlainMqtt
 from daemon.ratelog import RateLimitedLogger
-from daemon.settings import MqttSettings
+
+if TYPE_CHECKING:  # the receiver child gets a daemon.plain.PlainMqtt: no pydantic in that process
+    from daemon.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class MqttLink:
 
     def __init__(
         self,
-        settings: MqttSettings,
+        settings: MqttSettings | PlainMqtt,
         parser: PayloadParser,
         queue: IngestQueue,
         *,

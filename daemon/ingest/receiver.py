@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import signal
 import threading
 import time
@@ -38,16 +37,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon import spawn
 from daemon.heap import freeze_startup_objects
 from daemon.ingest.link import MqttLink
 from daemon.ingest.payload import PayloadParser
 from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.ingest.wire import encode_columns
+from daemon.plain import Plain, PlainMqtt
 from daemon.ratelog import RateLimitedLogger
-from daemon.settings import MqttSettings, PayloadSettings
 from lstm_stream.wal import SegmentWriter, encode_samples
+
+if TYPE_CHECKING:  # the child gets their values as daemon.plain objects: pydantic is not imported there
+    from daemon.settings import MqttSettings, PayloadSettings
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +253,8 @@ class _Committer:
 
 def _child_main(
     conn: Connection,
-    mqtt: MqttSettings,
-    payload: PayloadSettings,
+    mqtt: PlainMqtt,
+    payload: Plain,
     level: str,
     rate_limit_s: float,
     flush_s: float,
@@ -298,8 +301,8 @@ def _child_main(
 
 def _child_wal(
     conn: Connection,
-    mqtt: MqttSettings,
-    payload: PayloadSettings,
+    mqtt: PlainMqtt,
+    payload: Plain,
     rate_limit_s: float,
     wal_dir: Path,
     next_index: int,
@@ -379,15 +382,15 @@ class ReceiverProcess:
         self._on_stats = on_stats
         self._next_stats = 0.0
         self._on_enqueued = on_enqueued
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
+        ctx = spawn.context()  # no fork of a threaded parent; no resource tracker process
         self._conn, child_conn = ctx.Pipe()
         self._child_conn = child_conn
         self.process = ctx.Process(
             target=_child_main,
             args=(
                 child_conn,
-                mqtt,
-                payload,
+                PlainMqtt.of(mqtt),
+                Plain.of(payload),
                 log_level,
                 rate_limit_s,
                 flush_s,

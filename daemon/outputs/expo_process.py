@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -30,6 +29,8 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from daemon import spawn
+from daemon.heap import compact_heap
 from daemon.outputs.server import HealthCheck, health_response, listening_socket, serve_socket
 from daemon.outputs.snapshot import SnapshotReader, SnapshotWriter
 from daemon.outputs.snaptext import SnapshotText
@@ -78,7 +79,7 @@ class ExpositionProcess:
 
     def start(self) -> ExpositionProcess:
         """Start the child and the thread that answers it; returns self."""
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded, torch-loaded parent
+        ctx = spawn.context()  # no fork of a threaded parent; no resource tracker process
         ctl, ctl_child = ctx.Pipe()
         rpc, rpc_child = ctx.Pipe()
         proc = ctx.Process(
@@ -192,12 +193,13 @@ class _ChildOwner:
                 return body
         raise RuntimeError(f"the engine's process did not answer within {RPC_TIMEOUT_S:g} s")
 
-    def scrape(self) -> bytes:
-        """The aggregates from the parent and the per-stream text, rendered while the parent answers."""
+    def scrape(self) -> list[bytes]:
+        """The aggregates from the parent and the per-stream text (rendered while the parent answers),
+        in chunks the handler writes one by one: no joined copy of 8 MB per request."""
         with self._lock:
             tag = self._ask(METRICS)
-            per_stream = self.cache.render(self.reader.read())
-            return self._answer(tag) + per_stream
+            per_stream = self.cache.render_chunks(self.reader.read())
+            return [self._answer(tag), *per_stream]
 
     def health(self) -> tuple[int, bytes]:
         try:
@@ -217,6 +219,7 @@ def child_main(
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(15, PROCESS_NAME)  # PR_SET_NAME
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    compact_heap()  # a thread per request, each rendering megabytes: one arena, big blocks returned
     sock = socket.socket(fileno=reduction.recv_handle(ctl))
     reader = SnapshotReader(reduction.recv_handle(ctl))
     server = serve_socket(sock, _ChildOwner(rpc, reader, SnapshotText(mode, horizons)))

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 VALUE = "lstm_stream_value"
 FORECAST = "lstm_stream_forecast"
 FORECAST_NEXT = "lstm_stream_forecast_next"
@@ -64,8 +62,10 @@ class Series:
     attr: str
     step: int | None = None  # the path's step (label ``horizon``), for horizon families
 
-    def column(self, view: Any) -> np.ndarray:
+    def column(self, view: Any) -> Any:
         """This series' values in ``view`` (a StreamView); NaN where the view has no such step."""
+        import numpy as np  # here: the exposition process imports this module, and no numpy
+
         a = getattr(view, self.attr)
         if self.step is None:
             return np.asarray(a)

@@ -50,13 +50,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, body = owner.health()
         else:
             status, body = 404, b"not found\n"
+        chunks = [body] if isinstance(body, bytes) else body
         try:
             self.send_response(status)
             self.send_header("Content-Type", CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(sum(map(len, chunks))))
             self.end_headers()
             if send_body:
-                self.wfile.write(body)
+                for chunk in chunks:
+                    self.wfile.write(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the scraper gave up; nothing to tell it
 
@@ -100,9 +102,10 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class ServerOwner(Protocol):
-    """What the handler asks: the /metrics body and the /healthz answer."""
+    """What the handler asks: the /metrics body (bytes, or chunks written one after the other) and
+    the /healthz answer."""
 
-    def scrape(self) -> bytes: ...
+    def scrape(self) -> bytes | list[bytes]: ...
 
     def health(self) -> tuple[int, bytes]: ...
 

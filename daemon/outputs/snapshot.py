@@ -5,6 +5,9 @@ laid out as a 4 KiB header, the families' columns as float64 (one row per tracke
 :func:`~daemon.outputs.families.series` order), then the stream names as a JSON array, rewritten
 only when they change. A sequence number makes it a seqlock: odd while the writer is at work, so a
 reader that saw it move copies again. The writer never waits for a reader.
+
+The reader side (the exposition process) imports no numpy, 14 MB of that process: it reads the
+header with ``struct`` and the columns as ``memoryview`` casts; the writer imports it where it works.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from daemon.outputs.families import series
 
@@ -37,13 +40,18 @@ def _align(n: int) -> int:
     return (n + 4095) & ~4095
 
 
+def _word(mm: mmap.mmap, index: int) -> int:
+    """Header word ``index`` (uint64, native order, as the writer's numpy view stores it)."""
+    return struct.unpack_from("=Q", mm, index * 8)[0]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One consistent copy of the published columns (``cols[k]`` is family ``k``, one row per name)."""
 
     seq: int
     names: list[str]
-    cols: np.ndarray  # float64, (families, rows)
+    cols: Sequence  # per family, ``rows`` float64 values (``tolist()`` and ``tobytes()``)
     kinds: bytes  # per family: FLOAT or INT (booleans and counters print as integers)
     published_at: float
 
@@ -67,6 +75,8 @@ class SnapshotWriter:
 
     def update(self, view: StreamView) -> None:
         """Publish ``view`` (names only when they differ from the last ones)."""
+        import numpy as np  # here: the reader's process does without it
+
         names = view.names
         rows, nfam = len(names), len(self.series)
         blob = b""
@@ -140,23 +150,21 @@ class SnapshotReader:
 
     def _try(self) -> Snapshot | None:
         mm = self._mm
-        hdr = np.frombuffer(mm, np.uint64, 16)
-        seq = int(hdr[SEQ])
+        seq = _word(mm, SEQ)
         if seq & 1:
             return None
         if seq == 0 or (self._last is not None and seq == self._last.seq):
             return self._last if seq else None
-        rows, nfam, gen = int(hdr[ROWS]), int(hdr[NFAM]), int(hdr[GEN])
-        names_off, names_len, cols_off = int(hdr[NAMES_OFF]), int(hdr[NAMES_LEN]), int(hdr[COLS_OFF])
+        rows, nfam, gen, names_off, names_len, cols_off = struct.unpack_from("=6Q", mm, ROWS * 8)
         if names_off + names_len > len(mm) or cols_off + nfam * rows * 8 > len(mm):
-            del hdr
             self._remap()
             return None
-        cols = np.frombuffer(mm, np.float64, nfam * rows, cols_off).reshape(nfam, rows).copy()
+        flat = memoryview(mm[cols_off : cols_off + nfam * rows * 8]).cast("d")  # a copy
+        cols = [flat[k * rows : (k + 1) * rows] for k in range(nfam)]
         kinds = bytes(mm[KINDS_AT : KINDS_AT + nfam])
-        published_at = float(np.frombuffer(mm, np.float64, 16)[PUBLISHED_AT])
+        (published_at,) = struct.unpack_from("=d", mm, PUBLISHED_AT * 8)
         blob = bytes(mm[names_off : names_off + names_len]) if gen != self._gen else b""
-        if int(hdr[SEQ]) != seq:
+        if _word(mm, SEQ) != seq:
             return None  # the writer moved on meanwhile: copy again
         if gen != self._gen:
             self._names = json.loads(blob.decode("utf-8", "surrogatepass"))

@@ -12,8 +12,10 @@ here has not expired there, and nobody else can hold it (KV create only succeeds
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from daemon.ingest.nats_leases import Leases
+if TYPE_CHECKING:  # nats-py is imported on the NATS path only (the MQTT daemon imports this module)
+    from daemon.ingest.nats_leases import Leases
 
 
 class LeaseFence:

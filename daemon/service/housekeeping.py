@@ -1,5 +1,6 @@
 """The engine thread's chores between batches: progress and the watchdog, the exported view, the
-receive side's counters, idle expiry, discovery, and the fine-tune and checkpoint schedules."""
+receive side's counters, idle expiry, discovery, the fine-tune and checkpoint schedules, and
+giving freed heap pages back to the system."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from daemon.heap import HeapTrimmer
 from daemon.ingest.queue import IngestQueue, LinkStats
 from daemon.outputs.exposition import StreamExporter
 from daemon.outputs.metrics import Metrics
@@ -101,6 +103,7 @@ class Housekeeping:
         self._last_watchdog = 0.0
         self._next_view = 0.0
         self._next_run = 0.0
+        self.trimmer = HeapTrimmer()
 
     def run(self) -> None:
         """Progress and watchdog every time; the view twice a second; the rest once a second."""
@@ -127,6 +130,7 @@ class Housekeeping:
             self.feed.housekeeping(expired)
         self.tuning.step(now)
         self.checkpoints.tick(now)
+        self.trimmer.maybe_trim(now)
 
     def _watchdog(self, now: float) -> None:
         if self._watchdog_s and now - self._last_watchdog >= self._watchdog_s:

@@ -17,22 +17,26 @@ if TYPE_CHECKING:
 
 MEMORY_METRIC = "lstm_stream_memory_bytes"
 _FIELDS = {"VmRSS": "rss_mb", "RssAnon": "anon_mb", "RssFile": "file_mb", "RssShmem": "shmem_mb"}
+_ROLLUP = {"Pss": "pss_mb"}
 
 
 def process_memory(pid: int) -> dict[str, float]:
-    """VmRSS and its anonymous / file-backed / shared-memory parts of one process, MB."""
+    """VmRSS and its anonymous / file-backed / shared-memory parts of one process, MB; and its PSS
+    (each page shared with other processes counted as its share: the sum over processes is what
+    they occupy together, where the sum of RSS counts shared library pages once per process)."""
     out: dict[str, float] = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in _FIELDS:
-                out[_FIELDS[key]] = round(int(rest.split()[0]) / 1024, 1)
+    for path, fields in ((f"/proc/{pid}/status", _FIELDS), (f"/proc/{pid}/smaps_rollup", _ROLLUP)):
+        with contextlib.suppress(OSError), open(path) as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in fields:
+                    out[fields[key]] = round(int(rest.split()[0]) / 1024, 1)
     return out
 
 
 def _role(pid: int, root: int) -> str:
-    """engine (the daemon itself), exposition, resource_tracker (multiprocessing's), receiver
-    (the other spawned children), or the process name."""
+    """engine (the daemon itself), exposition, resource_tracker (multiprocessing's), finetune,
+    receiver (the other spawned children), or the process name."""
     if pid == root:
         return "engine"
     try:
@@ -44,7 +48,19 @@ def _role(pid: int, root: int) -> str:
         return "exposition"
     if b"resource_tracker" in cmdline:
         return "resource_tracker"
+    if b"daemon.service.finetuner" in cmdline:
+        return "finetune"  # the fine-tuning process (finetune.mode "process"), while a run lasts
     return "receiver" if b"spawn_main" in cmdline else comm
+
+
+def rss_by_role(root: int) -> dict[str, float]:
+    """VmRSS of each process in ``root``'s tree by role (MB), without a scrape: cheap to sample."""
+    out: dict[str, float] = {}
+    for pid in proc_tree(root):
+        role = _role(pid, root)
+        if role != "gone":
+            out[role] = round(out.get(role, 0.0) + process_memory(pid).get("rss_mb", 0.0), 1)
+    return out
 
 
 def memory_figures(d: Daemon) -> dict:
@@ -59,6 +75,7 @@ def memory_figures(d: Daemon) -> dict:
     out: dict = {
         "processes": procs,
         "total_rss_mb": round(sum(p.get("rss_mb", 0.0) for p in procs.values()), 1),
+        "total_pss_mb": round(sum(p.get("pss_mb", 0.0) for p in procs.values()), 1),
     }
     with contextlib.suppress(OSError):
         parts = parse_samples(d.scrape(), [MEMORY_METRIC])
