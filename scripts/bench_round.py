@@ -64,6 +64,15 @@ def time_rounds(engine, names: list[str], t0: int, rounds: int) -> float:  # noq
     return (time.process_time() - start) / rounds
 
 
+def time_array(engine, name: str, t0: int, length: int) -> float:  # noqa: ANN001
+    """CPU seconds per sample of one call that brings ``length`` samples of one stream."""
+    vals = series(1, t0, length)[:, 0]
+    ts = np.arange(t0, t0 + length, dtype=np.float64)
+    start = time.process_time()
+    engine.process([name] * length, ts, vals, now=float(t0 + length), limit_admission=False, paths=False)
+    return (time.process_time() - start) / length
+
+
 def count_calls(engine, name: str, t0: int, rounds: int = 20) -> dict[str, float]:  # noqa: ANN001
     """C-level calls per width-1 round (sys.setprofile c_call), in total and the most frequent."""
     seen: Counter[str] = Counter()
@@ -102,8 +111,10 @@ def measure(widths: list[int], warm_samples: int, calls: bool) -> dict:
         sec = time_rounds(engine, names, t0 + 3, rounds)
         out["us_per_round"][w] = round(sec * 1e6, 1)
         out["us_per_sample"][w] = round(sec * 1e6 / w, 2)
+        if w == 1:  # the same rounds inside one call: a stream's array (no per-call work)
+            out["us_per_array_sample"] = round(time_array(engine, names[0], t0 + 3 + rounds, 1000) * 1e6, 1)
         if calls and w == 1:
-            out["calls_width_1"] = count_calls(engine, names[0], t0 + 3 + rounds)
+            out["calls_width_1"] = count_calls(engine, names[0], t0 + 2000)
     return out
 
 
@@ -129,12 +140,15 @@ def compare(trees: list[str], args: argparse.Namespace) -> None:
             + ("" if t == base else f" x{med[t][w] / med[base][w]:.2f}")
             for w in widths
         )
-        print(f"{t}: {cells}")
+        arr = float(np.median([r["us_per_array_sample"] for r in runs[t]]))
+        ratio = (
+            "" if t == base else f" x{arr / np.median([r['us_per_array_sample'] for r in runs[base]]):.2f}"
+        )
+        print(f"{t}: {cells}; 1,000-sample array of one stream: {arr:.0f} us/sample{ratio}")
         if args.calls:
             c = [r["calls_width_1"] for r in runs[t]]
-            print(
-                f"  width-1 round: {c[0]['c_calls_per_round']:.0f} C calls, {c[0]['numpy_calls_per_round']:.0f} numpy"
-            )
+            calls, numpy_calls = c[0]["c_calls_per_round"], c[0]["numpy_calls_per_round"]
+            print(f"  width-1 round: {calls:.0f} C calls, {numpy_calls:.0f} of them numpy")
     print(json.dumps({t: runs[t] for t in trees}), file=sys.stderr)
 
 
@@ -156,6 +170,8 @@ def main() -> int:
     else:
         for w, us in res["us_per_round"].items():
             print(f"width {w}: {us:.0f} us CPU per round, {res['us_per_sample'][w]:.2f} us per sample")
+        if "us_per_array_sample" in res:
+            print(f"1,000-sample array of one stream: {res['us_per_array_sample']:.0f} us CPU per sample")
         if "calls_width_1" in res:
             print(json.dumps(res["calls_width_1"], indent=1))
     return 0
