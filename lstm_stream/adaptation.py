@@ -84,7 +84,7 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
     """Score the pending forecasts of ``s`` on the new values ``x`` (running errors), then fold the
     values into the fit and solve the weights where due."""
     base, sc = cols["ad_base"][s], cols["ad_scale"][s]
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         fc = np.array((base, cols["ad_fc"][s])).T  # (n, 2)
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)
@@ -153,7 +153,7 @@ def forecast(
     serve. Returns the served forecast, its spread and a mask of the slots served the corrected one."""
     f = np.empty((len(s), D))
     u = unit(cols, s, scale)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         f[:, SDIFF] = (cols["sel_fc"][s, SEASONAL] - (np.nan if naive_now is None else naive_now)) / u
         f[:, MOMENTUM] = (x - prev) / u
     f[:, BIAS] = 1.0
@@ -190,7 +190,7 @@ def serve(
     running error of every served base). Returns the served forecast, spread and corrected mask."""
     f = cols["ad_f"][s]
     u = unit(cols, s, scale)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         f[:, : len(CANDIDATES)] = (cols["sel_fc"][s][:, CANDIDATES] - base[:, None]) / u[:, None]
         f = fastnp.clip(np.where(np.isfinite(f), f, 0.0), -cfg.clip, cfg.clip)
         fc = base + u * np.einsum("nd,nd->n", f, cols["ad_w"][s])

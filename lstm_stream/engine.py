@@ -149,9 +149,9 @@ def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np
                     pass
             reject[i] = NOT_A_NUMBER
     finite = np.isfinite(x)
-    if not finite.all():
+    if np.count_nonzero(finite) < len(x):
         reject[(reject == OK) & ~finite] = NOT_FINITE
-    if reject.any():
+    if fastnp.any_true(reject):
         x[reject != OK] = 0.0
     return x, reject
 
@@ -258,7 +258,7 @@ class Engine:
         x, reject = coerce_values(values)
         ts = np.asarray(ts, dtype=np.float64)
         finite_ts = np.isfinite(ts)
-        if not finite_ts.all():
+        if np.count_nonzero(finite_ts) < n:
             reject[(reject == OK) & ~finite_ts] = BAD_TIMESTAMP
         slots, evicted, created, refused = self._slots_for(streams, reject, ts, now, limit_admission)
         nan_out = np.full((6, n), np.nan)  # one allocation for the six NaN-initialised columns
@@ -287,7 +287,7 @@ class Engine:
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
         budget = RoundBudget(max_rounds, round_budget_s)
-        with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way: results, no warnings
+        with fastnp.ignoring_errors():  # finite extremes (1e308) overflow on the way: results, no warnings
             for r in range(rounds):
                 if not budget.allows(r):
                     later = ok[rank >= r]

@@ -285,7 +285,7 @@ def _choose(cols: dict, s: np.ndarray) -> None:
     best = np.argmin(mae, axis=2)
     choice = cols["hz_choice"][s].astype(np.intp)
     lowest, current = _pick(mae, best), _pick(mae, choice)
-    with np.errstate(invalid="ignore"):
+    with fastnp.errstate(invalid="ignore"):
         choice = np.where(lowest < (1.0 - MARGIN) * current, best, choice)
     choice[:, 0] = FLAT
     cols["hz_choice"][s] = choice

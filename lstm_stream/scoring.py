@@ -161,7 +161,7 @@ def _level_rule(
     std = np.maximum(np.sqrt(np.maximum(var, 0.0)), cfg.level_floor * noise + 1e-12)
     delta = level - mean
     ok = valid & np.isfinite(x)
-    with np.errstate(invalid="ignore"):
+    with fastnp.errstate(invalid="ignore"):
         z = np.where(ok & (n >= max(cfg.warmup, MIN_LONG_N)), np.abs(delta) / std, -np.inf)
     shift = tail_score(z) >= cfg.threshold
     a = _ew(n + 1, cfg.long_memory)
@@ -185,7 +185,7 @@ def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig
     margin = cfg.range_margin * span
     if cfg.range_steps:  # a record must also beat the old one by more than the stream's typical step
         margin = np.maximum(margin, cfg.range_steps * cols["step_mad"][slots])
-    with np.errstate(invalid="ignore"):
+    with fastnp.errstate(invalid="ignore"):
         return (span > 0) & ((x > hi + margin) | (x < lo - margin))
 
 
@@ -216,7 +216,7 @@ def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringCon
 
 def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """log(1 + |residual| / spread): heavy tails tamed so a Gaussian fits its short averages."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.log1p(np.abs(residual) / spread)
     return fastnp.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
 
@@ -244,7 +244,7 @@ def score(
     z = _likelihood_stage(cols, slots, err, has_forecast, cfg)
     by_season = np.zeros(len(slots), dtype=bool)
     if cfg.seasonal_window and seasonal_residual is not None and seasonal_spread is not None:
-        with np.errstate(invalid="ignore"):
+        with fastnp.errstate(invalid="ignore"):
             ok = has_forecast & np.isfinite(seasonal_residual) & (seasonal_spread > 0)
         if fastnp.any_true(ok):  # streams without a period: their seasonal statistics would not change anyway
             s_err = standardised_error(seasonal_residual, seasonal_spread)

@@ -127,6 +127,6 @@ def weight(mae_lstm: np.ndarray, mae_naive: np.ndarray, cap: float) -> np.ndarra
     running errors, capped at ``cap`` (0 until both errors are known). A stream whose day repeats
     exactly leans on it; one where last period's value is a poor guess (weekly patterns, drift)
     keeps the LSTM."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", divide="ignore"):
         w = mae_lstm**2 / (mae_lstm**2 + mae_naive**2)
     return fastnp.clip(np.where(np.isnan(w), 0.0, w), 0.0, cap)  # as nan_to_num: +-inf clip to cap / 0

@@ -88,7 +88,7 @@ def update(
     ``model_spread``: the model's forecast of it; ``naive_fc``: the value one period ago or NaN;
     ``scale``: the stream's robust scale). Returns the served forecast, its spread and the choice."""
     fc = cols["sel_fc"][s]
-    with np.errstate(invalid="ignore", over="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore"):
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)  # False where a candidate made no forecast
         count = cols["sel_n"][s] + ok
@@ -158,7 +158,7 @@ def _serve(
     fc[:, PERSISTENCE] = last
     fc[:, EWMA] = level
     fc[:, SEASONAL] = np.nan if naive_fc is None else naive_fc
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    with fastnp.errstate(invalid="ignore", divide="ignore", over="ignore"):
         k = np.where(dxx > 0, fastnp.clip(dxy / dxx, 0.0, 1.0), 0.0)
         fc[:, DAMPED] = last + k * (model_fc - last)
         ready = (count >= MIN_ERRORS) & np.isfinite(fc)
@@ -177,7 +177,7 @@ def _serve(
         best = np.argmin(err, axis=1)
         lowest = err[rows, best]
         current = err[rows, choice]
-        with np.errstate(invalid="ignore"):
+        with fastnp.errstate(invalid="ignore"):
             switch = lowest < (1.0 - cfg.margin) * current  # from an unready choice (inf) to a ready one
         if fastnp.any_true(switch):
             sure = significant(cols["sel_ee"][s], mae, count, choice, best, cfg)
@@ -233,5 +233,5 @@ def paired_gain(mean: np.ndarray, square: np.ndarray, n: np.ndarray, cfg: Select
     """Whether a running mean gain ``mean`` (mean square ``square``, over ``n`` samples) is above zero by
     ``cfg.confidence`` standard errors."""
     size = fastnp.clip(n, 1, 2 * cfg.memory - 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", divide="ignore"):
         return mean > cfg.confidence * np.sqrt(np.maximum(square - mean * mean, 0.0) / size)
