@@ -73,6 +73,46 @@ def time_array(engine, name: str, t0: int, length: int) -> float:  # noqa: ANN00
     return (time.process_time() - start) / length
 
 
+class _Counted:
+    """A numpy function or ufunc that counts its calls (attributes such as ``.reduce`` pass through)."""
+
+    def __init__(self, fn, name: str, seen: Counter) -> None:  # noqa: ANN001
+        self._fn, self._name, self._seen = fn, name, seen
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+        self._seen[self._name] += 1
+        return self._fn(*args, **kwargs)
+
+    def __getattr__(self, attr: str):  # noqa: ANN204
+        return getattr(self._fn, attr)
+
+
+def count_numpy(engine, name: str, t0: int, rounds: int = 20) -> dict[str, float]:  # noqa: ANN001
+    """Calls of functions and ufuncs of the ``numpy`` namespace per width-1 round (operators such as
+    ``a + b`` and indexing are not counted), by wrapping them for the duration."""
+    seen: Counter[str] = Counter()
+    saved = {
+        k: v
+        for k, v in vars(np).items()
+        if isinstance(v, np.ufunc) or (callable(v) and not isinstance(v, type) and not k.startswith("_"))
+    }
+    vals = series(1, t0, rounds)
+    for k, v in saved.items():
+        setattr(np, k, _Counted(v, k, seen))
+    try:
+        for t in range(rounds):
+            engine.process(
+                [name], [float(t0 + t)], vals[t], now=float(t0 + t), limit_admission=False, paths=False
+            )
+    finally:
+        for k, v in saved.items():
+            setattr(np, k, v)
+    return {
+        "numpy_namespace_calls_per_round": sum(seen.values()) / rounds,
+        "top": {k: v / rounds for k, v in seen.most_common(12)},
+    }
+
+
 def count_calls(engine, name: str, t0: int, rounds: int = 20) -> dict[str, float]:  # noqa: ANN001
     """C-level calls per width-1 round (sys.setprofile c_call), in total and the most frequent."""
     seen: Counter[str] = Counter()
@@ -115,6 +155,7 @@ def measure(widths: list[int], warm_samples: int, calls: bool) -> dict:
             out["us_per_array_sample"] = round(time_array(engine, names[0], t0 + 3 + rounds, 1000) * 1e6, 1)
         if calls and w == 1:
             out["calls_width_1"] = count_calls(engine, names[0], t0 + 2000)
+            out["calls_width_1"]["numpy"] = count_numpy(engine, names[0], t0 + 2100)
     return out
 
 
@@ -148,7 +189,11 @@ def compare(trees: list[str], args: argparse.Namespace) -> None:
         if args.calls:
             c = [r["calls_width_1"] for r in runs[t]]
             calls, numpy_calls = c[0]["c_calls_per_round"], c[0]["numpy_calls_per_round"]
-            print(f"  width-1 round: {calls:.0f} C calls, {numpy_calls:.0f} of them numpy")
+            namespace = c[0]["numpy"]["numpy_namespace_calls_per_round"]
+            print(
+                f"  width-1 round: {calls:.0f} C calls ({numpy_calls:.0f} numpy methods and functions); "
+                f"{namespace:.0f} calls of numpy-namespace functions and ufuncs"
+            )
     print(json.dumps({t: runs[t] for t in trees}), file=sys.stderr)
 
 
