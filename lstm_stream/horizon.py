@@ -159,10 +159,10 @@ def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) 
         target = target + np.zeros_like(steps)  # (n, 1) -> (n, len(steps))
     if "se_period" not in cols:
         return np.full(target.shape, np.nan)
-    has = cols["se_period"][s] > 1
+    period = cols["se_period"][s]
+    has = period > 1
     if not fastnp.any_true(has):
         return np.full(target.shape, np.nan)
-    period = cols["se_period"][s]
     ring = cols["se_ring"]
     window = ring.shape[1]
     p = np.where(has, period, steps[-1])[:, None]
