@@ -18,7 +18,7 @@ import numpy as np
 
 from . import adaptation, admission, fastnp, horizon, late, scaling, scoring, seasonal, selection
 from .config import EngineConfig
-from .rounds import RoundBudget, occurrence_rank
+from .rounds import RoundBudget, by_round, occurrence_rank
 from .runner import ModelRunner
 from .state import Column, StreamTable
 from .weights import Weights
@@ -286,16 +286,20 @@ class Engine:
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
+        order, starts = (ok, [0, len(ok)]) if rounds < 2 else by_round(rank)
+        if rounds > 1:
+            order = ok[order]  # batch positions, round by round
+        s_o, ts_o, x_o = slots[order], ts[order], x[order]
         budget = RoundBudget(max_rounds, round_budget_s)
         with fastnp.ignoring_errors():  # finite extremes (1e308) overflow on the way: results, no warnings
             for r in range(rounds):
+                lo, hi = starts[r], starts[r + 1]
                 if not budget.allows(r):
-                    later = ok[rank >= r]
+                    later = order[lo:]
                     reject[later] = DEFERRED
                     out.value[later] = np.nan
                     break
-                idx = ok[rank == r] if rounds > 1 else ok
-                self._step(idx, slots[idx], ts[idx], x[idx], now, out)
+                self._step(order[lo:hi], s_o[lo:hi], ts_o[lo:hi], x_o[lo:hi], now, out)
                 if r == 0:
                     budget.first_done()
         accepted = int(np.count_nonzero(reject == OK))
