@@ -334,20 +334,10 @@ class Engine:
         """None when every sample is newer than its stream's last; else the mask of those that are,
         and each late sample's place back from the newest (``late.places``; -1 elsewhere) where the
         reorder window lets it in; marks duplicates and other late ones rejected."""
-        a = self.arrays
-        seen = count > 0
-        last = a["last_ts"][s]
-        if not fastnp.any_true(seen & (ts <= last)):
+        found = late.classify(self.arrays, s, ts, count, self.reorder_window_s)
+        if found is None:
             return None
-        dup = seen & (ts == last)
-        is_late = seen & (ts < last)
-        if is_late.any():
-            dup |= is_late & (a["ts_ring"][s] == ts[:, None]).any(axis=1)
-        is_late &= ~dup
-        k = np.full(len(s), -1)
-        window = self.reorder_window_s
-        if window and is_late.any():
-            k = np.where(is_late & (last - ts <= window), late.places(a["ts_ring"][s], count, ts), -1)
+        dup, is_late, k = found
         out.reject[idx[dup]] = DUPLICATE
         out.reject[idx[is_late & (k < 0)]] = OUT_OF_ORDER
         return ~(dup | is_late), k
