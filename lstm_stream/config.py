@@ -101,6 +101,17 @@ class ScoringConfig(_Strict):
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
+    spike_once: bool = Field(
+        True,
+        description="a lone outlier counts once: the error is the smaller of the value against this "
+        "forecast and the one before (a forecast that copied the outlier makes its return a second surprise)",
+    )
+    record_pass: Annotated[float | None, OffOrZero] = Field(
+        3.0,
+        ge=0.0,
+        description="a new record this many spreads from the forecast flags even within the suppression "
+        "(false or 0 = off)",
+    )
     range_margin: Annotated[float | None, OffOnly] = Field(
         0.01, ge=0.0, description="flag values beyond the seen range by this fraction of it (false = off)"
     )

@@ -8,7 +8,8 @@ period ago gets the same treatment (reason ``seasonal``: a day whose shape chang
 of it is easy to forecast). Three rules add their own reasons: a value beyond the range seen so far,
 a flat line far longer than any the stream showed before, and a level shift of a noisy metric (the
 value's recent level far from its own history, though no single step is). Flags are suppressed
-during warm-up, within one event, and for a while after a flag.
+during warm-up, within one event, and for a while after a flag, unless a new record far from the
+forecast (a surprise of its own, not an echo of the flagged event) comes within that while.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ COLUMNS = {
     "rng_min": Column((), np.float64, np.inf),
     "rng_max": Column((), np.float64, -np.inf),
     "prev_x": Column((), np.float64, np.nan),
+    "prev_fc": Column((), np.float64, np.nan),
     "step_mad": Column((), np.float64),
     "step_n": Column((), np.int64),
     "flat_run": Column((), np.int64),
@@ -221,6 +223,19 @@ def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return fastnp.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
 
 
+def _count_spike_once(
+    cols: dict, slots: np.ndarray, x: np.ndarray, residual: np.ndarray, spread: np.ndarray, err: np.ndarray
+) -> np.ndarray:
+    """The smaller of ``err`` and the error against the forecast made one step earlier: a forecast
+    that copied a lone outlier (persistence does) would make the value's return a second surprise."""
+    fc = x - residual
+    prev = cols["prev_fc"][slots]
+    with fastnp.errstate(invalid="ignore"):
+        back = standardised_error(x - prev, spread)
+    cols["prev_fc"][slots] = fc
+    return np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, back), err)
+
+
 def score(
     cols: dict,
     slots: np.ndarray,
@@ -241,6 +256,8 @@ def score(
     """
     has_forecast = count >= SCORE_AFTER
     err = standardised_error(residual, spread)
+    if cfg.spike_once:
+        err = _count_spike_once(cols, slots, x, residual, spread, err)
     z = _likelihood_stage(cols, slots, err, has_forecast, cfg)
     by_season = np.zeros(len(slots), dtype=bool)
     if cfg.seasonal_window and seasonal_residual is not None and seasonal_spread is not None:
@@ -264,7 +281,11 @@ def score(
     eligible = count >= cfg.warmup
     new_event = cond & ~cols["cond_prev"][slots]
     since = cols["since_flag"][slots]
-    flag = eligible & new_event & (since >= cfg.suppress)
+    quiet = since >= cfg.suppress
+    if cfg.record_pass:  # a record the forecast did not expect either is news, not an echo of the last flag
+        with fastnp.errstate(invalid="ignore"):
+            quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
+    flag = eligible & new_event & quiet
     run = np.where(cond, cols["run_len"][slots] + 1, 0)
     regime = None
     if cfg.regime_after is not None:

@@ -38,6 +38,7 @@ def _finite_state(engine: Engine) -> bool:
                 "ts_ring",
                 "hist_y",
                 "prev_x",
+                "prev_fc",
                 "fc_mean",
                 "fc_spread",
                 "last_value",

@@ -98,6 +98,14 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores of this machine spent busy (not idle or waiting for I/O) since boot: the
+    difference over a phase, divided by its length, is how many cores everything running used."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its descendants, MB."""
     total = 0.0

@@ -18,6 +18,7 @@ from daemon.commands.bench.arrays import ArrayLoad
 from daemon.commands.bench.broker import Broker
 from daemon.commands.bench.common import (
     cpu_seconds,
+    machine_busy_s,
     median,
     popen,
     proc_tree,
@@ -267,6 +268,7 @@ def latency_phase(
         h0 = latency_buckets(text0)
         base = settle(b.processed, 0.3)
         cpu0 = cpu_by_role(b.pid)
+        others0 = _others_cpu_s(c, prom)
         start_profiler(c, b.pid, f"latency-qos{qos}-{n}", o.latency_seconds)
         phase_start = time.time()
         if array_samples:
@@ -283,6 +285,7 @@ def latency_phase(
             got = b.processed() - base - (arrays.sent_samples if arrays is not None else 0)
         phase_s = time.time() - phase_start
         cpu1 = cpu_by_role(b.pid)
+        others = {k: v - others0[k] for k, v in _others_cpu_s(c, prom).items()}
         text1 = b.scrape()
         h1 = latency_buckets(text1)
         stop_profilers(c)
@@ -319,6 +322,7 @@ def latency_phase(
         out.update(exposition_figures(text0, text1, phase_s))
         cpu = {role: round(cpu1[role] - cpu0.get(role, 0.0), 2) for role in cpu1}
         out["cpu_s_by_process"] = cpu
+        out.update(_cpu_budget(cpu, others, phase_s))
         if "exposition" in cpu and out.get("scrape_requests"):
             out["exposition_process_cpu_ms_per_scrape"] = rnd(
                 1000 * cpu["exposition"] / out["scrape_requests"], 1
@@ -357,6 +361,33 @@ def latency_phase(
             scraper.stop()
         if prom is not None:
             prom.stop()
+
+
+def _others_cpu_s(c: Ctx, prom: Prometheus | None) -> dict[str, float]:
+    """CPU seconds so far of the machine (all cores busy), the broker and Prometheus."""
+    return {
+        "machine": machine_busy_s(),
+        "broker": cpu_seconds(c.broker.proc.pid) if c.broker.proc is not None else math.nan,
+        "prometheus": cpu_seconds(prom.proc.pid) if prom is not None else math.nan,
+    }
+
+
+def _cpu_budget(daemon: dict[str, float], others: dict[str, float], seconds: float) -> dict:
+    """Where the machine's cores went during a phase (in cores): the daemon's processes, the broker,
+    Prometheus, and everything else (publishers, the bench, whatever else runs), against how many
+    there are: latency grows without bound once the sum nears the count."""
+    s = max(seconds, 1e-9)
+    used = {
+        "daemon": sum(daemon.values()) / s,
+        "broker": others["broker"] / s,
+        "prometheus": others["prometheus"] / s,
+        "machine": others["machine"] / s,
+    }
+    used["other"] = used["machine"] - sum(v for k, v in used.items() if k != "machine" and v == v)
+    return {
+        "cores_used": {k: rnd(v, 2) for k, v in used.items()},
+        "cores": os.cpu_count(),
+    }
 
 
 def latency_prefix(i: int) -> str:
