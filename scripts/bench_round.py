@@ -181,6 +181,9 @@ def compare(trees: list[str], args: argparse.Namespace) -> None:
             + ("" if t == base else f" x{med[t][w] / med[base][w]:.2f}")
             for w in widths
         )
+        if 1 not in widths:
+            print(f"{t}: {cells}")
+            continue
         arr = float(np.median([r["us_per_array_sample"] for r in runs[t]]))
         ratio = (
             "" if t == base else f" x{arr / np.median([r['us_per_array_sample'] for r in runs[base]]):.2f}"
