@@ -84,8 +84,8 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
     """Score the pending forecasts of ``s`` on the new values ``x`` (running errors), then fold the
     values into the fit and solve the weights where due."""
     base, sc = cols["ad_base"][s], cols["ad_scale"][s]
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        fc = np.stack([base, cols["ad_fc"][s]], axis=1)
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        fc = np.array((base, cols["ad_fc"][s])).T  # (n, 2)
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)
         ne = cols["ad_ne"][s] + ok
@@ -96,12 +96,14 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
         gain = err[:, 0] - err[:, 1]
         paired = np.isfinite(gain)
         g = cols["ad_gain"][s]
-        step = np.where(paired, w[:, 1], 0.0)[:, None] * (np.stack([gain, gain * gain], axis=1) - g)
+        step = np.where(paired, w[:, 1], 0.0)[:, None] * (np.array((gain, gain * gain)).T - g)
         cols["ad_gain"][s] = np.where(paired[:, None], g + step, g)
         fit = np.isfinite(base) & np.isfinite(sc) & (sc > 0) & np.isfinite(x) & (cols["count"][s] > SKIP)
-        if not fit.any():
+        fitted = np.count_nonzero(fit)
+        if not fitted:
             return
-        s, x, base, sc = s[fit], x[fit], base[fit], sc[fit]
+        if fitted < len(s):
+            s, x, base, sc = s[fit], x[fit], base[fit], sc[fit]
         target = fastnp.clip((x - base) / sc, -cfg.clip, cfg.clip)
         f = cols["ad_f"][s]
         resid = np.abs(target - np.einsum("nd,nd->n", f, cols["ad_w"][s]))
@@ -111,18 +113,18 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
         cols["ad_res"][s] = np.where(np.isnan(res), resid, res + HUBER_ALPHA * (resid - res))
     lam = 1.0 - 1.0 / cfg.memory
     wf = weight[:, None] * f
-    xx = np.take(cols["ad_xx"], s, axis=0)
+    xx = cols["ad_xx"][s]
     xx *= lam
     xx += wf[:, :, None] * f[:, None, :]
     cols["ad_xx"][s] = xx
-    xy = np.take(cols["ad_xy"], s, axis=0)
+    xy = cols["ad_xy"][s]
     xy *= lam
     xy += wf * target[:, None]
     cols["ad_xy"][s] = xy
     n = cols["ad_n"][s] + 1
     cols["ad_n"][s] = n
     due = n % STRIDE == 0
-    if due.any():
+    if fastnp.any_true(due):
         solve(cols, s[due], cfg.ridge)
 
 
@@ -151,7 +153,7 @@ def forecast(
     serve. Returns the served forecast, its spread and a mask of the slots served the corrected one."""
     f = np.empty((len(s), D))
     u = unit(cols, s, scale)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         f[:, SDIFF] = (cols["sel_fc"][s, SEASONAL] - (np.nan if naive_now is None else naive_now)) / u
         f[:, MOMENTUM] = (x - prev) / u
     f[:, BIAS] = 1.0
@@ -159,14 +161,14 @@ def forecast(
     # another candidate serves the base now: the correction (fitted to the old one) earns its place
     # again, from a fresh running error, before it is served (else it double-counts a lag, say)
     moved = cols["ad_of"][s] != choice
-    if moved.any():
+    if fastnp.any_true(moved):
         m = s[moved]
         cols["ad_on"][m] = False
         cols["ad_mae"][m, 1] = 0.0
         cols["ad_ne"][m, 1] = 0
         cols["ad_gain"][m] = 0.0
         cols["ad_of"][m] = choice[moved]
-    own = np.take_along_axis(cols["sel_mae"][s], choice[:, None].astype(np.intp), axis=1)[:, 0]
+    own = cols["sel_mae"][s, choice]
     return serve(cols, s, base, base_spread, scale, cfg.adaptation, cfg.selection, base_mae=own)
 
 
@@ -188,7 +190,7 @@ def serve(
     running error of every served base). Returns the served forecast, spread and corrected mask."""
     f = cols["ad_f"][s]
     u = unit(cols, s, scale)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         f[:, : len(CANDIDATES)] = (cols["sel_fc"][s][:, CANDIDATES] - base[:, None]) / u[:, None]
         f = fastnp.clip(np.where(np.isfinite(f), f, 0.0), -cfg.clip, cfg.clip)
         fc = base + u * np.einsum("nd,nd->n", f, cols["ad_w"][s])

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import adaptation, admission, fastnp, horizon, late, scaling, scoring, seasonal, selection
 from .config import EngineConfig
-from .rounds import RoundBudget, occurrence_rank
+from .rounds import RoundBudget, by_round, occurrence_rank
 from .runner import ModelRunner
 from .state import Column, StreamTable
 from .weights import Weights
@@ -149,9 +149,9 @@ def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np
                     pass
             reject[i] = NOT_A_NUMBER
     finite = np.isfinite(x)
-    if not finite.all():
+    if np.count_nonzero(finite) < len(x):
         reject[(reject == OK) & ~finite] = NOT_FINITE
-    if reject.any():
+    if fastnp.any_true(reject):
         x[reject != OK] = 0.0
     return x, reject
 
@@ -258,7 +258,7 @@ class Engine:
         x, reject = coerce_values(values)
         ts = np.asarray(ts, dtype=np.float64)
         finite_ts = np.isfinite(ts)
-        if not finite_ts.all():
+        if np.count_nonzero(finite_ts) < n:
             reject[(reject == OK) & ~finite_ts] = BAD_TIMESTAMP
         slots, evicted, created, refused = self._slots_for(streams, reject, ts, now, limit_admission)
         nan_out = np.full((6, n), np.nan)  # one allocation for the six NaN-initialised columns
@@ -286,16 +286,20 @@ class Engine:
         ok = np.nonzero(reject == OK)[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
+        order, starts = (ok, [0, len(ok)]) if rounds < 2 else by_round(rank)
+        if rounds > 1:
+            order = ok[order]  # batch positions, round by round
+        s_o, ts_o, x_o = slots[order], ts[order], x[order]
         budget = RoundBudget(max_rounds, round_budget_s)
-        with np.errstate(all="ignore"):  # finite extremes (1e308) overflow on the way: results, no warnings
+        with fastnp.ignoring_errors():  # finite extremes (1e308) overflow on the way: results, no warnings
             for r in range(rounds):
+                lo, hi = starts[r], starts[r + 1]
                 if not budget.allows(r):
-                    later = ok[rank >= r]
+                    later = order[lo:]
                     reject[later] = DEFERRED
                     out.value[later] = np.nan
                     break
-                idx = ok[rank == r] if rounds > 1 else ok
-                self._step(idx, slots[idx], ts[idx], x[idx], now, out)
+                self._step(order[lo:hi], s_o[lo:hi], ts_o[lo:hi], x_o[lo:hi], now, out)
                 if r == 0:
                     budget.first_done()
         accepted = int(np.count_nonzero(reject == OK))
@@ -325,25 +329,15 @@ class Engine:
         return got.slots, got.evicted, got.created, refused
 
     def _check_order(
-        self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, out: Results
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Mask of samples newer than their stream's last, and each late sample's place back from the
-        newest (``late.places``; -1 elsewhere) where the reorder window lets it in; marks duplicates and
-        other late ones rejected."""
-        a = self.arrays
-        seen = a["count"][s] > 0
-        last = a["last_ts"][s]
-        dup = seen & (ts == last)
-        is_late = seen & (ts < last)
-        if is_late.any():
-            dup |= is_late & (a["ts_ring"][s] == ts[:, None]).any(axis=1)
-        elif not dup.any():
-            return ~dup, np.zeros(0, dtype=np.int64)
-        is_late &= ~dup
-        k = np.full(len(s), -1)
-        window = self.reorder_window_s
-        if window and is_late.any():
-            k = np.where(is_late & (last - ts <= window), late.places(a["ts_ring"][s], a["count"][s], ts), -1)
+        self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, count: np.ndarray, out: Results
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """None when every sample is newer than its stream's last; else the mask of those that are,
+        and each late sample's place back from the newest (``late.places``; -1 elsewhere) where the
+        reorder window lets it in; marks duplicates and other late ones rejected."""
+        found = late.classify(self.arrays, s, ts, count, self.reorder_window_s)
+        if found is None:
+            return None
+        dup, is_late, k = found
         out.reject[idx[dup]] = DUPLICATE
         out.reject[idx[is_late & (k < 0)]] = OUT_OF_ORDER
         return ~(dup | is_late), k
@@ -352,25 +346,26 @@ class Engine:
         self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, x: np.ndarray, now: float | None, out: Results
     ) -> None:
         """One sample for each of the (distinct) slots ``s``: score, scale, step, forecast."""
-        keep, places = self._check_order(idx, s, ts, out)
-        if (places >= 0).any():
-            fit = places >= 0
-            self._put_in_order(idx[fit], s[fit], ts[fit], x[fit], places[fit], now, out)
-        if not keep.all():
-            out.value[idx[~keep]] = np.nan
-            idx, s, ts, x = idx[keep], s[keep], ts[keep], x[keep]
-        if not len(idx):
-            return
         cfg, a = self.config, self.arrays
         count = a["count"][s]
+        order = self._check_order(idx, s, ts, count, out)
+        if order is not None:
+            keep, places = order
+            fit = places >= 0
+            if fit.any():
+                self._put_in_order(idx[fit], s[fit], ts[fit], x[fit], places[fit], now, out)
+            out.value[idx[~keep]] = np.nan
+            idx, s, ts, x, count = idx[keep], s[keep], ts[keep], x[keep], count[keep]
+            if not len(idx):
+                return
         forecast, spread = a["fc_mean"][s], a["fc_spread"][s]
         residual = x - forecast
-        self._write_target(s, x, count)
+        scale_before = self._write_target(s, x, count)
         naive = seasonal.expected(a, s, cfg.seasonal)
         s_res, s_spread = (x - naive[0], naive[1]) if naive is not None else (None, None)
         naive_now = naive[0] if naive is not None else None  # this value's seasonal-naive forecast
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
-        scaling.update(a, s, x, cfg.scaling)
+        scaling.update(a, s, x, cfg.scaling, scale_before)
         center, sc = scaling.stats(a, s, cfg.scaling)
         z = fastnp.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
         self._write_inputs(s, z, ts, count, scored.condition)
@@ -434,17 +429,19 @@ class Engine:
         if cfg.selection.enabled:
             out.served[idx] = out.next_served[idx] = adaptation.served(a, s)
 
-    def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> None:
-        """The history's target for the previous step: this value scaled as that forecast was."""
+    def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> np.ndarray | None:
+        """The history's target for the previous step: this value scaled as that forecast was.
+        Returns that scale (the scaler's before this value), or None without a history."""
         hl = self.config.history_len
         if not hl:
-            return
+            return None
         a = self.arrays
         center, sc = scaling.stats(a, s, self.config.scaling)
         clip = self.config.scaling.clip
         y = fastnp.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
-        seen = count > 0
-        a["hist_y"][s[seen], (count[seen] - 1) % hl] = y[seen]
+        hist_y, pos = a["hist_y"], (count - 1) % hl  # a first sample (count 0) has no previous step
+        hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])
+        return sc
 
     def _write_inputs(
         self, s: np.ndarray, z: np.ndarray, ts: np.ndarray, count: np.ndarray, excluded: np.ndarray

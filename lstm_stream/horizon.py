@@ -94,6 +94,12 @@ def columns(horizon: int | None) -> dict[str, Column]:
 
 
 @lru_cache(maxsize=16)
+def _alphas(alpha: float) -> np.ndarray:
+    """The weights of the newest value in the fast and slow levels."""
+    return np.array([alpha, SLOW_ALPHA])
+
+
+@lru_cache(maxsize=16)
 def z_of(coverage: float) -> float:
     """Half-width of a central ``coverage`` interval of a standard normal (1.28 for 80 %)."""
     return NormalDist().inv_cdf(0.5 + coverage / 2.0)
@@ -149,23 +155,24 @@ def make_path(choice: np.ndarray, origin: np.ndarray, seas: np.ndarray, steps: n
 def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """The value one or more periods before each target sample index (n, len(steps)); NaN without a
     period or where that value is not in the seasonal ring."""
-    target = target + np.zeros_like(steps)  # (n, 1) -> (n, len(steps))
+    if target.shape[1] != len(steps):
+        target = target + np.zeros_like(steps)  # (n, 1) -> (n, len(steps))
     if "se_period" not in cols:
         return np.full(target.shape, np.nan)
     period = cols["se_period"][s]
-    if not (period > 1).any():
+    has = period > 1
+    if not fastnp.any_true(has):
         return np.full(target.shape, np.nan)
     ring = cols["se_ring"]
     window = ring.shape[1]
-    has = period > 1
     p = np.where(has, period, steps[-1])[:, None]
-    if (p >= steps[-1]).all():  # every step within one period (the usual case): back = P
+    if not fastnp.any_true(p < steps[-1]):  # every step within one period (the usual case): back = P
         back = p
     else:
         back = p * -(-steps // p)  # P * ceil(h / P): the nearest whole periods reaching the past
     src = target - back
     ok = has[:, None] & (src >= 0) & (back < window)
-    vals = np.take(ring.reshape(-1), s[:, None] * window + src % window)  # flat: cheaper than 2-D
+    vals = ring.reshape(-1)[s[:, None] * window + src % window]  # flat: cheaper than 2-D
     return np.where(ok, vals, np.nan)
 
 
@@ -184,13 +191,14 @@ def update(
     the origin of the next path, with ``fc1`` (the served one-step forecast)."""
     h = cols["hz_origin"].shape[1]
     due = np.flatnonzero((count + s) % STRIDE == 0)  # staggered: a share of the streams per batch
-    if len(due):
+    if len(due) == len(s):
+        _realise(cols, s, x, count, anchors(h), memory, coverage)
+        _choose(cols, s)
+    elif len(due):
         _realise(cols, s[due], x[due], count[due], anchors(h), memory, coverage)
         _choose(cols, s[due])
     levels = cols["hz_level"][s]
-    levels = np.where(
-        np.isnan(levels), x[:, None], levels + np.array([alpha, SLOW_ALPHA]) * (x[:, None] - levels)
-    )
+    levels = np.where(np.isnan(levels), x[:, None], levels + _alphas(alpha) * (x[:, None] - levels))
     cols["hz_level"][s] = levels
     dev = x - _seasonal(cols, s, count[:, None], ONE)[:, 0]
     at = count % h
@@ -207,8 +215,8 @@ def current(
     h = cols["hz_origin"].shape[1]
     steps, marks = np.arange(1, h + 1), anchors(h)
     row = s * h + latest % h
-    origin = np.take(cols["hz_origin"].reshape(-1, 5), row, axis=0)
-    choice = np.take(cols["hz_pick"].reshape(-1, len(marks)), row, axis=0)
+    origin = cols["hz_origin"].reshape(-1, 5)[row]
+    choice = cols["hz_pick"].reshape(-1, len(marks))[row]
     path = make_path(choice[:, groups(h)], origin, _seasonal(cols, s, latest[:, None] + steps, steps), steps)
     q = cols["hz_q"][s]
     guess = z_of(coverage) * spread[:, None] * np.sqrt(marks)  # before any error at that step
@@ -229,15 +237,15 @@ def _realise(
     h = cols["hz_origin"].shape[1]
     origin = count[:, None] - marks  # sample index each forecast of x was made after
     valid = origin >= 0
-    if not valid.any():
+    if not fastnp.any_true(valid):
         return
     ring = origin % h
     rows = s[:, None]
-    past = np.take(cols["hz_origin"].reshape(-1, 5), rows * h + ring, axis=0)  # (n, anchors, 5)
+    past = cols["hz_origin"].reshape(-1, 5)[rows * h + ring]  # (n, anchors, 5)
     cand = candidates(past, _seasonal(cols, s, count[:, None], marks), marks)
     err = np.subtract(x[:, None, None], cand, out=cand)
     np.minimum(np.abs(err, out=err), BIG, out=err)  # 1e308 - -1e308 must not poison a mean
-    pick = np.take(cols["hz_pick"].reshape(-1), (rows * h + ring) * len(marks) + np.arange(len(marks)))
+    pick = cols["hz_pick"].reshape(-1)[(rows * h + ring) * len(marks) + np.arange(len(marks))]
     served = _pick(err, pick)
     served = np.where(np.isfinite(served), served, err[:, :, FLAT])  # as the path fell back
     _interval(cols, s, served, valid & np.isfinite(served), memory, coverage)
@@ -277,7 +285,7 @@ def _choose(cols: dict, s: np.ndarray) -> None:
     best = np.argmin(mae, axis=2)
     choice = cols["hz_choice"][s].astype(np.intp)
     lowest, current = _pick(mae, best), _pick(mae, choice)
-    with np.errstate(invalid="ignore"):
+    with fastnp.errstate(invalid="ignore"):
         choice = np.where(lowest < (1.0 - MARGIN) * current, best, choice)
     choice[:, 0] = FLAT
     cols["hz_choice"][s] = choice

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import horizon, scaling
+from . import fastnp, horizon, scaling
 from .config import EngineConfig
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -41,6 +41,28 @@ def put_in_order(
         insert(a["hist_excl"], s, count, k, np.zeros(len(s), bool))
         retarget(a["hist_y"], a["hist_z"], s, count, k)
     a["count"][s] = count + 1
+
+
+def classify(
+    a: dict, s: np.ndarray, ts: np.ndarray, count: np.ndarray, window: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """None when each sample is newer than its stream's last (the usual case, in few operations);
+    else masks of duplicates (the newest ``ts`` again, or one in the ts ring) and of other late
+    samples, and each late one's place back from the newest (:func:`places`) where it is at most
+    ``window`` older than the newest (-1 elsewhere: out of order)."""
+    seen = count > 0
+    last = a["last_ts"][s]
+    if not fastnp.any_true(seen & (ts <= last)):
+        return None
+    dup = seen & (ts == last)
+    is_late = seen & (ts < last)
+    if is_late.any():
+        dup |= is_late & (a["ts_ring"][s] == ts[:, None]).any(axis=1)
+    is_late &= ~dup
+    k = np.full(len(s), -1)
+    if window and is_late.any():
+        k = np.where(is_late & (last - ts <= window), places(a["ts_ring"][s], count, ts), -1)
+    return dup, is_late, k
 
 
 def places(ts_ring: np.ndarray, count: np.ndarray, ts: np.ndarray) -> np.ndarray:

@@ -33,6 +33,15 @@ def occurrence_rank(slots: np.ndarray) -> np.ndarray:
     return rank
 
 
+def by_round(rank: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Positions ordered by round (in their order within one), and where each round starts in that
+    order (one more entry: the end): round ``r`` is ``order[starts[r]:starts[r + 1]]``. One sort per
+    batch instead of a comparison over the whole batch per round."""
+    order = np.argsort(rank, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(np.bincount(rank)))).tolist()
+    return order, starts
+
+
 class RoundBudget:
     """Whether round ``r`` of a batch may run: at most ``max_rounds`` rounds, and later rounds only
     within ``seconds`` of wall time after the first ended, or as long as the call had taken by then if

@@ -33,16 +33,22 @@ def stats(cols: dict[str, np.ndarray], slots: np.ndarray, cfg: ScalerConfig) -> 
     return center, np.maximum(cols["sc_mad"][slots] * MAD_TO_SIGMA, floor)
 
 
-def update(cols: dict[str, np.ndarray], slots: np.ndarray, x: np.ndarray, cfg: ScalerConfig) -> None:
-    """Fold values ``x`` (one per slot, slots unique) into the scalers of ``slots``."""
+def update(
+    cols: dict[str, np.ndarray],
+    slots: np.ndarray,
+    x: np.ndarray,
+    cfg: ScalerConfig,
+    scale_now: np.ndarray | None = None,
+) -> None:
+    """Fold values ``x`` (one per slot, slots unique) into the scalers of ``slots``; ``scale_now``:
+    their current scale (``stats``), when the caller has it."""
     x = fastnp.clip(x, -MAX_ABS, MAX_ABS)
     n = cols["sc_n"][slots] + 1
     center = np.where(n == 1, x, cols["sc_center"][slots])
     mad = cols["sc_mad"][slots]
     alpha = np.maximum(1.0 / n, 1.0 / cfg.memory)
     dev = x - center
-    _, scale = stats(cols, slots, cfg)
-    bound = cfg.winsor * scale
+    bound = cfg.winsor * (stats(cols, slots, cfg)[1] if scale_now is None else scale_now)
     dev = np.where(n > WINSOR_AFTER, fastnp.clip(dev, -bound, bound), dev)
     center = center + alpha * dev
     # the spread follows the deviation from the *updated* center (0 for the first sample)

@@ -169,7 +169,7 @@ def _level_rule(
     std = np.maximum(np.sqrt(np.maximum(var, 0.0)), cfg.level_floor * noise + 1e-12)
     delta = level - mean
     ok = valid & np.isfinite(x)
-    with np.errstate(invalid="ignore"):
+    with fastnp.errstate(invalid="ignore"):
         z = np.where(ok & (n >= max(cfg.warmup, MIN_LONG_N)), np.abs(delta) / std, -np.inf)
     shift = tail_score(z) >= cfg.threshold
     a = _ew(n + 1, cfg.long_memory)
@@ -193,7 +193,7 @@ def _range_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringConfig
     margin = cfg.range_margin * span
     if cfg.range_steps:  # a record must also beat the old one by more than the stream's typical step
         margin = np.maximum(margin, cfg.range_steps * cols["step_mad"][slots])
-    with np.errstate(invalid="ignore"):
+    with fastnp.errstate(invalid="ignore"):
         return (span > 0) & ((x > hi + margin) | (x < lo - margin))
 
 
@@ -205,10 +205,11 @@ def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringCon
     mad = cols["step_mad"][slots]
     ratio = cfg.flatline_ratio if cfg.flatline_ratio is not None else -1.0
     stuck = has_prev & (mad > 0) & (step <= ratio * mad)
-    run = np.where(stuck, cols["flat_run"][slots] + 1, 0)
+    flat_run = cols["flat_run"][slots]
+    run = np.where(stuck, flat_run + 1, 0)
     longest = cols["flat_longest"][slots]
-    ended = ~stuck & (cols["flat_run"][slots] > 0)
-    cols["flat_longest"][slots] = np.where(ended, np.maximum(longest, cols["flat_run"][slots]), longest)
+    ended = ~stuck & (flat_run > 0)
+    cols["flat_longest"][slots] = np.where(ended, np.maximum(longest, flat_run), longest)
     cols["flat_run"][slots] = run
     moving = has_prev & ~stuck
     n = cols["step_n"][slots] + moving
@@ -223,7 +224,7 @@ def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringCon
 
 def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """log(1 + |residual| / spread): heavy tails tamed so a Gaussian fits its short averages."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.log1p(np.abs(residual) / spread)
     return fastnp.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
 
@@ -235,7 +236,7 @@ def _count_spike_once(
     that copied a lone outlier (persistence does) would make the value's return a second surprise."""
     fc = x - residual
     prev = cols["prev_fc"][slots]
-    with np.errstate(invalid="ignore"):
+    with fastnp.errstate(invalid="ignore"):
         back = standardised_error(x - prev, spread)
     cols["prev_fc"][slots] = fc
     return np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, back), err)
@@ -266,9 +267,9 @@ def score(
     z = _likelihood_stage(cols, slots, err, has_forecast, cfg)
     by_season = np.zeros(len(slots), dtype=bool)
     if cfg.seasonal_window and seasonal_residual is not None and seasonal_spread is not None:
-        with np.errstate(invalid="ignore"):
+        with fastnp.errstate(invalid="ignore"):
             ok = has_forecast & np.isfinite(seasonal_residual) & (seasonal_spread > 0)
-        if ok.any():  # streams without a period: their seasonal statistics would not change anyway
+        if fastnp.any_true(ok):  # streams without a period: their seasonal statistics would not change anyway
             s_err = standardised_error(seasonal_residual, seasonal_spread)
             z_season = _horizon(cols, slots, s_err, ok, cfg.seasonal_window, "sr_", cfg)
             by_season = z_season > z
@@ -280,28 +281,34 @@ def score(
     if cfg.level_window:  # before the flat-line rule updates the typical step with this sample
         level = _level_rule(cols, slots, x, has_forecast, cfg)
     flat = _flatline_rule(cols, slots, x, cfg)
-    cond = (lik >= cfg.threshold) | out_of_range | flat | level
-    value = np.where(out_of_range | flat | level, 1.0, lik)
+    by_rule = out_of_range | flat | level
+    cond = (lik >= cfg.threshold) | by_rule
+    value = np.where(by_rule, 1.0, lik)
     eligible = count >= cfg.warmup
     new_event = cond & ~cols["cond_prev"][slots]
     since = cols["since_flag"][slots]
     quiet = since >= cfg.suppress
     if cfg.record_pass:  # a record the forecast did not expect either is news, not an echo of the last flag
-        with np.errstate(invalid="ignore"):
+        with fastnp.errstate(invalid="ignore"):
             quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
     flag = eligible & new_event & quiet
-    reason = np.where(
-        out_of_range,
-        RANGE,
-        np.where(flat, FLATLINE, np.where(by_season, SEASONAL, np.where(level, LEVEL, LIKELIHOOD))),
-    ).astype(np.uint8)
     run = np.where(cond, cols["run_len"][slots] + 1, 0)
+    regime = None
     if cfg.regime_after is not None:
         regime = eligible & (run == cfg.regime_after)
-        _reset_long_run(cols, slots[regime], x[regime])
+        if fastnp.any_true(regime):
+            _reset_long_run(cols, slots[regime], x[regime])
         flag |= regime
-        reason = np.where(regime, REGIME, reason).astype(np.uint8)
-    reason = np.where(flag, reason, NONE).astype(np.uint8)
+    reason = np.zeros(len(slots), dtype=np.uint8)  # NONE where not flagged (most rounds: everywhere)
+    if fastnp.any_true(flag):
+        reason = np.where(
+            out_of_range,
+            RANGE,
+            np.where(flat, FLATLINE, np.where(by_season, SEASONAL, np.where(level, LEVEL, LIKELIHOOD))),
+        ).astype(np.uint8)
+        if regime is not None:
+            reason = np.where(regime, REGIME, reason).astype(np.uint8)
+        reason = np.where(flag, reason, NONE).astype(np.uint8)
     cols["run_len"][slots] = run
     cols["cond_prev"][slots] = cond
     cols["since_flag"][slots] = np.where(flag, 0, since + 1)

@@ -48,13 +48,16 @@ def observe(
     if not cfg.blend:
         return
     seasonal = cols["se_period"][slots] > 1
-    if seasonal.any():
+    if fastnp.any_true(seasonal):
         s, xs = slots[seasonal], x[seasonal]
         _ew_abs(cols, "se_mad", s, residual[seasonal])
         _ew_abs(cols, "se_mae_lstm", s, xs - cols["se_fc_lstm"][s])
         _ew_abs(cols, "se_mae_naive", s, xs - cols["se_fc_naive"][s])
     cols["se_ring"][slots, count % cfg.window] = fastnp.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
+    maybe = (seen % cfg.learn == 0) | (seen % cfg.redetect == 0) | (seen == cfg.window)  # every due one
+    if not fastnp.any_true(maybe):
+        return
     due = detection_due(seen, cfg)
     for i in np.nonzero(due)[0].tolist():
         _detect(cols, int(slots[i]), int(seen[i]), cfg)
@@ -105,7 +108,7 @@ def blend(
         return mean, spread
     period = cols["se_period"][slots]
     use = (period > 1) & (seen >= period)
-    if not use.any():
+    if not fastnp.any_true(use):
         cols["se_fc_lstm"][slots] = cols["se_fc_naive"][slots] = np.nan
         return mean, spread
     past = cols["se_ring"][slots, (seen - np.where(use, period, 0)) % cfg.window].astype(np.float64)
@@ -124,6 +127,6 @@ def weight(mae_lstm: np.ndarray, mae_naive: np.ndarray, cap: float) -> np.ndarra
     running errors, capped at ``cap`` (0 until both errors are known). A stream whose day repeats
     exactly leans on it; one where last period's value is a poor guess (weekly patterns, drift)
     keeps the LSTM."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", divide="ignore"):
         w = mae_lstm**2 / (mae_lstm**2 + mae_naive**2)
     return fastnp.clip(np.where(np.isnan(w), 0.0, w), 0.0, cap)  # as nan_to_num: +-inf clip to cap / 0

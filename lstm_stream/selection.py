@@ -87,15 +87,15 @@ def update(
     value into the EWMA level and the damping fit; then :func:`serve` the next value (``model_fc``,
     ``model_spread``: the model's forecast of it; ``naive_fc``: the value one period ago or NaN;
     ``scale``: the stream's robust scale). Returns the served forecast, its spread and the choice."""
-    fc = np.take(cols["sel_fc"], s, axis=0)
-    with np.errstate(invalid="ignore", over="ignore"):
+    fc = cols["sel_fc"][s]
+    with fastnp.errstate(invalid="ignore", over="ignore"):
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)  # False where a candidate made no forecast
-        count = np.take(cols["sel_n"], s, axis=0) + ok
+        count = cols["sel_n"][s] + ok
         w = 1.0 / fastnp.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
-        mae = np.take(cols["sel_mae"], s, axis=0)
+        mae = cols["sel_mae"][s]
         mae = np.where(ok, mae + w * (err - mae), mae)
-        cols["sel_ee"][s] = pair_moments(np.take(cols["sel_ee"], s, axis=0), err, ok, count, cfg.memory)
+        cols["sel_ee"][s] = pair_moments(cols["sel_ee"][s], err, ok, count, cfg.memory)
         change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
         xy, xx = change * predicted, predicted * predicted
         fit = np.isfinite(xy) & np.isfinite(xx)
@@ -158,7 +158,7 @@ def _serve(
     fc[:, PERSISTENCE] = last
     fc[:, EWMA] = level
     fc[:, SEASONAL] = np.nan if naive_fc is None else naive_fc
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    with fastnp.errstate(invalid="ignore", divide="ignore", over="ignore"):
         k = np.where(dxx > 0, fastnp.clip(dxy / dxx, 0.0, 1.0), 0.0)
         fc[:, DAMPED] = last + k * (model_fc - last)
         ready = (count >= MIN_ERRORS) & np.isfinite(fc)
@@ -171,28 +171,29 @@ def _serve(
     fc[:, BLEND] = np.where(total > 0, blend, np.nan)
     ready[:, BLEND] &= total > 0
     choice = cols["sel_choice"][s].astype(np.intp)
+    rows = np.arange(n)
     if choose:
         err = np.where(ready, mae, np.inf)
         best = np.argmin(err, axis=1)
-        lowest = np.take_along_axis(err, best[:, None], axis=1)[:, 0]
-        current = np.take_along_axis(err, choice[:, None], axis=1)[:, 0]
-        with np.errstate(invalid="ignore"):
+        lowest = err[rows, best]
+        current = err[rows, choice]
+        with fastnp.errstate(invalid="ignore"):
             switch = lowest < (1.0 - cfg.margin) * current  # from an unready choice (inf) to a ready one
-        if switch.any():
+        if fastnp.any_true(switch):
             sure = significant(cols["sel_ee"][s], mae, count, choice, best, cfg)
             switch &= sure | (best == PERSISTENCE) | ~np.isfinite(current)
         choice = np.where(switch, best, choice)
-    served = np.take_along_axis(fc, choice[:, None], axis=1)[:, 0]
+    served = fc[rows, choice]
     # a choice whose forecast is gone (the period was lost) falls back to the model
     lost = ~np.isfinite(served)
-    if lost.any():
+    if fastnp.any_true(lost):
         choice = np.where(lost, MODEL, choice)
         served = np.where(lost, model_fc, served)
     cols["sel_fc"][s] = fc
     cols["sel_spread"][s] = model_spread
     cols["sel_choice"][s] = choice
-    own = np.take_along_axis(mae, choice[:, None], axis=1)[:, 0]
-    known = np.take_along_axis(count, choice[:, None], axis=1)[:, 0] > 0
+    own = mae[rows, choice]
+    known = count[rows, choice] > 0
     # the served candidate's own running error, the model's too (one calibration for the scorer);
     # before the candidate's first error the network's spread stands in
     own = np.where(known, np.maximum(MAD_TO_SIGMA * own, SPREAD_FLOOR * scale), model_spread)
@@ -232,5 +233,5 @@ def paired_gain(mean: np.ndarray, square: np.ndarray, n: np.ndarray, cfg: Select
     """Whether a running mean gain ``mean`` (mean square ``square``, over ``n`` samples) is above zero by
     ``cfg.confidence`` standard errors."""
     size = fastnp.clip(n, 1, 2 * cfg.memory - 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with fastnp.errstate(invalid="ignore", divide="ignore"):
         return mean > cfg.confidence * np.sqrt(np.maximum(square - mean * mean, 0.0) / size)
