@@ -1,20 +1,21 @@
-"""The engine's round path gives the same numbers as before its fixed cost per round was cut: a mixed
-batch sequence (wide rounds, a long one-stream array, late, duplicate and bad samples, new streams,
-deferral, a model swap, extreme values) compared column by column, and every state array, with a golden
-file written by the round path as it was (commit 69d0c8f): a digest of each array's bytes (NaN made
-one NaN: equal values, NaN in the same places, the same sign of zero):
+"""Whether a change to the engine keeps its numbers bit for bit: a refactor's check, on one machine.
 
-    PYTHONPATH=<tree> python tests/test_round_golden.py --write   # or --dump FILE.npz: the arrays
+    PYTHONPATH=<tree before> python scripts/same_numbers.py --write /tmp/before.json
+    PYTHONPATH=<tree after>  python scripts/same_numbers.py --check /tmp/before.json
 
-The LSTM step runs on onnxruntime, whose kernels may round differently on another CPU family:
-regenerate the file there (from that commit) if so.
+Runs a mixed batch sequence (wide rounds, a long one-stream array, late, duplicate and bad samples,
+new streams mid-way, deferral, a model swap, extreme values, flags of several reasons) and records a
+digest of every Results column and every state array of the end (NaN made one NaN: equal values, NaN
+in the same places, the same sign of zero); ``--check`` names what differs. Not a test: onnxruntime's
+and numpy's kernels round differently on other CPU families (AVX2, AVX-512), so the digests hold
+only between two trees on the same machine (the engine's behaviour is tested by tests/).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,6 @@ from lstm_stream.config import EngineConfig, ScoringConfig, SeasonalConfig
 from lstm_stream.engine import DEFERRED, Engine
 from lstm_stream.pretrained import load_pretrained
 
-GOLDEN = Path(__file__).with_name("data") / "round_golden.json"
 COLUMNS = (
     "value", "forecast", "spread", "residual", "score", "is_anomaly", "reason", "next_forecast",
     "next_spread", "reject", "served", "next_served", "path", "halfwidth",
@@ -130,17 +130,26 @@ def digest(arrays: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def test_the_round_path_gives_the_golden_numbers() -> None:
-    want = json.loads(GOLDEN.read_text())
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--write", type=Path, help="record this tree's digests here")
+    what.add_argument("--check", type=Path, help="compare this tree's digests with a recorded file")
+    what.add_argument("--dump", type=Path, help="save the arrays themselves (.npz), to look at a difference")
+    args = ap.parse_args()
+    if args.dump:
+        np.savez_compressed(args.dump, **{f"{k}_{i}": a for k, v in run().items() for i, a in enumerate(v)})
+        return 0
     have = {name: digest(a) for name, a in run().items()}
-    assert sorted(have) == sorted(want)
-    assert [name for name in want if have[name] != want[name]] == []
+    if args.write:
+        args.write.write_text(json.dumps(have, indent=0) + "\n")
+        print(f"wrote {args.write}: {len(have)} digests")
+        return 0
+    want = json.loads(args.check.read_text())
+    differ = sorted(set(have) ^ set(want)) + [k for k in want if k in have and have[k] != want[k]]
+    print("same numbers" if not differ else f"different: {', '.join(differ)}")
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write"]:
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps({name: digest(a) for name, a in run().items()}, indent=0) + "\n")
-        print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size} bytes)")
-    elif sys.argv[1:2] == ["--dump"]:
-        np.savez_compressed(sys.argv[2], **{f"{k}_{i}": a for k, v in run().items() for i, a in enumerate(v)})
+    raise SystemExit(main())
