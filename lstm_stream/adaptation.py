@@ -157,7 +157,6 @@ def forecast(
         f[:, SDIFF] = (cols["sel_fc"][s, SEASONAL] - (np.nan if naive_now is None else naive_now)) / u
         f[:, MOMENTUM] = (x - prev) / u
     f[:, BIAS] = 1.0
-    cols["ad_f"][s] = f
     # another candidate serves the base now: the correction (fitted to the old one) earns its place
     # again, from a fresh running error, before it is served (else it double-counts a lag, say)
     moved = cols["ad_of"][s] != choice
@@ -169,7 +168,7 @@ def forecast(
         cols["ad_gain"][m] = 0.0
         cols["ad_of"][m] = choice[moved]
     own = cols["sel_mae"][s, choice]
-    return serve(cols, s, base, base_spread, scale, cfg.adaptation, cfg.selection, base_mae=own)
+    return serve(cols, s, base, base_spread, scale, cfg.adaptation, cfg.selection, base_mae=own, made=(f, u))
 
 
 def serve(
@@ -182,14 +181,15 @@ def serve(
     selection: SelectionConfig,
     choose: bool = True,
     base_mae: np.ndarray | None = None,
+    made: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The corrected forecast from the stored features (the candidates' part refreshed from
     ``sel_fc``: after a model swap, only that part changes) and the choice between it and ``base``
     (kept as it was unless ``choose``; ``base_mae``: the running error of the candidate serving
     ``base``, what the correction must beat, as it is after a change of candidate; default: the
-    running error of every served base). Returns the served forecast, spread and corrected mask."""
-    f = cols["ad_f"][s]
-    u = unit(cols, s, scale)
+    running error of every served base; ``made``: the features and unit :func:`forecast` just made,
+    instead of the stored ones). Returns the served forecast, spread and corrected mask."""
+    f, u = made if made is not None else (cols["ad_f"][s], unit(cols, s, scale))
     with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         f[:, : len(CANDIDATES)] = (cols["sel_fc"][s][:, CANDIDATES] - base[:, None]) / u[:, None]
         f = fastnp.clip(np.where(np.isfinite(f), f, 0.0), -cfg.clip, cfg.clip)
