@@ -38,10 +38,12 @@ class IngestSettings(BaseModel):
     stream_batch_ms: Annotated[float | None, OffOrZero] = Field(
         2.0,
         gt=0,
-        description="time a micro-batch may spend on streams' second and later samples (each one more, "
-        "narrow, LSTM round) after the round that steps every stream present; the rest go first into "
-        "the next batches, so an array costs the other streams at most this much per batch; false or "
-        "0: no bound",
+        description="time a micro-batch may spend on streams' second and later samples (each one more "
+        "LSTM round) after the round that steps every stream present, beyond what those rounds earn at that "
+        "round's cost per sample (wide rounds of batched payloads earn their own time; one stream's long "
+        "array does not); the rest go first into the next batches, and carried samples alone get one "
+        "batch per batch_ms, so an array costs the other streams at most this much per batch and a share "
+        "of a core; false or 0: no bound",
     )
     receiver: Literal["process", "thread"] = Field(
         "process", description="MQTT receive path in a child process (own GIL) or a thread of the daemon"

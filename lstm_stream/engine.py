@@ -300,8 +300,7 @@ class Engine:
                     out.value[later] = np.nan
                     break
                 self._step(order[lo:hi], s_o[lo:hi], ts_o[lo:hi], x_o[lo:hi], now, out)
-                if r == 0:
-                    budget.first_done()
+                budget.ran(r, hi - lo)
         accepted = int(np.count_nonzero(reject == OK))
         self.counters["processed"] += accepted
         self.counters["rejected"] += n - accepted - int(np.count_nonzero(reject == DEFERRED))

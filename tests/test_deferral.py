@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from daemon.ingest.queue import IngestQueue
 from daemon.outputs.events import EventPublisher
 from daemon.outputs.metrics import Metrics
+from daemon.service import batches as batches_mod
 from daemon.service.batches import Batches
 from daemon.service.finetuner import Finetuner
 from daemon.service.tuning import Tuning
@@ -71,26 +74,37 @@ def test_a_round_budget_defers_later_rounds_and_keeps_the_results(small_cfg, mon
     assert not (roomy.reject == DEFERRED).any()
 
 
-def test_later_rounds_may_take_as_long_as_the_call_took_before_them(monkeypatch) -> None:
-    """A large carried remainder makes the first round's bookkeeping long: later rounds get as much."""
+def test_narrow_later_rounds_get_the_budget_however_slow_the_first_round_was(monkeypatch) -> None:
+    """A slow first round (a big batch on a busy machine) must not buy one stream's array a long run of
+    narrow rounds: they earn only their samples' share at the first round's cost per sample."""
     now = [0.0]
     monkeypatch.setattr(rounds.RoundBudget, "clock", staticmethod(lambda: now[0]))
     budget = rounds.RoundBudget(None, 0.002)  # the call starts at 0
-    now[0] = 0.010  # its bookkeeping and first round took 10 ms
-    budget.first_done()
-    now[0] = 0.019
-    assert budget.allows(1)
-    now[0] = 0.0201
-    assert not budget.allows(2) and budget.allows(0)
-    short = rounds.RoundBudget(None, 0.002)  # a quick first round: the 2 ms hold
-    now[0] += 0.0005
-    short.first_done()
-    now[0] += 0.0015
-    assert short.allows(1)
-    now[0] += 0.001
-    assert not short.allows(1)
+    now[0] = 0.100  # bookkeeping and a first round of 1,000 streams took 100 ms: 0.1 ms a sample
+    budget.ran(0, 1000)
+    for r in range(1, 100):  # each narrow round: one sample, 0.9 ms
+        if not budget.allows(r):
+            break
+        now[0] += 0.0009
+        budget.ran(r, 1)
+    assert r == 4  # 2 ms plus 0.6 ms earned: three narrow rounds ran, the fourth was refused
+    assert budget.allows(0)
     capped = rounds.RoundBudget(3, None)
     assert capped.allows(2) and not capped.allows(3)
+
+
+def test_wide_later_rounds_earn_their_time(monkeypatch) -> None:
+    """Batched payloads (every stream sent 20 samples): later rounds as wide as the first cost about as
+    much per sample, and each earns its own time, so none is deferred by the time bound."""
+    now = [0.0]
+    monkeypatch.setattr(rounds.RoundBudget, "clock", staticmethod(lambda: now[0]))
+    budget = rounds.RoundBudget(None, 0.002)
+    now[0] = 0.010  # 200 streams in 10 ms
+    budget.ran(0, 200)
+    for r in range(1, 20):
+        assert budget.allows(r), r
+        now[0] += 0.015  # dearer per sample than the first: still within what it earns
+        budget.ran(r, 200)
 
 
 def _batches(tmp_path: Path, cfg, stream_batch_max: int | bool) -> tuple[Batches, list]:
@@ -150,3 +164,55 @@ def test_torch_half_imported_by_a_fine_tune_thread_waits_for_a_later_batch(
     batches.limit_torch_threads()
     batches.limit_torch_threads()
     assert calls == [small_cfg.torch_threads]
+
+
+def _recording(batches: Batches) -> list[tuple[float, list[str]]]:
+    """Wrap the engine's process: each call's monotonic time and streams, in call order."""
+    calls: list[tuple[float, list[str]]] = []
+    inner = batches.engine.process
+
+    def process(streams, *args, **kwargs):
+        calls.append((time.monotonic(), list(streams)))
+        return inner(streams, *args, **kwargs)
+
+    batches.engine.process = process  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_long_carry_reaches_the_engine_a_head_at_a_time_and_in_order(
+    tmp_path: Path, small_cfg, monkeypatch
+) -> None:
+    """Only the carry's head goes to the engine (its bookkeeping stays bounded); new samples of a stream
+    still in the rest wait behind it; every sample is applied once, each stream in order."""
+    monkeypatch.setattr(batches_mod, "CARRY_HEAD", 10)
+    batches, sent = _batches(tmp_path, small_cfg, 4)
+    calls = _recording(batches)
+    names, ts, values = _mixed_batch(5, 60, 100.0)
+    batches.process(list(zip(names, ts.tolist(), values.tolist(), strict=True)))
+    assert batches.pending == 60 - 4
+    batches.process([("arr", 100.5, 0.0), ("s1", 101.0, 1.0)])  # arr's new one waits; s1's goes now
+    assert calls[-1][1].count("arr") == 10 and "s1" in calls[-1][1]
+    assert batches.pending == 60 - 8 + 1
+    while batches.pending:
+        batches.process([])
+    assert all(len(streams) <= 10 + 2 for _, streams in calls[1:])
+    arr = [body["ts"] for topic, body in sent if topic == "fc/arr"]
+    assert len(arr) == 61 and arr == sorted(arr)
+    assert batches.applied == len(names) + 2
+    assert batches.engine.counters["processed"] == len(names) + 2
+
+
+def test_carried_samples_alone_get_one_batch_per_period(tmp_path: Path, small_cfg) -> None:
+    """With nothing new queued, the engine thread works a carry off one batch per ``batch_ms``, not
+    back to back (it would take a whole core from the receiver and the broker meanwhile)."""
+    batches, _ = _batches(tmp_path, small_cfg, 4)
+    batches.period = 0.05
+    calls = _recording(batches)
+    names, ts, values = _mixed_batch(5, 40, 100.0)
+    batches.process(list(zip(names, ts.tolist(), values.tolist(), strict=True)))
+    stop = threading.Event()
+    for _ in range(3):
+        batches.process_waiting(stop)
+    assert len(calls) == 4 and batches.pending == 40 - 16
+    gaps = np.diff([t for t, _ in calls])
+    assert (gaps >= 0.049).all(), gaps

@@ -26,6 +26,9 @@ from lstm_stream import scoring
 from lstm_stream.engine import DEFERRED, NEW_STREAM_RATE, OVER_CAPACITY, REJECTS, Engine, Results
 
 LATENCY_SANE_S = 300.0  # sample timestamps further off than this are historic data, not latency
+# carried samples handed to the engine per batch: it applies at most stream_batch_max of a stream anyway,
+# and a long carry passed whole would cost every batch its bookkeeping (admission, result columns)
+CARRY_HEAD = 1024
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class Batches:
         self.round_budget_s = None if ms is None else ms / 1000.0
         self._carry: Columns = EMPTY  # samples deferred by the engine, oldest first
         self._carry_at = np.empty(0, dtype=np.int64)  # their log indices
+        self._carry_next = 0.0  # monotonic time of the next batch of carried samples alone (engine thread)
         self._taken = 0  # log index one past the last sample taken off the queue (it keeps log order)
         self.inline = True  # run batches on the receiving thread (off while shutting down)
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
@@ -98,7 +102,7 @@ class Batches:
     @property
     def applied(self) -> int:
         """Log index below which every sample was applied (what a checkpoint records): the first
-        carried sample's, else one past the last taken."""
+        carried sample's (the carry is kept in log order), else one past the last taken."""
         return int(self._carry_at[0]) if len(self._carry_at) else self._taken
 
     @applied.setter
@@ -111,16 +115,29 @@ class Batches:
         return len(self._carry)
 
     def process_waiting(self, stop: threading.Event) -> None:
-        """Engine thread, once something is queued: give the receiving thread its chance first (it
-        runs due batches as messages arrive), then process samples older than 1.5 ``batch_ms``."""
+        """Engine thread, once something is queued or carried: give the receiving thread its chance
+        first (it runs due batches as messages arrive), then process samples older than 1.5
+        ``batch_ms``. Carried samples alone get a batch every ``batch_ms`` (each spends at most
+        ``stream_batch_ms`` on them): a long array is worked off in the background at that share of
+        a core, not in one burst that takes the CPU the receiving side and the broker need. A carry
+        longer than ``batch_max`` is worked back to back (input beyond what the engine can do)."""
         period, batch_max, queue = self.period, self.batch_max, self.queue
-        time.sleep(max(0.0, queue.since + 1.5 * period - time.monotonic()))
+        if len(self._carry) and not len(queue):
+            queue.wait(self._carry_wait())  # the carry's next slot, or new samples
+        if len(queue):
+            time.sleep(max(0.0, queue.since + 1.5 * period - time.monotonic()))
         with self.lock:
-            while len(self._carry) or queue.due(batch_max, period):
+            while queue.due(batch_max, period) or (len(self._carry) and not self._carry_wait()):
                 batch = queue.drain(batch_max)
                 self.process(batch)
                 if len(batch) < batch_max or stop.is_set():
                     break
+
+    def _carry_wait(self) -> float:
+        """Seconds until the carry alone may have a batch (0: now)."""
+        if len(self._carry) > self.batch_max:
+            return 0.0
+        return max(0.0, self._carry_next - time.monotonic())
 
     def drain(self, deadline: float = float("inf")) -> int:
         """At shutdown: process what is queued until ``deadline`` (monotonic); returns what is left
@@ -147,11 +164,10 @@ class Batches:
         ``(stream, ts, value)`` rows) through the engine (caller holds :attr:`lock`), then its results out."""
         if not isinstance(samples, Columns):
             samples = Columns.from_rows(samples)
-        carried, carried_at = self._carry, self._carry_at
         first = self._taken  # log index of samples[0]
         self._taken += len(samples)
-        if len(carried):
-            samples = Columns.concat([carried, samples])
+        samples, carried_at, held, held_at = self._with_carry(samples, first)
+        self._carry_next = time.monotonic() + self.period
         if not len(samples):
             return
         self.limit_torch_threads()
@@ -167,7 +183,12 @@ class Batches:
             paths=self._forecasts,  # per-sample paths only for the forecast topic (the view has its own)
         )
         elapsed = time.perf_counter() - t0
-        self._carry, self._carry_at = self._deferred(r, samples, carried_at, first)
+        self._carry, self._carry_at = self._deferred(r, samples, carried_at)
+        applied = len(samples) - len(self._carry)
+        if len(held):
+            self._carry, self._carry_at = _in_log_order(
+                Columns.concat([self._carry, held]), np.concatenate([self._carry_at, held_at])
+            )
         if self.engine.counters["reordered"] > reordered:
             self.metrics.samples_reordered.inc(self.engine.counters["reordered"] - reordered)
         done = self.clock()
@@ -175,9 +196,7 @@ class Batches:
         lat = lat[(lat >= 0) & (lat < LATENCY_SANE_S)]
         rejects = code_counts(r.reject, REJECTS)
         rejects.pop(REJECTS[DEFERRED], None)
-        self.metrics.observe_batch(
-            len(samples) - len(self._carry), elapsed, rejects, code_counts(r.reason, scoring.REASONS), lat
-        )
+        self.metrics.observe_batch(applied, elapsed, rejects, code_counts(r.reason, scoring.REASONS), lat)
         if r.evicted:
             self.metrics.observe_streams(len(self.engine.streams), evicted=len(r.evicted))
         if r.refused:
@@ -190,20 +209,37 @@ class Batches:
         if self.feed is not None:
             self.feed.batch(r)
 
+    def _with_carry(self, samples: Columns, first: int) -> tuple[Columns, np.ndarray, Columns, np.ndarray]:
+        """This batch for the engine: the carried samples' head (``CARRY_HEAD``, in log order) and the new
+        ones, with the log indices of every sample the engine gets (carried first, new ones from
+        ``first``); and what is held back for later with its indices: the rest of the carry and the new
+        samples of the streams that have some of it (a stream's samples are applied in log order)."""
+        carried, at = self._carry, self._carry_at
+        new_at = first + np.arange(len(samples), dtype=np.int64)
+        if not len(carried):
+            return samples, new_at, EMPTY, at
+        if len(carried) <= CARRY_HEAD:
+            return Columns.concat([carried, samples]), np.concatenate([at, new_at]), EMPTY, at[:0]
+        rest = carried.take(slice(CARRY_HEAD, None))
+        wait = np.isin(samples.streams, np.unique(rest.streams)) if len(samples) else np.zeros(0, bool)
+        go = np.nonzero(~wait)[0]
+        stay = np.nonzero(wait)[0]
+        head = Columns.concat([carried.take(slice(0, CARRY_HEAD)), samples.take(go)])
+        held = Columns.concat([rest, samples.take(stay)])
+        return (
+            head,
+            np.concatenate([at[:CARRY_HEAD], new_at[go]]),
+            held,
+            np.concatenate([at[CARRY_HEAD:], new_at[stay]]),
+        )
+
     @staticmethod
-    def _deferred(
-        r: Results, samples: Columns, carried_at: np.ndarray, first: int
-    ) -> tuple[Columns, np.ndarray]:
-        """The samples the engine deferred, in order, with their log indices: the carried ones keep
-        theirs, the others follow ``first``."""
+    def _deferred(r: Results, samples: Columns, at: np.ndarray) -> tuple[Columns, np.ndarray]:
+        """The samples the engine deferred, in order, with their log indices."""
         later = np.nonzero(r.reject == DEFERRED)[0]
         if not len(later):
             return EMPTY, np.empty(0, dtype=np.int64)
-        k = len(carried_at)
-        old = later < k
-        at = first + later - k
-        at[old] = carried_at[later[old]]
-        return samples.take(later), at
+        return samples.take(later), at[later]
 
     def _log_refused(self, r: Results) -> None:
         """One rate-limited line per reason naming a stream that was not admitted (and how many)."""
@@ -222,3 +258,9 @@ class Batches:
                     why,
                     len(r.refused),
                 )
+
+
+def _in_log_order(samples: Columns, at: np.ndarray) -> tuple[Columns, np.ndarray]:
+    """Samples sorted by their log indices (each stream's are in that order already)."""
+    order = np.argsort(at, kind="stable")
+    return samples.take(order), at[order]
