@@ -248,9 +248,9 @@ class Engine:
         ``paths=False`` leaves ``Results.path`` empty (the engine still tracks them, for ``view``).
 
         A stream with k samples in the batch is stepped in k rounds (:mod:`rounds`); ``max_rounds``
-        bounds the rounds and ``round_budget_s`` the time of those after the first (and so the call's
-        time, whatever one message holds): a stream's samples beyond them are left unapplied, marked
-        ``deferred``, for the caller to pass again first thing next time.
+        bounds the rounds and ``round_budget_s`` the time of narrow ones after the first (so one
+        stream's long array cannot hold the call up): a stream's samples beyond them are left
+        unapplied, marked ``deferred``, for the caller to pass again first thing next time.
         ``limit_admission=False`` creates new streams without the admission rate
         (``new_streams_per_s``): for samples that were taken in once already, as a write-ahead log
         replays them, all at one ``now``. A full table still evicts only idle streams."""
@@ -294,7 +294,7 @@ class Engine:
         with fastnp.ignoring_errors():  # finite extremes (1e308) overflow on the way: results, no warnings
             for r in range(rounds):
                 lo, hi = starts[r], starts[r + 1]
-                if not budget.allows(r):
+                if not budget.allows(r, hi - lo):
                     later = order[lo:]
                     reject[later] = DEFERRED
                     out.value[later] = np.nan

@@ -2,12 +2,12 @@
 the rounds after the first, so one long array cannot hold up the streams that share its batch.
 
 The first round steps every stream present (one sample each) and always runs: it is what a batch of
-live streams costs. Each later round steps only the streams with more samples, and costs about as much
-as a round of one stream (most of a round is per-call overhead), so a stream's 1,000-sample array is
-1,000 narrow rounds. :class:`RoundBudget` stops them after ``max_rounds`` rounds, or once they have
-taken ``seconds`` more than their samples earn at the first round's cost per sample; the engine marks
-the rest ``deferred`` for the next batches. Wide later rounds (every stream sent 20 samples at once)
-earn their own time and run; narrow ones (one stream's long array) get ``seconds`` a call.
+live streams costs. Each later round steps only the streams with more samples. A round costs a fixed
+overhead (about 0.9 ms of CPU here) plus a few microseconds a sample, so a wide later round (every
+stream sent 20 samples at once) is as cheap per sample as the first, while a narrow one is nearly all
+overhead: a stream's 1,000-sample array is 1,000 narrow rounds. :class:`RoundBudget` stops later
+rounds after ``max_rounds``, and narrow ones (fewer than ``WIDE`` streams) once they have taken
+``seconds`` in the call; the engine marks the rest ``deferred`` for the next batches.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import time
 
 import numpy as np
 
-EARN = 2.0  # a later round may cost this many times the first round's cost per sample, sample for sample
+# a round at least this wide costs at most about twice the marginal cost per sample (its fixed overhead
+# is about as much as this many samples: ~0.9 ms against ~7 us, scripts/bench_round.py)
+WIDE = 128
 
 
 def occurrence_rank(slots: np.ndarray) -> np.ndarray:
@@ -45,40 +47,32 @@ def by_round(rank: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 
 class RoundBudget:
-    """Whether round ``r`` of a batch may run: at most ``max_rounds`` rounds, and later rounds only while
-    their time since the first ended stays within ``seconds`` plus what their samples earn: ``EARN``
-    times the call's cost per sample up to then (None: no time bound). Made when the call starts; told each round's width
-    (:meth:`ran`). Earning keeps batched payloads (wide later rounds, as cheap per sample as the first)
-    at full speed, while a narrow round, which costs a first round's fixed overhead for one sample,
-    earns almost nothing: a long array gets ``seconds`` a call, however slow the first round was."""
+    """Whether round ``r`` of a batch may run: at most ``max_rounds`` rounds; a later round narrower than
+    ``WIDE`` only while the narrow rounds of the call have taken less than ``seconds`` (None: no time
+    bound). Batched payloads (wide later rounds) run at full speed; one stream's long array gets
+    ``seconds`` a call. Rounds only narrow as ``r`` grows (round ``r`` holds the streams with more than
+    ``r`` samples), so the first refused round ends the call's rounds. Told each round's end (:meth:`ran`)."""
 
-    __slots__ = ("_earned", "_first_end", "_per_sample", "_started", "max_rounds", "seconds")
+    __slots__ = ("_narrow_s", "_since", "max_rounds", "seconds")
     clock = staticmethod(time.perf_counter)  # (tests replace it)
 
     def __init__(self, max_rounds: int | None = None, seconds: float | None = None) -> None:
         self.max_rounds = max_rounds
         self.seconds = seconds
-        self._started = self.clock()
-        self._first_end = float("inf")
-        self._per_sample = 0.0
-        self._earned = 0.0
+        self._narrow_s = 0.0  # time the call's narrow later rounds took
+        self._since = self.clock()  # end of the last round (or the call's start)
 
-    def ran(self, r: int, width: int) -> None:
-        """Round ``r`` of ``width`` samples ended: the first sets the cost per sample, later ones earn it."""
-        if self.seconds is None:
-            return
-        if r == 0:
-            self._first_end = self.clock()
-            self._per_sample = (self._first_end - self._started) / max(width, 1)
-        else:
-            self._earned += EARN * width * self._per_sample
-
-    def allows(self, r: int) -> bool:
-        """Round ``r`` (0-based) may run; round 0 always may."""
+    def allows(self, r: int, width: int) -> bool:
+        """Round ``r`` (0-based) of ``width`` streams may run; round 0 always may."""
         if r == 0:
             return True
         if self.max_rounds is not None and r >= self.max_rounds:
             return False
-        if self.seconds is None:
-            return True
-        return self.clock() - self._first_end < self.seconds + self._earned
+        return width >= WIDE or self.seconds is None or self._narrow_s < self.seconds
+
+    def ran(self, r: int, width: int) -> None:
+        """Round ``r`` of ``width`` streams ended."""
+        now = self.clock()
+        if r and width < WIDE:
+            self._narrow_s += now - self._since
+        self._since = now

@@ -76,41 +76,47 @@ def test_a_round_budget_defers_later_rounds_and_keeps_the_results(small_cfg, mon
 
 def test_narrow_later_rounds_get_the_budget_however_slow_the_first_round_was(monkeypatch) -> None:
     """A slow first round (a big batch on a busy machine) must not buy one stream's array a long run of
-    narrow rounds: they earn only their samples' share at the first round's cost per sample."""
+    narrow rounds: they get ``seconds`` a call."""
     now = [0.0]
     monkeypatch.setattr(rounds.RoundBudget, "clock", staticmethod(lambda: now[0]))
     budget = rounds.RoundBudget(None, 0.002)  # the call starts at 0
-    now[0] = 0.100  # bookkeeping and a first round of 1,000 streams took 100 ms: 0.1 ms a sample
+    now[0] = 0.100  # bookkeeping and a first round of 1,000 streams took 100 ms
     budget.ran(0, 1000)
     for r in range(1, 100):  # each narrow round: one sample, 0.9 ms
-        if not budget.allows(r):
+        if not budget.allows(r, 1):
             break
         now[0] += 0.0009
         budget.ran(r, 1)
-    assert r == 4  # 2 ms plus 0.6 ms earned: three narrow rounds ran, the fourth was refused
-    assert budget.allows(0)
+    assert r == 4  # three narrow rounds ran (2.7 ms), the fourth was refused
+    assert budget.allows(0, 1)
     capped = rounds.RoundBudget(3, None)
-    assert capped.allows(2) and not capped.allows(3)
+    assert capped.allows(2, 1000) and not capped.allows(3, 1000)
 
 
-def test_wide_later_rounds_earn_their_time(monkeypatch) -> None:
-    """Batched payloads (every stream sent 20 samples): later rounds as wide as the first cost about as
-    much per sample, and each earns its own time, so none is deferred by the time bound."""
+def test_wide_later_rounds_run_whatever_they_take(monkeypatch) -> None:
+    """Batched payloads (every stream sent 20 samples): later rounds as wide as the first are as cheap
+    per sample, so the time bound does not defer them (only ``max_rounds`` does)."""
     now = [0.0]
     monkeypatch.setattr(rounds.RoundBudget, "clock", staticmethod(lambda: now[0]))
-    budget = rounds.RoundBudget(None, 0.002)
+    budget = rounds.RoundBudget(None, 0.0)  # no time at all for narrow rounds
     now[0] = 0.010  # 200 streams in 10 ms
     budget.ran(0, 200)
     for r in range(1, 20):
-        assert budget.allows(r), r
-        now[0] += 0.015  # dearer per sample than the first: still within what it earns
+        assert budget.allows(r, 200), r
+        now[0] += 0.015
         budget.ran(r, 200)
+    assert not budget.allows(20, rounds.WIDE - 1)
 
 
-def _batches(tmp_path: Path, cfg, stream_batch_max: int | bool) -> tuple[Batches, list]:
+def _batches(
+    tmp_path: Path, cfg, stream_batch_max: int | bool, stream_batch_ms: float | bool = False
+) -> tuple[Batches, list]:
     settings = Settings(
         state={"directory": tmp_path},
-        ingest={"stream_batch_max": stream_batch_max, "stream_batch_ms": False},  # counts, not time
+        ingest={
+            "stream_batch_max": stream_batch_max,
+            "stream_batch_ms": stream_batch_ms,
+        },  # counts by default
         mqtt={"forecast_topic": "fc/{stream}"},
     )
     engine = Engine(cfg)
@@ -216,3 +222,20 @@ def test_carried_samples_alone_get_one_batch_per_period(tmp_path: Path, small_cf
     assert len(calls) == 4 and batches.pending == 40 - 16
     gaps = np.diff([t for t, _ in calls])
     assert (gaps >= 0.049).all(), gaps
+
+
+def test_narrow_rounds_get_their_time_once_per_period_whichever_batch_comes(
+    tmp_path: Path, small_cfg
+) -> None:
+    """Under load batches come faster than ``batch_ms``: only the first in a period may spend
+    ``stream_batch_ms`` on an array's narrow rounds; the others step it once (in the first round)."""
+    batches, _ = _batches(tmp_path, small_cfg, 16, stream_batch_ms=60_000.0)  # time never runs out
+    batches.period = 60.0
+    names, ts, values = _mixed_batch(5, 50, 100.0)
+    batches.process(list(zip(names, ts.tolist(), values.tolist(), strict=True)))
+    assert batches.pending == 50 - 16
+    batches.process([("s1", 101.0, 1.0)])
+    assert batches.pending == 50 - 16 - 1
+    batches._carry_next = 0.0  # the period is over
+    batches.process([])
+    assert batches.pending == 50 - 32 - 1

@@ -133,6 +133,17 @@ class Batches:
                 if len(batch) < batch_max or stop.is_set():
                     break
 
+    def _narrow_budget(self) -> float | None:
+        """Time this batch may spend on narrow later rounds (one stream's array): ``stream_batch_ms`` once
+        per ``batch_ms`` (whichever thread runs the batch; every batch while the carry is longer than
+        ``batch_max``), else none: under load batches come faster than ``batch_ms``, and each one
+        taking the full allowance would give an array most of the engine."""
+        now = time.monotonic()
+        if now < self._carry_next and len(self._carry) <= self.batch_max:
+            return None if self.round_budget_s is None else 0.0
+        self._carry_next = now + self.period
+        return self.round_budget_s
+
     def _carry_wait(self) -> float:
         """Seconds until the carry alone may have a batch (0: now)."""
         if len(self._carry) > self.batch_max:
@@ -166,8 +177,8 @@ class Batches:
             samples = Columns.from_rows(samples)
         first = self._taken  # log index of samples[0]
         self._taken += len(samples)
+        budget = self._narrow_budget()
         samples, carried_at, held, held_at = self._with_carry(samples, first)
-        self._carry_next = time.monotonic() + self.period
         if not len(samples):
             return
         self.limit_torch_threads()
@@ -179,7 +190,7 @@ class Batches:
             samples.values,
             now=self.clock(),
             max_rounds=self.max_rounds,
-            round_budget_s=self.round_budget_s,
+            round_budget_s=budget,
             paths=self._forecasts,  # per-sample paths only for the forecast topic (the view has its own)
         )
         elapsed = time.perf_counter() - t0
