@@ -35,22 +35,17 @@ WHITE_STEP = (
     np.sqrt(np.pi) / 2
 )  # white noise's spread per mean absolute step: E|x1 - x0| = 2 sigma / sqrt(pi)
 
+# the three EW horizons of the error (short, mid, seasonal: HORIZONS) are rows of two blocks, so a round
+# gathers, updates and scatters them as one (3, n) array per quantity
+HORIZONS = ("", "mid_", "sr_")
+EW_F, EW_N = "ew_f", "ew_n"  # blocks: short average, long-run mean and variance; error and long-run counts
+
 COLUMNS = {
-    "err_short": Column((), np.float64),
-    "err_n": Column((), np.int64),
-    "lr_mean": Column((), np.float64),
-    "lr_var": Column((), np.float64),
-    "lr_n": Column((), np.int64),
-    "mid_err_short": Column((), np.float64),
-    "mid_err_n": Column((), np.int64),
-    "mid_lr_mean": Column((), np.float64),
-    "mid_lr_var": Column((), np.float64),
-    "mid_lr_n": Column((), np.int64),
-    "sr_err_short": Column((), np.float64),
-    "sr_err_n": Column((), np.int64),
-    "sr_lr_mean": Column((), np.float64),
-    "sr_lr_var": Column((), np.float64),
-    "sr_lr_n": Column((), np.int64),
+    **{p + "err_short": Column((), np.float64, block=EW_F) for p in HORIZONS},
+    **{p + "lr_mean": Column((), np.float64, block=EW_F) for p in HORIZONS},
+    **{p + "lr_var": Column((), np.float64, block=EW_F) for p in HORIZONS},
+    **{p + "err_n": Column((), np.int64, block=EW_N) for p in HORIZONS},
+    **{p + "lr_n": Column((), np.int64, block=EW_N) for p in HORIZONS},
     "lv_level": Column((), np.float64),
     "lv_n": Column((), np.int64),
     "lv_mean": Column((), np.float64),
@@ -104,33 +99,19 @@ def _ew(n: np.ndarray, memory: int) -> np.ndarray:
     return np.maximum(1.0 / np.maximum(n, 1), 1.0 / memory)
 
 
-def _likelihood_stage(
-    cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
-) -> np.ndarray:
-    """Update the recent and long-run error statistics of ``slots``; return the deviation ``z``.
+def _horizons(cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
+    """Every horizon at once: EW average of ``err`` (rows: short, mid, seasonal) over its span vs a
+    Gaussian of its own long-run history, updated where ``valid`` (a row that is off: nowhere).
 
-    Two horizons: the short average catches spikes and jumps, the optional mid one a sustained
-    drift of the error; the deviation is the larger of the two.
+    Returns the standardised deviations (3, n), -inf where there is nothing to score yet; the score is
+    monotonic in them, so horizons are combined by their largest deviation and the tail computed once.
     """
-    z = _horizon(cols, slots, err, valid, cfg.short_window, "", cfg)
-    if cfg.mid_window:
-        z = np.maximum(z, _horizon(cols, slots, err, valid, cfg.mid_window, "mid_", cfg))
-    return z
-
-
-def _horizon(
-    cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, span: int, p: str, cfg: ScoringConfig
-) -> np.ndarray:
-    """One horizon: EW average of ``err`` over ``span`` vs a Gaussian of its own long-run history.
-
-    Returns the standardised deviation (-inf where there is nothing to score yet); the score is
-    monotonic in it, so horizons are combined by their largest deviation and the tail computed once.
-    """
-    alpha_s = 2.0 / (span + 1.0)
-    n_err = cols[p + "err_n"][slots]
-    prev = cols[p + "err_short"][slots]
+    spans = (cfg.short_window, cfg.mid_window or 1, cfg.seasonal_window or 1)
+    alpha_s = np.array([[2.0 / (span + 1.0)] for span in spans])
+    f = cols.blocks[EW_F].take(slots, axis=1)  # (9, n): short averages, means, variances
+    c = cols.blocks[EW_N].take(slots, axis=1)  # (6, n): error counts, long-run counts
+    prev, mean, var, n_err, lr_n = f[0:3], f[3:6], f[6:9], c[0:3], c[3:6]
     short = np.where(n_err == 0, err, prev + alpha_s * (err - prev))
-    mean, var, lr_n = cols[p + "lr_mean"][slots], cols[p + "lr_var"][slots], cols[p + "lr_n"][slots]
     std = _std(mean, var)
     delta = short - mean
     fitted = lr_n >= MIN_LONG_N
@@ -142,11 +123,12 @@ def _horizon(
         delta = np.where(fitted, fastnp.clip(delta, -bound, bound), delta)
     new_mean = mean + a * delta
     new_var = np.where(n1 == 1, 0.0, (1.0 - a) * (var + a * delta * delta))
-    cols[p + "err_short"][slots] = np.where(valid, short, prev)
-    cols[p + "err_n"][slots] = n_err + valid
-    cols[p + "lr_mean"][slots] = np.where(valid, new_mean, mean)
-    cols[p + "lr_var"][slots] = np.where(valid, new_var, var)
-    cols[p + "lr_n"][slots] = lr_n + valid
+    np.copyto(prev, short, where=valid)
+    np.copyto(mean, new_mean, where=valid)
+    np.copyto(var, new_var, where=valid)
+    c += np.concatenate((valid, valid))
+    cols.blocks[EW_F][:, slots] = f
+    cols.blocks[EW_N][:, slots] = c
     return z
 
 
@@ -229,19 +211,6 @@ def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return fastnp.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
 
 
-def _count_spike_once(
-    cols: dict, slots: np.ndarray, x: np.ndarray, residual: np.ndarray, spread: np.ndarray, err: np.ndarray
-) -> np.ndarray:
-    """The smaller of ``err`` and the error against the forecast made one step earlier: a forecast
-    that copied a lone outlier (persistence does) would make the value's return a second surprise."""
-    fc = x - residual
-    prev = cols["prev_fc"][slots]
-    with fastnp.errstate(invalid="ignore"):
-        back = standardised_error(x - prev, spread)
-    cols["prev_fc"][slots] = fc
-    return np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, back), err)
-
-
 def score(
     cols: dict,
     slots: np.ndarray,
@@ -261,19 +230,35 @@ def score(
     the stream has no period): a day whose shape changes shows there even when each step is easy.
     """
     has_forecast = count >= SCORE_AFTER
-    err = standardised_error(residual, spread)
+    n = len(slots)
+    seasonal = bool(cfg.seasonal_window) and seasonal_residual is not None and seasonal_spread is not None
+    # the errors against this forecast, the one before (spike_once) and the value one period ago, as one
+    residuals, spreads = np.empty((3, n)), np.empty((3, n))
+    residuals[0], spreads[0:2] = residual, spread
     if cfg.spike_once:
-        err = _count_spike_once(cols, slots, x, residual, spread, err)
-    z = _likelihood_stage(cols, slots, err, has_forecast, cfg)
-    by_season = np.zeros(len(slots), dtype=bool)
-    if cfg.seasonal_window and seasonal_residual is not None and seasonal_spread is not None:
+        prev = cols["prev_fc"][slots]
+        residuals[1] = x - prev
+    else:
+        residuals[1] = np.nan
+    residuals[2], spreads[2] = (seasonal_residual, seasonal_spread) if seasonal else (np.nan, 1.0)
+    errs = standardised_error(residuals, spreads)
+    err = errs[0]
+    if cfg.spike_once:  # a forecast that copied a lone outlier would make the value's return a second surprise
+        fc = x - residual
+        cols["prev_fc"][slots] = fc
+        err = np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, errs[1]), err)
+    valid = np.zeros((3, n), dtype=bool)
+    valid[0] = has_forecast
+    if cfg.mid_window:  # a second, longer average: a sustained drift of the error
+        valid[1] = has_forecast
+    if seasonal:
         with fastnp.errstate(invalid="ignore"):
-            ok = has_forecast & np.isfinite(seasonal_residual) & (seasonal_spread > 0)
-        if fastnp.any_true(ok):  # streams without a period: their seasonal statistics would not change anyway
-            s_err = standardised_error(seasonal_residual, seasonal_spread)
-            z_season = _horizon(cols, slots, s_err, ok, cfg.seasonal_window, "sr_", cfg)
-            by_season = z_season > z
-            z = np.maximum(z, z_season)
+            valid[2] = has_forecast & np.isfinite(seasonal_residual) & (seasonal_spread > 0)
+    errs[0:2] = err  # the short and mid horizons average the same error
+    z_all = _horizons(cols, slots, errs, valid, cfg)
+    z = np.maximum(z_all[0], z_all[1])  # -inf where a horizon is off
+    by_season = z_all[2] > z
+    z = np.maximum(z, z_all[2])
     lik = tail_score(z)
     # a young stream is still exploring its range: its new records say little
     out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
