@@ -99,7 +99,9 @@ def _ew(n: np.ndarray, memory: int) -> np.ndarray:
     return np.maximum(1.0 / np.maximum(n, 1), 1.0 / memory)
 
 
-def _horizons(cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
+def _horizons(
+    cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
+) -> np.ndarray:
     """Every horizon at once: EW average of ``err`` (rows: short, mid, seasonal) over its span vs a
     Gaussian of its own long-run history, updated where ``valid`` (a row that is off: nowhere).
 
@@ -243,7 +245,7 @@ def score(
     residuals[2], spreads[2] = (seasonal_residual, seasonal_spread) if seasonal else (np.nan, 1.0)
     errs = standardised_error(residuals, spreads)
     err = errs[0]
-    if cfg.spike_once:  # a forecast that copied a lone outlier would make the value's return a second surprise
+    if cfg.spike_once:  # a forecast that copied a lone outlier: its return is no second surprise
         fc = x - residual
         cols["prev_fc"][slots] = fc
         err = np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, errs[1]), err)
