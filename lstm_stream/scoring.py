@@ -134,15 +134,15 @@ def _horizons(
     return z
 
 
-def _level_rule(
+def _level_deviation(
     cols: dict, slots: np.ndarray, x: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
-) -> np.ndarray:
-    """True where the value's recent level (EW span ``level_window``) has left a Gaussian of its own
-    long-run history by the likelihood threshold, two-sided: a level shift of a noisy metric.
+) -> tuple[np.ndarray, tuple]:
+    """How far the value's recent level (EW span ``level_window``) has left a Gaussian of its own
+    long-run history, two-sided (-inf before warm-up), and what :func:`_level_update` needs: where
+    its score passes the likelihood threshold, the rule sees a level shift of a noisy metric.
 
     The spread is at least ``level_floor`` times what white noise alone gives such an average (from
-    the stream's typical step). Where the rule fires the long-run mean jumps to the new level, so a
-    shift is reported once and the new level is normal from then on; nothing fires before warm-up.
+    the stream's typical step). The scorer computes this tail score with the likelihood's, in one call.
     """
     alpha = 2.0 / (cfg.level_window + 1.0)
     n = cols["lv_n"][slots]
@@ -155,7 +155,16 @@ def _level_rule(
     ok = valid & np.isfinite(x)
     with fastnp.errstate(invalid="ignore"):
         z = np.where(ok & (n >= max(cfg.warmup, MIN_LONG_N)), np.abs(delta) / std, -np.inf)
-    shift = tail_score(z) >= cfg.threshold
+    return z, (n, prev, level, mean, var, delta, ok)
+
+
+def _level_update(
+    cols: dict, slots: np.ndarray, parts: tuple, shift: np.ndarray, cfg: ScoringConfig
+) -> np.ndarray:
+    """Fold the level into its long-run history; where the rule fired (``shift``) the long-run mean
+    jumps to the new level, so a shift is reported once and the new level is normal from then on.
+    Returns where the rule fires."""
+    n, prev, level, mean, var, delta, ok = parts
     a = _ew(n + 1, cfg.long_memory)
     new_mean = np.where((n == 0) | shift, level, mean + a * delta)
     new_var = np.where((n == 0) | shift, var, (1.0 - a) * (var + a * delta * delta))
@@ -260,13 +269,19 @@ def score(
     z_all = _horizons(cols, slots, errs, valid, cfg)
     z = np.maximum(z_all[0], z_all[1])  # -inf where a horizon is off
     by_season = z_all[2] > z
-    z = np.maximum(z, z_all[2])
-    lik = tail_score(z)
+    # the likelihood's deviation and the level rule's (before the flat-line rule updates the typical
+    # step with this sample): one tail score
+    zs = np.empty((2, n))
+    np.maximum(z, z_all[2], out=zs[0])
+    if cfg.level_window:
+        zs[1], level_parts = _level_deviation(cols, slots, x, has_forecast, cfg)
+    tails = tail_score(zs if cfg.level_window else zs[:1])
+    lik = tails[0]
     # a young stream is still exploring its range: its new records say little
     out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
-    level = np.zeros(len(slots), dtype=bool)
-    if cfg.level_window:  # before the flat-line rule updates the typical step with this sample
-        level = _level_rule(cols, slots, x, has_forecast, cfg)
+    level = np.zeros(n, dtype=bool)
+    if cfg.level_window:
+        level = _level_update(cols, slots, level_parts, tails[1] >= cfg.threshold, cfg)
     flat = _flatline_rule(cols, slots, x, cfg)
     by_rule = out_of_range | flat | level
     cond = (lik >= cfg.threshold) | by_rule
