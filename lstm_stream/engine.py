@@ -360,14 +360,13 @@ class Engine:
                 return
         forecast, spread = a["fc_mean"][s], a["fc_spread"][s]
         residual = x - forecast
-        scale_before = self._write_target(s, x, count)
         naive = seasonal.expected(a, s, cfg.seasonal)
         s_res, s_spread = (x - naive[0], naive[1]) if naive is not None else (None, None)
         naive_now = naive[0] if naive is not None else None  # this value's seasonal-naive forecast
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
-        scaling.update(a, s, x, cfg.scaling, scale_before)
-        center, sc = scaling.stats(a, s, cfg.scaling)
-        z = fastnp.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
+        center, sc, yz = scaling.observe(a, s, x, cfg.scaling, cfg.scaling.clip)
+        z = yz[1]
+        self._write_target(s, yz[0], count)
         self._write_inputs(s, z, ts, count, scored.condition)
         sel = cfg.selection.enabled
         if sel:
@@ -429,19 +428,15 @@ class Engine:
         if cfg.selection.enabled:
             out.served[idx] = out.next_served[idx] = adaptation.served(a, s)
 
-    def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> np.ndarray | None:
-        """The history's target for the previous step: this value scaled as that forecast was.
-        Returns that scale (the scaler's before this value), or None without a history."""
+    def _write_target(self, s: np.ndarray, y: np.ndarray, count: np.ndarray) -> None:
+        """The history's target for the previous step: this value scaled as that forecast was (``y``)."""
         hl = self.config.history_len
-        if not hl:
-            return None
-        a = self.arrays
-        center, sc = scaling.stats(a, s, self.config.scaling)
-        clip = self.config.scaling.clip
-        y = fastnp.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
-        hist_y, pos = a["hist_y"], (count - 1) % hl  # a first sample (count 0) has no previous step
-        hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])
-        return sc
+        if hl:
+            hist_y, pos = (
+                self.arrays["hist_y"],
+                (count - 1) % hl,
+            )  # a first sample (count 0) has no previous step
+            hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])
 
     def _write_inputs(
         self, s: np.ndarray, z: np.ndarray, ts: np.ndarray, count: np.ndarray, excluded: np.ndarray
