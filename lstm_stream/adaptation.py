@@ -99,7 +99,7 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
         step = np.where(paired, w[:, 1], 0.0)[:, None] * (np.array((gain, gain * gain)).T - g)
         cols["ad_gain"][s] = np.where(paired[:, None], g + step, g)
         fit = np.isfinite(base) & np.isfinite(sc) & (sc > 0) & np.isfinite(x) & (cols["count"][s] > SKIP)
-        fitted = np.count_nonzero(fit)
+        fitted = fastnp.count(fit)
         if not fitted:
             return
         if fitted < len(s):

@@ -149,7 +149,7 @@ def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np
                     pass
             reject[i] = NOT_A_NUMBER
     finite = np.isfinite(x)
-    if np.count_nonzero(finite) < len(x):
+    if fastnp.count(finite) < len(x):
         reject[(reject == OK) & ~finite] = NOT_FINITE
     if fastnp.any_true(reject):
         x[reject != OK] = 0.0
@@ -258,7 +258,7 @@ class Engine:
         x, reject = coerce_values(values)
         ts = np.asarray(ts, dtype=np.float64)
         finite_ts = np.isfinite(ts)
-        if np.count_nonzero(finite_ts) < n:
+        if fastnp.count(finite_ts) < n:
             reject[(reject == OK) & ~finite_ts] = BAD_TIMESTAMP
         slots, evicted, created, refused = self._slots_for(streams, reject, ts, now, limit_admission)
         nan_out = np.full((6, n), np.nan)  # one allocation for the six NaN-initialised columns
@@ -302,10 +302,10 @@ class Engine:
                 self._step(order[lo:hi], s_o[lo:hi], ts_o[lo:hi], x_o[lo:hi], now, out)
                 if r == 0:
                     budget.first_done()
-        accepted = int(np.count_nonzero(reject == OK))
+        accepted = fastnp.count(reject == OK)
         self.counters["processed"] += accepted
-        self.counters["rejected"] += n - accepted - int(np.count_nonzero(reject == DEFERRED))
-        self.counters["flagged"] += int(np.count_nonzero(out.is_anomaly))
+        self.counters["rejected"] += n - accepted - fastnp.count(reject == DEFERRED)
+        self.counters["flagged"] += fastnp.count(out.is_anomaly)
         return out
 
     def _slots_for(
