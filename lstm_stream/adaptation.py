@@ -203,7 +203,7 @@ def serve(
     mae, ne = cols["ad_mae"][s], cols["ad_ne"][s]
     on = cols["ad_on"][s]
     if choose:
-        counted = (ne >= MIN_ERRORS).all(axis=1)
+        counted = np.logical_and.reduce(ne >= MIN_ERRORS, axis=1)
         # better by the margin and by more than a negligible amount (an exact candidate stays served)
         now = mae[:, 0] if base_mae is None else base_mae
         better = mae[:, 1] < (1.0 - selection.margin) * now - SPREAD_FLOOR * scale

@@ -283,7 +283,7 @@ class Engine:
         )
         if self.config.horizon and paths:
             out.path, out.halfwidth = np.full((2, n, self.config.horizon), np.nan)
-        ok = np.nonzero(reject == OK)[0]
+        ok = (reject == OK).nonzero()[0]
         rank = occurrence_rank(slots[ok])
         rounds = int(rank.max()) + 1 if len(ok) else 0
         order, starts = (ok, [0, len(ok)]) if rounds < 2 else by_round(rank)
@@ -322,7 +322,7 @@ class Engine:
         bucket = self._admission if limit_admission else None
         got = admission.admit(self.table, streams, reject == OK, ts, now, bucket, self.config)
         self.counters["evicted"] += len(got.evicted)
-        refused_at = np.nonzero((got.slots < 0) & (reject == OK))[0]
+        refused_at = ((got.slots < 0) & (reject == OK)).nonzero()[0]
         for i in refused_at.tolist():
             reject[i] = NEW_STREAM_RATE if streams[i] in got.limited else OVER_CAPACITY
         refused = list(dict.fromkeys(streams[i] for i in refused_at.tolist()))

@@ -190,7 +190,7 @@ def update(
     forecasts made for it (at every ``STRIDE``-th sample of a stream), then record this sample as
     the origin of the next path, with ``fc1`` (the served one-step forecast)."""
     h = cols["hz_origin"].shape[1]
-    due = np.flatnonzero((count + s) % STRIDE == 0)  # staggered: a share of the streams per batch
+    due = ((count + s) % STRIDE == 0).nonzero()[0]  # staggered: a share of the streams per batch
     if len(due) == len(s):
         _realise(cols, s, x, count, anchors(h), memory, coverage)
         _choose(cols, s)
@@ -282,7 +282,7 @@ def _choose(cols: dict, s: np.ndarray) -> None:
     """Per anchor step, the candidate with the lowest running error (once it has ``MIN_ERRORS``),
     kept unless another is better by ``MARGIN``; step 1 is always the served one-step forecast."""
     mae = np.where(cols["hz_n"][s] >= MIN_ERRORS, cols["hz_mae"][s], np.inf)
-    best = np.argmin(mae, axis=2)
+    best = mae.argmin(axis=2)
     choice = cols["hz_choice"][s].astype(np.intp)
     lowest, current = _pick(mae, best), _pick(mae, choice)
     with fastnp.errstate(invalid="ignore"):

@@ -166,15 +166,15 @@ def _serve(
         # an error of 1e300 squares to inf: weight 0)
         parts = np.maximum(mae[:, :BLEND], 1e-12 * (np.abs(last) + 1.0)[:, None])
         inv = np.where(ready[:, :BLEND], 1.0 / parts**2, 0.0)
-        total = inv.sum(axis=1)
-        blend = (inv * np.where(ready[:, :BLEND], fc[:, :BLEND], 0.0)).sum(axis=1) / total
+        total = np.add.reduce(inv, axis=1)  # ndarray.sum without its Python wrapper
+        blend = np.add.reduce(inv * np.where(ready[:, :BLEND], fc[:, :BLEND], 0.0), axis=1) / total
     fc[:, BLEND] = np.where(total > 0, blend, np.nan)
     ready[:, BLEND] &= total > 0
     choice = cols["sel_choice"][s].astype(np.intp)
     rows = np.arange(n)
     if choose:
         err = np.where(ready, mae, np.inf)
-        best = np.argmin(err, axis=1)
+        best = err.argmin(axis=1)
         lowest = err[rows, best]
         current = err[rows, choice]
         with fastnp.errstate(invalid="ignore"):
