@@ -285,7 +285,7 @@ class Engine:
             out.path, out.halfwidth = np.full((2, n, self.config.horizon), np.nan)
         ok = (reject == OK).nonzero()[0]
         rank = occurrence_rank(slots[ok])
-        rounds = int(rank.max()) + 1 if len(ok) else 0
+        rounds = int(np.maximum.reduce(rank)) + 1 if len(ok) else 0
         order, starts = (ok, [0, len(ok)]) if rounds < 2 else by_round(rank)
         if rounds > 1:
             order = ok[order]  # batch positions, round by round
