@@ -202,7 +202,8 @@ def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringCon
     run = np.where(stuck, flat_run + 1, 0)
     longest = cols["flat_longest"][slots]
     ended = ~stuck & (flat_run > 0)
-    cols["flat_longest"][slots] = np.where(ended, np.maximum(longest, flat_run), longest)
+    if fastnp.any_true(ended):  # a stuck run ended (rare): the longest one may grow
+        cols["flat_longest"][slots] = np.where(ended, np.maximum(longest, flat_run), longest)
     cols["flat_run"][slots] = run
     moving = has_prev & ~stuck
     n = cols["step_n"][slots] + moving
@@ -287,14 +288,19 @@ def score(
     cond = (lik >= cfg.threshold) | by_rule
     value = np.where(by_rule, 1.0, lik)
     eligible = count >= cfg.warmup
-    new_event = cond & ~cols["cond_prev"][slots]
     since = cols["since_flag"][slots]
-    quiet = since >= cfg.suppress
-    if cfg.record_pass:  # a record the forecast did not expect either is news, not an echo of the last flag
-        with fastnp.errstate(invalid="ignore"):
-            quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
-    flag = eligible & new_event & quiet
-    run = np.where(cond, cols["run_len"][slots] + 1, 0)
+    if fastnp.any_true(cond):
+        new_event = cond & ~cols["cond_prev"][slots]
+        quiet = since >= cfg.suppress
+        if cfg.record_pass and fastnp.any_true(out_of_range):
+            # a record the forecast did not expect either is news, not an echo of the last flag
+            with fastnp.errstate(invalid="ignore"):
+                quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
+        flag = eligible & new_event & quiet
+        run = np.where(cond, cols["run_len"][slots] + 1, 0)
+    else:  # nothing anomalous in this round (most rounds): no flag, and every run of conditions ends
+        flag = np.zeros(n, dtype=bool)
+        run = np.zeros(n, dtype=np.int64)
     regime = None
     if cfg.regime_after is not None:
         regime = eligible & (run == cfg.regime_after)
