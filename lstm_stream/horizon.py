@@ -202,7 +202,9 @@ def update(
     cols["hz_level"][s] = levels
     dev = x - _seasonal(cols, s, count[:, None], ONE)[:, 0]
     at = count % h
-    cols["hz_origin"][s, at] = np.concatenate((x[:, None], levels, fc1[:, None], dev[:, None]), axis=1)
+    origin = np.empty((len(s), 5))  # last value, fast and slow level, one-step forecast, deviation
+    origin[:, 0], origin[:, 1:3], origin[:, 3], origin[:, 4] = x, levels, fc1, dev
+    cols["hz_origin"][s, at] = origin
     cols["hz_pick"][s, at] = cols["hz_choice"][s]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -99,6 +100,12 @@ def _ew(n: np.ndarray, memory: int) -> np.ndarray:
     return np.maximum(1.0 / np.maximum(n, 1), 1.0 / memory)
 
 
+@lru_cache(maxsize=8)
+def _alphas(*spans: int) -> np.ndarray:
+    """The EW weight of the newest error at each horizon, a column: ``2 / (span + 1)``."""
+    return np.array([[2.0 / (span + 1.0)] for span in spans])
+
+
 def _horizons(
     cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
 ) -> np.ndarray:
@@ -108,8 +115,7 @@ def _horizons(
     Returns the standardised deviations (3, n), -inf where there is nothing to score yet; the score is
     monotonic in them, so horizons are combined by their largest deviation and the tail computed once.
     """
-    spans = (cfg.short_window, cfg.mid_window or 1, cfg.seasonal_window or 1)
-    alpha_s = np.array([[2.0 / (span + 1.0)] for span in spans])
+    alpha_s = _alphas(cfg.short_window, cfg.mid_window or 1, cfg.seasonal_window or 1)
     f = cols.blocks[EW_F].take(slots, axis=1)  # (9, n): short averages, means, variances
     c = cols.blocks[EW_N].take(slots, axis=1)  # (6, n): error counts, long-run counts
     prev, mean, var, n_err, lr_n = f[0:3], f[3:6], f[6:9], c[0:3], c[3:6]
@@ -128,7 +134,7 @@ def _horizons(
     np.copyto(prev, short, where=valid)
     np.copyto(mean, new_mean, where=valid)
     np.copyto(var, new_var, where=valid)
-    c += np.concatenate((valid, valid))
+    c.reshape(2, 3, len(slots))[:] += valid  # both counts of each horizon
     cols.blocks[EW_F][:, slots] = f
     cols.blocks[EW_N][:, slots] = c
     return z
