@@ -45,6 +45,8 @@ from .state import Column
 FEATURES = ("model", "persistence", "ewma", "seasonal", "sdiff", "momentum", "bias")
 D = len(FEATURES)
 CANDIDATES = np.array([MODEL, PERSISTENCE, EWMA, SEASONAL])  # the first four features' candidates
+NC = len(CANDIDATES)
+assert (CANDIDATES == np.arange(NC)).all()  # the first NC of selection's: a slice, not a gather
 SDIFF, MOMENTUM, BIAS = 4, 5, 6
 STRIDE = 8  # samples of a stream between two solves of its weights
 WARMUP = 2 * STRIDE  # fitted samples before the correction forecasts (weights solved at least once)
@@ -106,7 +108,7 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
             s, x, base, sc = s[fit], x[fit], base[fit], sc[fit]
         target = fastnp.clip((x - base) / sc, -cfg.clip, cfg.clip)
         f = cols["ad_f"][s]
-        resid = np.abs(target - np.einsum("nd,nd->n", f, cols["ad_w"][s]))
+        resid = np.abs(target - fastnp.rowdot(f, cols["ad_w"][s]))
         res = cols["ad_res"][s]
         bound = cfg.huber * res
         weight = np.where(np.isfinite(res) & (resid > bound), bound / np.maximum(resid, 1e-300), 1.0)
@@ -191,9 +193,9 @@ def serve(
     instead of the stored ones). Returns the served forecast, spread and corrected mask."""
     f, u = made if made is not None else (cols["ad_f"][s], unit(cols, s, scale))
     with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        f[:, : len(CANDIDATES)] = (cols["sel_fc"][s][:, CANDIDATES] - base[:, None]) / u[:, None]
+        f[:, :NC] = (cols["sel_fc"][s][:, :NC] - base[:, None]) / u[:, None]
         f = fastnp.clip(np.where(np.isfinite(f), f, 0.0), -cfg.clip, cfg.clip)
-        fc = base + u * np.einsum("nd,nd->n", f, cols["ad_w"][s])
+        fc = base + u * fastnp.rowdot(f, cols["ad_w"][s])
     ready = (cols["ad_n"][s] >= WARMUP) & np.isfinite(fc) & np.isfinite(base)
     fc = np.where(ready, fc, np.nan)
     cols["ad_f"][s] = f
