@@ -50,6 +50,7 @@ assert (CANDIDATES == np.arange(NC)).all()  # the first NC of selection's: a sli
 SDIFF, MOMENTUM, BIAS = 4, 5, 6
 STRIDE = 8  # samples of a stream between two solves of its weights
 WARMUP = 2 * STRIDE  # fitted samples before the correction forecasts (weights solved at least once)
+PENDING = "ad_pending"  # block of columns (state.Column)
 SKIP = 10  # a stream's first values are not fitted (its scale is not settled: targets would be huge)
 HUBER_ALPHA = 0.01  # memory of the running absolute fit residual that sets the Huber bound
 
@@ -66,9 +67,11 @@ def columns(cfg: AdaptationConfig, selection: SelectionConfig) -> dict[str, Colu
         "ad_n": Column((), np.int64),  # samples fitted
         "ad_res": Column((), np.float64, np.nan),  # running |fit residual|, scaled
         "ad_f": Column((D,), np.float64),  # features of the pending forecast
-        "ad_base": Column((), np.float64, np.nan),  # the uncorrected served forecast of the next value
-        "ad_scale": Column((), np.float64, np.nan),  # the unit it was made in (see ``unit``)
-        "ad_fc": Column((), np.float64, np.nan),  # the corrected forecast (NaN while warming up)
+        # the uncorrected served forecast of the next value and the corrected one (NaN while warming
+        # up): one block, gathered as one to be scored
+        "ad_base": Column((), np.float64, np.nan, block=PENDING),
+        "ad_fc": Column((), np.float64, np.nan, block=PENDING),
+        "ad_scale": Column((), np.float64, np.nan),  # the unit they were made in (see ``unit``)
         "ad_mae": Column((2,), np.float64),  # running |error| of base, corrected
         "ad_ne": Column((2,), np.int64),  # errors counted in them
         "ad_gain": Column((2,), np.float64),  # running mean of |base err| - |corrected err|, and its square
@@ -85,9 +88,9 @@ def enabled(cols: dict) -> bool:
 def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, memory: int) -> None:
     """Score the pending forecasts of ``s`` on the new values ``x`` (running errors), then fold the
     values into the fit and solve the weights where due."""
-    base, sc = cols["ad_base"][s], cols["ad_scale"][s]
+    pending, sc = cols.blocks[PENDING].take(s, axis=1), cols["ad_scale"][s]
+    base, fc = pending[0], pending.T  # (n, 2): base, corrected
     with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        fc = np.array((base, cols["ad_fc"][s])).T  # (n, 2)
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)
         ne = cols["ad_ne"][s] + ok
