@@ -372,7 +372,7 @@ class Engine:
         if sel:
             served = adaptation.served(a, s)
         model_residual = selection.model_residual(a, s, x) if sel else residual
-        seasonal.observe(a, s, x, model_residual, count, cfg.seasonal)
+        new_period = seasonal.observe(a, s, x, model_residual, count, cfg.seasonal)
         mean, spr = self._forecast(s, z, count + 1)
         next_fc, next_sp = seasonal.blend(a, s, count + 1, center + sc * mean, sc * spr, cfg.seasonal)
         if sel:
@@ -383,7 +383,8 @@ class Engine:
             out.next_served[idx] = choice
         if cfg.horizon:
             sel = cfg.selection
-            horizon.update(a, s, x, count, next_fc, sel.ewma_alpha, sel.memory, cfg.interval)
+            known = None if new_period else naive_now  # the value one period ago, as the blend saw it
+            horizon.update(a, s, x, count, next_fc, sel.ewma_alpha, sel.memory, cfg.interval, known)
             if out.path.shape[0]:
                 out.path[idx], out.halfwidth[idx] = horizon.current(a, s, count, next_sp, cfg.interval)
         a["fc_mean"][s] = next_fc

@@ -185,10 +185,13 @@ def update(
     alpha: float,
     memory: int,
     coverage: float,
+    seasonal_now: np.ndarray | None = None,
 ) -> None:
     """One sample ``x`` per slot (``count`` samples before it): fold the realised errors of the
     forecasts made for it (at every ``STRIDE``-th sample of a stream), then record this sample as
-    the origin of the next path, with ``fc1`` (the served one-step forecast)."""
+    the origin of the next path, with ``fc1`` (the served one-step forecast). ``seasonal_now``: the
+    value one period before this sample (NaN without one), when the caller has it (the seasonal
+    blend's naive forecast of it), else it is read from the seasonal ring."""
     h = cols["hz_origin"].shape[1]
     due = ((count + s) % STRIDE == 0).nonzero()[0]  # staggered: a share of the streams per batch
     if len(due) == len(s):
@@ -200,7 +203,7 @@ def update(
     levels = cols["hz_level"][s]
     levels = np.where(np.isnan(levels), x[:, None], levels + _alphas(alpha) * (x[:, None] - levels))
     cols["hz_level"][s] = levels
-    dev = x - _seasonal(cols, s, count[:, None], ONE)[:, 0]
+    dev = x - (_seasonal(cols, s, count[:, None], ONE)[:, 0] if seasonal_now is None else seasonal_now)
     at = count % h
     origin = np.empty((len(s), 5))  # last value, fast and slow level, one-step forecast, deviation
     origin[:, 0], origin[:, 1:3], origin[:, 3], origin[:, 4] = x, levels, fc1, dev

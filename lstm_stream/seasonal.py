@@ -48,10 +48,11 @@ def columns(cfg: SeasonalConfig) -> dict[str, Column]:
 
 def observe(
     cols: dict, slots: np.ndarray, x: np.ndarray, residual: np.ndarray, count: np.ndarray, cfg: SeasonalConfig
-) -> None:
-    """Record this sample (``count`` samples came before it); learn the period when it is due."""
+) -> bool:
+    """Record this sample (``count`` samples came before it); learn the period when it is due.
+    Returns whether a stream's period changed (its ``expected`` value is then one of the old period)."""
     if not cfg.blend:
-        return
+        return False
     seasonal = cols["se_period"][slots] > 1
     if fastnp.any_true(seasonal):
         s = slots[seasonal]
@@ -62,10 +63,12 @@ def observe(
     cols["se_ring"][slots, count % cfg.window] = fastnp.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
     if not fastnp.any_true(seen % _every(cfg) == 0):  # a multiple of this is due first
-        return
+        return False
     due = detection_due(seen, cfg)
+    changed = False
     for i in np.nonzero(due)[0].tolist():
-        _detect(cols, int(slots[i]), int(seen[i]), cfg)
+        changed |= _detect(cols, int(slots[i]), int(seen[i]), cfg)
+    return changed
 
 
 def _every(cfg: SeasonalConfig) -> int:
@@ -90,7 +93,8 @@ def _ew_abs(block: np.ndarray, s: np.ndarray, err: np.ndarray) -> None:
     block[:, s] = np.where(np.isfinite(r), np.where(np.isnan(cur), r, cur + MAD_ALPHA * (r - cur)), cur)
 
 
-def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> None:
+def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> bool:
+    """Detect the period of ``slot`` from its ring; returns whether it changed."""
     n = min(seen, cfg.window)
     values = cols["se_ring"][slot, (seen - n + np.arange(n)) % cfg.window].astype(np.float64)
     period = max(1, detect_period(values, max_period=min(n // 3, cfg.window)))
@@ -100,7 +104,9 @@ def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> None:
         naive = float(np.nanmean(np.abs(values[period:] - values[:-period])))
         cols["se_mad"][slot] = cols["se_mae_naive"][slot] = naive
         cols["se_mae_lstm"][slot] = np.nan
+    changed = period != cols["se_period"][slot]
     cols["se_period"][slot] = period
+    return bool(changed)
 
 
 def expected(cols: dict, slots: np.ndarray, cfg: SeasonalConfig) -> tuple[np.ndarray, np.ndarray] | None:
