@@ -87,7 +87,7 @@ def tail_score(z: np.ndarray) -> np.ndarray:
     ``log_ndtr``, whose import cost the daemon 26 MB)."""
     x = np.minimum(np.asarray(z, dtype=np.float64), Z_SURE).ravel() * math.sqrt(0.5)
     tail = np.fromiter(map(math.erfc, x.tolist()), np.float64, x.size).reshape(np.shape(z))
-    return fastnp.clip(-np.log(0.5 * tail) / LOG_1E10, 0.0, 1.0)
+    return fastnp.clip(np.log(0.5 * tail) / -LOG_1E10, 0.0, 1.0)  # -(a / b) is a / -b, bit for bit
 
 
 def _std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -95,9 +95,10 @@ def _std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return np.maximum(np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6)
 
 
-def _ew(n: np.ndarray, memory: int) -> np.ndarray:
-    """Weight of the newest sample: exact mean while young, 1/memory once warm."""
-    return np.maximum(1.0 / np.maximum(n, 1), 1.0 / memory)
+def _ew(n: np.ndarray, memory: int, counted: bool = False) -> np.ndarray:
+    """Weight of the newest sample: exact mean while young, 1/memory once warm (``counted``: every
+    ``n`` is at least 1 already)."""
+    return np.maximum(1.0 / (n if counted else np.maximum(n, 1)), 1.0 / memory)
 
 
 @lru_cache(maxsize=8)
@@ -125,7 +126,7 @@ def _horizons(
     fitted = lr_n >= MIN_LONG_N
     z = np.where(valid & fitted, delta / std, -np.inf)
     n1 = lr_n + 1
-    a = _ew(n1, cfg.long_memory)
+    a = _ew(n1, cfg.long_memory, counted=True)
     if cfg.long_winsor is not None:  # an anomaly moves the long-run fit by at most k spreads
         bound = cfg.long_winsor * std
         delta = np.where(fitted, fastnp.clip(delta, -bound, bound), delta)
@@ -171,7 +172,7 @@ def _level_update(
     jumps to the new level, so a shift is reported once and the new level is normal from then on.
     Returns where the rule fires."""
     n, prev, level, mean, var, delta, ok = parts
-    a = _ew(n + 1, cfg.long_memory)
+    a = _ew(n + 1, cfg.long_memory, counted=True)
     new_mean = np.where((n == 0) | shift, level, mean + a * delta)
     new_var = np.where((n == 0) | shift, var, (1.0 - a) * (var + a * delta * delta))
     cols["lv_level"][slots] = np.where(ok, level, prev)
