@@ -95,7 +95,7 @@ def update(
         w = 1.0 / fastnp.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
         mae = cols["sel_mae"][s]
         mae = np.where(ok, mae + w * (err - mae), mae)
-        cols["sel_ee"][s] = pair_moments(cols["sel_ee"][s], err, ok, count, cfg.memory)
+        cols["sel_ee"][s] = pair_moments(cols["sel_ee"][s], err, ok, w)
         change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
         xy, xx = change * predicted, predicted * predicted
         fit = np.isfinite(xy) & np.isfinite(xx)
@@ -203,14 +203,13 @@ def _serve(
 PAIR_CAP = 1e150  # absolute errors are capped here in the paired test's moments: their products stay finite
 
 
-def pair_moments(
-    ee: np.ndarray, err: np.ndarray, ok: np.ndarray, count: np.ndarray, memory: int
-) -> np.ndarray:
+def pair_moments(ee: np.ndarray, err: np.ndarray, ok: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Fold one row of absolute errors ``err`` (``ok``: made) into the running means ``ee`` of their
-    pairwise products, each pair weighted as the younger of its two running errors (what the paired
-    test needs: the variance of a difference of two errors)."""
+    pairwise products, each pair weighted as the younger of its two running errors (``weight``: each
+    error's, ``1 / clip(count, 1, memory)``; the younger's is the larger) (what the paired test
+    needs: the variance of a difference of two errors)."""
     both = ok[:, :, None] & ok[:, None, :]
-    w = 1.0 / fastnp.clip(np.minimum(count[:, :, None], count[:, None, :]), 1, memory)
+    w = np.maximum(weight[:, :, None], weight[:, None, :])
     e = np.minimum(np.where(ok, err, 0.0), PAIR_CAP)  # products of errors of 1e300 must stay finite
     return np.where(both, ee + w * (e[:, :, None] * e[:, None, :] - ee), ee)
 
