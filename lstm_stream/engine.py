@@ -395,14 +395,15 @@ class Engine:
         a["last_forecast"][s] = forecast
         a["last_score"][s] = scored.score
         a["in_anomaly"][s] = scored.condition
-        a["n_flags"][s] += scored.flag
         self.table.touch(s, ts if now is None else now)
         out.forecast[idx] = forecast
         out.spread[idx] = spread
         out.residual[idx] = residual
         out.score[idx] = scored.score
-        out.is_anomaly[idx] = scored.flag
-        out.reason[idx] = scored.reason
+        if fastnp.any_true(scored.flag):  # (most rounds flag nothing: the outputs are False and 0 already)
+            a["n_flags"][s] += scored.flag
+            out.is_anomaly[idx] = scored.flag
+            out.reason[idx] = scored.reason
         out.next_forecast[idx] = next_fc
         out.next_spread[idx] = next_sp
 
