@@ -96,12 +96,15 @@ def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, mem
         ne = cols["ad_ne"][s] + ok
         mae = cols["ad_mae"][s]
         w = 1.0 / fastnp.clip(ne, 1, memory)
-        cols["ad_mae"][s] = np.where(ok, mae + w * (np.where(ok, err, 0.0) - mae), mae)
+        cols["ad_mae"][s] = np.where(ok, mae + w * (err - mae), mae)  # (what a missing error gives: unused)
         cols["ad_ne"][s] = ne
         gain = err[:, 0] - err[:, 1]
         paired = np.isfinite(gain)
         g = cols["ad_gain"][s]
-        step = np.where(paired, w[:, 1], 0.0)[:, None] * (np.array((gain, gain * gain)).T - g)
+        moments = np.empty((len(s), 2))  # the gain and its square
+        moments[:, 0] = gain
+        np.multiply(gain, gain, out=moments[:, 1])
+        step = np.where(paired, w[:, 1], 0.0)[:, None] * (moments - g)
         cols["ad_gain"][s] = np.where(paired[:, None], g + step, g)
         fit = np.isfinite(base) & np.isfinite(sc) & (sc > 0) & np.isfinite(x) & (cols["count"][s] > SKIP)
         fitted = fastnp.count(fit)
@@ -217,7 +220,7 @@ def serve(
         better &= paired_gain(gain[:, 0], gain[:, 1], ne[:, 1], selection)
         # off as soon as it has not gained over the uncorrected forecast lately (a spell of luck ends)
         worse = (now < (1.0 - selection.margin) * mae[:, 1]) | (gain[:, 0] <= 0.0)
-        on = np.where(counted, np.where(on, ~worse, better), False)
+        on = counted & np.where(on, ~worse, better)
     on &= ready
     cols["ad_on"][s] = on
     spread = np.maximum(MAD_TO_SIGMA * mae[:, 1], SPREAD_FLOOR * scale)
