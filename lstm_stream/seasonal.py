@@ -132,18 +132,20 @@ def blend(
     use &= np.isfinite(past)
     cols["se_fc_lstm"][slots] = np.where(use, mean, np.nan)
     cols["se_fc_naive"][slots] = np.where(use, past, np.nan)
-    w = np.where(use, weight(cols["se_mae_lstm"][slots], cols["se_mae_naive"][slots], cfg.blend), 0.0)
-    mad = cols["se_mad"][slots]
+    errors = cols.blocks[ERRORS].take(slots, axis=1)  # (3, n): blended, LSTM, seasonal-naive
+    w = np.where(use, weight(errors[1:], cfg.blend), 0.0)
+    mad = errors[0]
     mean = np.where(use, (1.0 - w) * mean + w * past, mean)
     spread = np.where(use & np.isfinite(mad) & (mad > 0), MAD_TO_SIGMA * mad, spread)
     return mean, spread
 
 
-def weight(mae_lstm: np.ndarray, mae_naive: np.ndarray, cap: float) -> np.ndarray:
+def weight(maes: np.ndarray, cap: float) -> np.ndarray:
     """Weight of the seasonal-naive value: inverse-variance weighting of the two forecasts by their
-    running errors, capped at ``cap`` (0 until both errors are known). A stream whose day repeats
-    exactly leans on it; one where last period's value is a poor guess (weekly patterns, drift)
-    keeps the LSTM."""
+    running errors ``maes`` (2, n: the LSTM's, the seasonal-naive's), capped at ``cap`` (0 until both
+    errors are known). A stream whose day repeats exactly leans on it; one where last period's value
+    is a poor guess (weekly patterns, drift) keeps the LSTM."""
     with fastnp.errstate(invalid="ignore", divide="ignore"):
-        w = mae_lstm**2 / (mae_lstm**2 + mae_naive**2)
+        squares = maes**2
+        w = squares[0] / (squares[0] + squares[1])
     return fastnp.clip(np.where(np.isnan(w), 0.0, w), 0.0, cap)  # as nan_to_num: +-inf clip to cap / 0
