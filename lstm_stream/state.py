@@ -64,11 +64,15 @@ class SlotArrays:
         self._allocate(self.capacity, None)
 
     def _allocate(self, rows: int, old: Columns | None) -> None:
-        """New arrays of ``rows`` slots (initial values), the first slots copied from ``old``."""
-        data, done = Columns(), set()
+        """Arrays of ``rows`` slots (initial values), the first slots copied from ``old``, which is
+        updated in place one array at a time (the peak is one array more, not twice the state)."""
+        data, done = (Columns() if old is None else old), set()
         for name, col in self.columns.items():
             if col.block is None:
-                data[name] = self._new(col, rows)
+                arr = self._new(col, rows)
+                if old is not None:
+                    arr[: self.capacity] = old[name]
+                data[name] = arr
             elif col.block not in done:
                 done.add(col.block)
                 names = block_rows(self.columns, col.block)
@@ -76,11 +80,10 @@ class SlotArrays:
                     raise ValueError(f"block {col.block!r}: columns of one dtype and no trailing shape")
                 fills = np.array([self.columns[n].fill for n in names], dtype=col.dtype)
                 block = np.repeat(fills[:, None], rows, axis=1)
+                if old is not None:
+                    block[:, : self.capacity] = old.blocks[col.block]
                 data.blocks[col.block] = block
                 data.update(zip(names, block, strict=True))
-        if old is not None:
-            for name in self.columns:
-                data[name][: self.capacity] = old[name]
         self.data = data
 
     @staticmethod
