@@ -45,9 +45,12 @@ from .state import Column
 FEATURES = ("model", "persistence", "ewma", "seasonal", "sdiff", "momentum", "bias")
 D = len(FEATURES)
 CANDIDATES = np.array([MODEL, PERSISTENCE, EWMA, SEASONAL])  # the first four features' candidates
+NC = len(CANDIDATES)
+assert (CANDIDATES == np.arange(NC)).all()  # the first NC of selection's: a slice, not a gather
 SDIFF, MOMENTUM, BIAS = 4, 5, 6
 STRIDE = 8  # samples of a stream between two solves of its weights
 WARMUP = 2 * STRIDE  # fitted samples before the correction forecasts (weights solved at least once)
+PENDING = "ad_pending"  # block of columns (state.Column)
 SKIP = 10  # a stream's first values are not fitted (its scale is not settled: targets would be huge)
 HUBER_ALPHA = 0.01  # memory of the running absolute fit residual that sets the Huber bound
 
@@ -64,9 +67,11 @@ def columns(cfg: AdaptationConfig, selection: SelectionConfig) -> dict[str, Colu
         "ad_n": Column((), np.int64),  # samples fitted
         "ad_res": Column((), np.float64, np.nan),  # running |fit residual|, scaled
         "ad_f": Column((D,), np.float64),  # features of the pending forecast
-        "ad_base": Column((), np.float64, np.nan),  # the uncorrected served forecast of the next value
-        "ad_scale": Column((), np.float64, np.nan),  # the unit it was made in (see ``unit``)
-        "ad_fc": Column((), np.float64, np.nan),  # the corrected forecast (NaN while warming up)
+        # the uncorrected served forecast of the next value and the corrected one (NaN while warming
+        # up): one block, gathered as one to be scored
+        "ad_base": Column((), np.float64, np.nan, block=PENDING),
+        "ad_fc": Column((), np.float64, np.nan, block=PENDING),
+        "ad_scale": Column((), np.float64, np.nan),  # the unit they were made in (see ``unit``)
         "ad_mae": Column((2,), np.float64),  # running |error| of base, corrected
         "ad_ne": Column((2,), np.int64),  # errors counted in them
         "ad_gain": Column((2,), np.float64),  # running mean of |base err| - |corrected err|, and its square
@@ -83,30 +88,33 @@ def enabled(cols: dict) -> bool:
 def observe(cols: dict, s: np.ndarray, x: np.ndarray, cfg: AdaptationConfig, memory: int) -> None:
     """Score the pending forecasts of ``s`` on the new values ``x`` (running errors), then fold the
     values into the fit and solve the weights where due."""
-    base, sc = cols["ad_base"][s], cols["ad_scale"][s]
+    pending, sc = cols.blocks[PENDING].take(s, axis=1), cols["ad_scale"][s]
+    base, fc = pending[0], pending.T  # (n, 2): base, corrected
     with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        fc = np.array((base, cols["ad_fc"][s])).T  # (n, 2)
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)
         ne = cols["ad_ne"][s] + ok
         mae = cols["ad_mae"][s]
         w = 1.0 / fastnp.clip(ne, 1, memory)
-        cols["ad_mae"][s] = np.where(ok, mae + w * (np.where(ok, err, 0.0) - mae), mae)
+        cols["ad_mae"][s] = np.where(ok, mae + w * (err - mae), mae)  # (what a missing error gives: unused)
         cols["ad_ne"][s] = ne
         gain = err[:, 0] - err[:, 1]
         paired = np.isfinite(gain)
         g = cols["ad_gain"][s]
-        step = np.where(paired, w[:, 1], 0.0)[:, None] * (np.array((gain, gain * gain)).T - g)
+        moments = np.empty((len(s), 2))  # the gain and its square
+        moments[:, 0] = gain
+        np.multiply(gain, gain, out=moments[:, 1])
+        step = np.where(paired, w[:, 1], 0.0)[:, None] * (moments - g)
         cols["ad_gain"][s] = np.where(paired[:, None], g + step, g)
         fit = np.isfinite(base) & np.isfinite(sc) & (sc > 0) & np.isfinite(x) & (cols["count"][s] > SKIP)
-        fitted = np.count_nonzero(fit)
+        fitted = fastnp.count(fit)
         if not fitted:
             return
         if fitted < len(s):
             s, x, base, sc = s[fit], x[fit], base[fit], sc[fit]
         target = fastnp.clip((x - base) / sc, -cfg.clip, cfg.clip)
         f = cols["ad_f"][s]
-        resid = np.abs(target - np.einsum("nd,nd->n", f, cols["ad_w"][s]))
+        resid = np.abs(target - fastnp.rowdot(f, cols["ad_w"][s]))
         res = cols["ad_res"][s]
         bound = cfg.huber * res
         weight = np.where(np.isfinite(res) & (resid > bound), bound / np.maximum(resid, 1e-300), 1.0)
@@ -191,9 +199,9 @@ def serve(
     instead of the stored ones). Returns the served forecast, spread and corrected mask."""
     f, u = made if made is not None else (cols["ad_f"][s], unit(cols, s, scale))
     with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        f[:, : len(CANDIDATES)] = (cols["sel_fc"][s][:, CANDIDATES] - base[:, None]) / u[:, None]
+        f[:, :NC] = (cols["sel_fc"][s][:, :NC] - base[:, None]) / u[:, None]
         f = fastnp.clip(np.where(np.isfinite(f), f, 0.0), -cfg.clip, cfg.clip)
-        fc = base + u * np.einsum("nd,nd->n", f, cols["ad_w"][s])
+        fc = base + u * fastnp.rowdot(f, cols["ad_w"][s])
     ready = (cols["ad_n"][s] >= WARMUP) & np.isfinite(fc) & np.isfinite(base)
     fc = np.where(ready, fc, np.nan)
     cols["ad_f"][s] = f
@@ -203,7 +211,7 @@ def serve(
     mae, ne = cols["ad_mae"][s], cols["ad_ne"][s]
     on = cols["ad_on"][s]
     if choose:
-        counted = (ne >= MIN_ERRORS).all(axis=1)
+        counted = np.logical_and.reduce(ne >= MIN_ERRORS, axis=1)
         # better by the margin and by more than a negligible amount (an exact candidate stays served)
         now = mae[:, 0] if base_mae is None else base_mae
         better = mae[:, 1] < (1.0 - selection.margin) * now - SPREAD_FLOOR * scale
@@ -212,7 +220,7 @@ def serve(
         better &= paired_gain(gain[:, 0], gain[:, 1], ne[:, 1], selection)
         # off as soon as it has not gained over the uncorrected forecast lately (a spell of luck ends)
         worse = (now < (1.0 - selection.margin) * mae[:, 1]) | (gain[:, 0] <= 0.0)
-        on = np.where(counted, np.where(on, ~worse, better), False)
+        on = counted & np.where(on, ~worse, better)
     on &= ready
     cols["ad_on"][s] = on
     spread = np.maximum(MAD_TO_SIGMA * mae[:, 1], SPREAD_FLOOR * scale)

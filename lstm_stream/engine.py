@@ -149,7 +149,7 @@ def coerce_values(values: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np
                     pass
             reject[i] = NOT_A_NUMBER
     finite = np.isfinite(x)
-    if np.count_nonzero(finite) < len(x):
+    if fastnp.count(finite) < len(x):
         reject[(reject == OK) & ~finite] = NOT_FINITE
     if fastnp.any_true(reject):
         x[reject != OK] = 0.0
@@ -258,7 +258,7 @@ class Engine:
         x, reject = coerce_values(values)
         ts = np.asarray(ts, dtype=np.float64)
         finite_ts = np.isfinite(ts)
-        if np.count_nonzero(finite_ts) < n:
+        if fastnp.count(finite_ts) < n:
             reject[(reject == OK) & ~finite_ts] = BAD_TIMESTAMP
         slots, evicted, created, refused = self._slots_for(streams, reject, ts, now, limit_admission)
         nan_out = np.full((6, n), np.nan)  # one allocation for the six NaN-initialised columns
@@ -283,9 +283,9 @@ class Engine:
         )
         if self.config.horizon and paths:
             out.path, out.halfwidth = np.full((2, n, self.config.horizon), np.nan)
-        ok = np.nonzero(reject == OK)[0]
+        ok = (reject == OK).nonzero()[0]
         rank = occurrence_rank(slots[ok])
-        rounds = int(rank.max()) + 1 if len(ok) else 0
+        rounds = int(np.maximum.reduce(rank)) + 1 if len(ok) else 0
         order, starts = (ok, [0, len(ok)]) if rounds < 2 else by_round(rank)
         if rounds > 1:
             order = ok[order]  # batch positions, round by round
@@ -301,10 +301,10 @@ class Engine:
                     break
                 self._step(order[lo:hi], s_o[lo:hi], ts_o[lo:hi], x_o[lo:hi], now, out)
                 budget.ran(r, hi - lo)
-        accepted = int(np.count_nonzero(reject == OK))
+        accepted = fastnp.count(reject == OK)
         self.counters["processed"] += accepted
-        self.counters["rejected"] += n - accepted - int(np.count_nonzero(reject == DEFERRED))
-        self.counters["flagged"] += int(np.count_nonzero(out.is_anomaly))
+        self.counters["rejected"] += n - accepted - fastnp.count(reject == DEFERRED)
+        self.counters["flagged"] += fastnp.count(out.is_anomaly)
         return out
 
     def _slots_for(
@@ -321,7 +321,7 @@ class Engine:
         bucket = self._admission if limit_admission else None
         got = admission.admit(self.table, streams, reject == OK, ts, now, bucket, self.config)
         self.counters["evicted"] += len(got.evicted)
-        refused_at = np.nonzero((got.slots < 0) & (reject == OK))[0]
+        refused_at = ((got.slots < 0) & (reject == OK)).nonzero()[0]
         for i in refused_at.tolist():
             reject[i] = NEW_STREAM_RATE if streams[i] in got.limited else OVER_CAPACITY
         refused = list(dict.fromkeys(streams[i] for i in refused_at.tolist()))
@@ -359,20 +359,19 @@ class Engine:
                 return
         forecast, spread = a["fc_mean"][s], a["fc_spread"][s]
         residual = x - forecast
-        scale_before = self._write_target(s, x, count)
         naive = seasonal.expected(a, s, cfg.seasonal)
         s_res, s_spread = (x - naive[0], naive[1]) if naive is not None else (None, None)
         naive_now = naive[0] if naive is not None else None  # this value's seasonal-naive forecast
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
-        scaling.update(a, s, x, cfg.scaling, scale_before)
-        center, sc = scaling.stats(a, s, cfg.scaling)
-        z = fastnp.clip(scaling.scale(x, center, sc), -cfg.scaling.clip, cfg.scaling.clip).astype(np.float32)
+        center, sc, yz = scaling.observe(a, s, x, cfg.scaling, cfg.scaling.clip)
+        z = yz[1]
+        self._write_target(s, yz[0], count)
         self._write_inputs(s, z, ts, count, scored.condition)
         sel = cfg.selection.enabled
         if sel:
             served = adaptation.served(a, s)
         model_residual = selection.model_residual(a, s, x) if sel else residual
-        seasonal.observe(a, s, x, model_residual, count, cfg.seasonal)
+        new_period = seasonal.observe(a, s, x, model_residual, count, cfg.seasonal)
         mean, spr = self._forecast(s, z, count + 1)
         next_fc, next_sp = seasonal.blend(a, s, count + 1, center + sc * mean, sc * spr, cfg.seasonal)
         if sel:
@@ -383,7 +382,8 @@ class Engine:
             out.next_served[idx] = choice
         if cfg.horizon:
             sel = cfg.selection
-            horizon.update(a, s, x, count, next_fc, sel.ewma_alpha, sel.memory, cfg.interval)
+            known = None if new_period else naive_now  # the value one period ago, as the blend saw it
+            horizon.update(a, s, x, count, next_fc, sel.ewma_alpha, sel.memory, cfg.interval, known)
             if out.path.shape[0]:
                 out.path[idx], out.halfwidth[idx] = horizon.current(a, s, count, next_sp, cfg.interval)
         a["fc_mean"][s] = next_fc
@@ -394,14 +394,15 @@ class Engine:
         a["last_forecast"][s] = forecast
         a["last_score"][s] = scored.score
         a["in_anomaly"][s] = scored.condition
-        a["n_flags"][s] += scored.flag
         self.table.touch(s, ts if now is None else now)
         out.forecast[idx] = forecast
         out.spread[idx] = spread
         out.residual[idx] = residual
         out.score[idx] = scored.score
-        out.is_anomaly[idx] = scored.flag
-        out.reason[idx] = scored.reason
+        if fastnp.any_true(scored.flag):  # (most rounds flag nothing: the outputs are False and 0 already)
+            a["n_flags"][s] += scored.flag
+            out.is_anomaly[idx] = scored.flag
+            out.reason[idx] = scored.reason
         out.next_forecast[idx] = next_fc
         out.next_spread[idx] = next_sp
 
@@ -428,19 +429,15 @@ class Engine:
         if cfg.selection.enabled:
             out.served[idx] = out.next_served[idx] = adaptation.served(a, s)
 
-    def _write_target(self, s: np.ndarray, x: np.ndarray, count: np.ndarray) -> np.ndarray | None:
-        """The history's target for the previous step: this value scaled as that forecast was.
-        Returns that scale (the scaler's before this value), or None without a history."""
+    def _write_target(self, s: np.ndarray, y: np.ndarray, count: np.ndarray) -> None:
+        """The history's target for the previous step: this value scaled as that forecast was (``y``)."""
         hl = self.config.history_len
-        if not hl:
-            return None
-        a = self.arrays
-        center, sc = scaling.stats(a, s, self.config.scaling)
-        clip = self.config.scaling.clip
-        y = fastnp.clip(scaling.scale(x, center, sc), -clip, clip).astype(np.float32)
-        hist_y, pos = a["hist_y"], (count - 1) % hl  # a first sample (count 0) has no previous step
-        hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])
-        return sc
+        if hl:
+            hist_y, pos = (
+                self.arrays["hist_y"],
+                (count - 1) % hl,
+            )  # a first sample (count 0) has no previous step
+            hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])
 
     def _write_inputs(
         self, s: np.ndarray, z: np.ndarray, ts: np.ndarray, count: np.ndarray, excluded: np.ndarray

@@ -110,18 +110,32 @@ def _damping(steps: np.ndarray) -> np.ndarray:
     return (1.0 - PHI**steps) / (1.0 - PHI)
 
 
-def candidates(origin: np.ndarray, seas: np.ndarray, steps: np.ndarray) -> np.ndarray:
+@lru_cache(maxsize=16)
+def _at_anchors(horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At the anchor steps of ``horizon``: the damping, the seasonal deviation's decay and zeros (to
+    widen an (n, 1) index to the anchors); each round that realises errors needs them."""
+    marks = anchors(horizon)
+    out = _damping(marks), PHI_SEASONAL**marks, np.zeros_like(marks)
+    for arr in out:
+        arr.flags.writeable = False  # shared by every call
+    return out
+
+
+def candidates(
+    origin: np.ndarray, seas: np.ndarray, steps: np.ndarray, horizon: int | None = None
+) -> np.ndarray:
     """Every candidate's forecast (n, len(steps), C) from the origins (n, len(steps), 5) and the
-    seasonal values (n, len(steps))."""
+    seasonal values (n, len(steps)) (``horizon``: the steps are its anchors)."""
     last, ewma, slow, fc1, dev = (origin[..., i] for i in range(5))
+    damping, decay, _ = _at_anchors(horizon) if horizon else (_damping(steps), PHI_SEASONAL**steps, None)
     out = np.empty((*seas.shape, C))
     out[..., FLAT] = fc1
     out[..., PERSISTENCE] = last
     out[..., EWMA] = ewma
     out[..., SLOW] = slow
-    out[..., DAMPED] = last + (fc1 - last) * _damping(steps)
+    out[..., DAMPED] = last + (fc1 - last) * damping
     out[..., SEASONAL] = seas
-    out[..., SEASONAL_ADJ] = seas + dev * PHI_SEASONAL**steps
+    out[..., SEASONAL_ADJ] = seas + dev * decay
     return out
 
 
@@ -152,11 +166,13 @@ def make_path(choice: np.ndarray, origin: np.ndarray, seas: np.ndarray, steps: n
     return path
 
 
-def _seasonal(cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def _seasonal(
+    cols: dict, s: np.ndarray, target: np.ndarray, steps: np.ndarray, horizon: int | None = None
+) -> np.ndarray:
     """The value one or more periods before each target sample index (n, len(steps)); NaN without a
-    period or where that value is not in the seasonal ring."""
-    if target.shape[1] != len(steps):
-        target = target + np.zeros_like(steps)  # (n, 1) -> (n, len(steps))
+    period or where that value is not in the seasonal ring (``horizon``: the steps are its anchors)."""
+    if target.shape[1] != len(steps):  # (n, 1) -> (n, len(steps))
+        target = target + (_at_anchors(horizon)[2] if horizon else np.zeros_like(steps))
     if "se_period" not in cols:
         return np.full(target.shape, np.nan)
     period = cols["se_period"][s]
@@ -185,12 +201,15 @@ def update(
     alpha: float,
     memory: int,
     coverage: float,
+    seasonal_now: np.ndarray | None = None,
 ) -> None:
     """One sample ``x`` per slot (``count`` samples before it): fold the realised errors of the
     forecasts made for it (at every ``STRIDE``-th sample of a stream), then record this sample as
-    the origin of the next path, with ``fc1`` (the served one-step forecast)."""
+    the origin of the next path, with ``fc1`` (the served one-step forecast). ``seasonal_now``: the
+    value one period before this sample (NaN without one), when the caller has it (the seasonal
+    blend's naive forecast of it), else it is read from the seasonal ring."""
     h = cols["hz_origin"].shape[1]
-    due = np.flatnonzero((count + s) % STRIDE == 0)  # staggered: a share of the streams per batch
+    due = ((count + s) % STRIDE == 0).nonzero()[0]  # staggered: a share of the streams per batch
     if len(due) == len(s):
         _realise(cols, s, x, count, anchors(h), memory, coverage)
         _choose(cols, s)
@@ -200,9 +219,11 @@ def update(
     levels = cols["hz_level"][s]
     levels = np.where(np.isnan(levels), x[:, None], levels + _alphas(alpha) * (x[:, None] - levels))
     cols["hz_level"][s] = levels
-    dev = x - _seasonal(cols, s, count[:, None], ONE)[:, 0]
+    dev = x - (_seasonal(cols, s, count[:, None], ONE)[:, 0] if seasonal_now is None else seasonal_now)
     at = count % h
-    cols["hz_origin"][s, at] = np.concatenate((x[:, None], levels, fc1[:, None], dev[:, None]), axis=1)
+    origin = np.empty((len(s), 5))  # last value, fast and slow level, one-step forecast, deviation
+    origin[:, 0], origin[:, 1:3], origin[:, 3], origin[:, 4] = x, levels, fc1, dev
+    cols["hz_origin"][s, at] = origin
     cols["hz_pick"][s, at] = cols["hz_choice"][s]
 
 
@@ -242,7 +263,7 @@ def _realise(
     ring = origin % h
     rows = s[:, None]
     past = cols["hz_origin"].reshape(-1, 5)[rows * h + ring]  # (n, anchors, 5)
-    cand = candidates(past, _seasonal(cols, s, count[:, None], marks), marks)
+    cand = candidates(past, _seasonal(cols, s, count[:, None], marks, h), marks, h)
     err = np.subtract(x[:, None, None], cand, out=cand)
     np.minimum(np.abs(err, out=err), BIG, out=err)  # 1e308 - -1e308 must not poison a mean
     pick = cols["hz_pick"].reshape(-1)[(rows * h + ring) * len(marks) + np.arange(len(marks))]
@@ -282,7 +303,7 @@ def _choose(cols: dict, s: np.ndarray) -> None:
     """Per anchor step, the candidate with the lowest running error (once it has ``MIN_ERRORS``),
     kept unless another is better by ``MARGIN``; step 1 is always the served one-step forecast."""
     mae = np.where(cols["hz_n"][s] >= MIN_ERRORS, cols["hz_mae"][s], np.inf)
-    best = np.argmin(mae, axis=2)
+    best = mae.argmin(axis=2)
     choice = cols["hz_choice"][s].astype(np.intp)
     lowest, current = _pick(mae, best), _pick(mae, choice)
     with fastnp.errstate(invalid="ignore"):

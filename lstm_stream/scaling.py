@@ -39,10 +39,12 @@ def update(
     x: np.ndarray,
     cfg: ScalerConfig,
     scale_now: np.ndarray | None = None,
+    bounded: bool = False,
 ) -> None:
     """Fold values ``x`` (one per slot, slots unique) into the scalers of ``slots``; ``scale_now``:
-    their current scale (``stats``), when the caller has it."""
-    x = fastnp.clip(x, -MAX_ABS, MAX_ABS)
+    their current scale (``stats``), when the caller has it; ``bounded``: ``x`` is within +-MAX_ABS."""
+    if not bounded:
+        x = fastnp.clip(x, -MAX_ABS, MAX_ABS)
     n = cols["sc_n"][slots] + 1
     center = np.where(n == 1, x, cols["sc_center"][slots])
     mad = cols["sc_mad"][slots]
@@ -61,6 +63,20 @@ def update(
 def scale(x: np.ndarray, center: np.ndarray, sc: np.ndarray) -> np.ndarray:
     """Scaled values, finite whatever ``x`` is (clipped to +-MAX_ABS first)."""
     return (fastnp.clip(x, -MAX_ABS, MAX_ABS) - center) / sc
+
+
+def observe(
+    cols: dict[str, np.ndarray], slots: np.ndarray, x: np.ndarray, cfg: ScalerConfig, clip: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold values ``x`` into the scalers of ``slots`` (as :func:`update`). Returns the (center,
+    scale) after, and ``x`` scaled with the stats before and after it, clipped at ``clip``, as one
+    (2, n) float32 array: the previous step's training target and the model's input."""
+    x = fastnp.clip(x, -MAX_ABS, MAX_ABS)
+    center, sc = np.empty((2, len(slots))), np.empty((2, len(slots)))
+    center[0], sc[0] = stats(cols, slots, cfg)
+    update(cols, slots, x, cfg, sc[0], bounded=True)
+    center[1], sc[1] = stats(cols, slots, cfg)
+    return center[1], sc[1], fastnp.clip((x - center) / sc, -clip, clip).astype(np.float32)
 
 
 class SeriesScaler:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,22 +36,17 @@ WHITE_STEP = (
     np.sqrt(np.pi) / 2
 )  # white noise's spread per mean absolute step: E|x1 - x0| = 2 sigma / sqrt(pi)
 
+# the three EW horizons of the error (short, mid, seasonal: HORIZONS) are rows of two blocks, so a round
+# gathers, updates and scatters them as one (3, n) array per quantity
+HORIZONS = ("", "mid_", "sr_")
+EW_F, EW_N = "ew_f", "ew_n"  # blocks: short average, long-run mean and variance; error and long-run counts
+
 COLUMNS = {
-    "err_short": Column((), np.float64),
-    "err_n": Column((), np.int64),
-    "lr_mean": Column((), np.float64),
-    "lr_var": Column((), np.float64),
-    "lr_n": Column((), np.int64),
-    "mid_err_short": Column((), np.float64),
-    "mid_err_n": Column((), np.int64),
-    "mid_lr_mean": Column((), np.float64),
-    "mid_lr_var": Column((), np.float64),
-    "mid_lr_n": Column((), np.int64),
-    "sr_err_short": Column((), np.float64),
-    "sr_err_n": Column((), np.int64),
-    "sr_lr_mean": Column((), np.float64),
-    "sr_lr_var": Column((), np.float64),
-    "sr_lr_n": Column((), np.int64),
+    **{p + "err_short": Column((), np.float64, block=EW_F) for p in HORIZONS},
+    **{p + "lr_mean": Column((), np.float64, block=EW_F) for p in HORIZONS},
+    **{p + "lr_var": Column((), np.float64, block=EW_F) for p in HORIZONS},
+    **{p + "err_n": Column((), np.int64, block=EW_N) for p in HORIZONS},
+    **{p + "lr_n": Column((), np.int64, block=EW_N) for p in HORIZONS},
     "lv_level": Column((), np.float64),
     "lv_n": Column((), np.int64),
     "lv_mean": Column((), np.float64),
@@ -91,7 +87,7 @@ def tail_score(z: np.ndarray) -> np.ndarray:
     ``log_ndtr``, whose import cost the daemon 26 MB)."""
     x = np.minimum(np.asarray(z, dtype=np.float64), Z_SURE).ravel() * math.sqrt(0.5)
     tail = np.fromiter(map(math.erfc, x.tolist()), np.float64, x.size).reshape(np.shape(z))
-    return fastnp.clip(-np.log(0.5 * tail) / LOG_1E10, 0.0, 1.0)
+    return fastnp.clip(np.log(0.5 * tail) / -LOG_1E10, 0.0, 1.0)  # -(a / b) is a / -b, bit for bit
 
 
 def _std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -99,66 +95,61 @@ def _std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return np.maximum(np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6)
 
 
-def _ew(n: np.ndarray, memory: int) -> np.ndarray:
-    """Weight of the newest sample: exact mean while young, 1/memory once warm."""
-    return np.maximum(1.0 / np.maximum(n, 1), 1.0 / memory)
+def _ew(n: np.ndarray, memory: int, counted: bool = False) -> np.ndarray:
+    """Weight of the newest sample: exact mean while young, 1/memory once warm (``counted``: every
+    ``n`` is at least 1 already)."""
+    return np.maximum(1.0 / (n if counted else np.maximum(n, 1)), 1.0 / memory)
 
 
-def _likelihood_stage(
+@lru_cache(maxsize=8)
+def _alphas(*spans: int) -> np.ndarray:
+    """The EW weight of the newest error at each horizon, a column: ``2 / (span + 1)``."""
+    return np.array([[2.0 / (span + 1.0)] for span in spans])
+
+
+def _horizons(
     cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
 ) -> np.ndarray:
-    """Update the recent and long-run error statistics of ``slots``; return the deviation ``z``.
+    """Every horizon at once: EW average of ``err`` (rows: short, mid, seasonal) over its span vs a
+    Gaussian of its own long-run history, updated where ``valid`` (a row that is off: nowhere).
 
-    Two horizons: the short average catches spikes and jumps, the optional mid one a sustained
-    drift of the error; the deviation is the larger of the two.
+    Returns the standardised deviations (3, n), -inf where there is nothing to score yet; the score is
+    monotonic in them, so horizons are combined by their largest deviation and the tail computed once.
     """
-    z = _horizon(cols, slots, err, valid, cfg.short_window, "", cfg)
-    if cfg.mid_window:
-        z = np.maximum(z, _horizon(cols, slots, err, valid, cfg.mid_window, "mid_", cfg))
-    return z
-
-
-def _horizon(
-    cols: dict, slots: np.ndarray, err: np.ndarray, valid: np.ndarray, span: int, p: str, cfg: ScoringConfig
-) -> np.ndarray:
-    """One horizon: EW average of ``err`` over ``span`` vs a Gaussian of its own long-run history.
-
-    Returns the standardised deviation (-inf where there is nothing to score yet); the score is
-    monotonic in it, so horizons are combined by their largest deviation and the tail computed once.
-    """
-    alpha_s = 2.0 / (span + 1.0)
-    n_err = cols[p + "err_n"][slots]
-    prev = cols[p + "err_short"][slots]
+    alpha_s = _alphas(cfg.short_window, cfg.mid_window or 1, cfg.seasonal_window or 1)
+    f = cols.blocks[EW_F].take(slots, axis=1)  # (9, n): short averages, means, variances
+    c = cols.blocks[EW_N].take(slots, axis=1)  # (6, n): error counts, long-run counts
+    prev, mean, var, n_err, lr_n = f[0:3], f[3:6], f[6:9], c[0:3], c[3:6]
     short = np.where(n_err == 0, err, prev + alpha_s * (err - prev))
-    mean, var, lr_n = cols[p + "lr_mean"][slots], cols[p + "lr_var"][slots], cols[p + "lr_n"][slots]
     std = _std(mean, var)
     delta = short - mean
     fitted = lr_n >= MIN_LONG_N
     z = np.where(valid & fitted, delta / std, -np.inf)
     n1 = lr_n + 1
-    a = _ew(n1, cfg.long_memory)
+    a = _ew(n1, cfg.long_memory, counted=True)
     if cfg.long_winsor is not None:  # an anomaly moves the long-run fit by at most k spreads
         bound = cfg.long_winsor * std
         delta = np.where(fitted, fastnp.clip(delta, -bound, bound), delta)
     new_mean = mean + a * delta
     new_var = np.where(n1 == 1, 0.0, (1.0 - a) * (var + a * delta * delta))
-    cols[p + "err_short"][slots] = np.where(valid, short, prev)
-    cols[p + "err_n"][slots] = n_err + valid
-    cols[p + "lr_mean"][slots] = np.where(valid, new_mean, mean)
-    cols[p + "lr_var"][slots] = np.where(valid, new_var, var)
-    cols[p + "lr_n"][slots] = lr_n + valid
+    np.copyto(prev, short, where=valid)
+    np.copyto(mean, new_mean, where=valid)
+    np.copyto(var, new_var, where=valid)
+    c.reshape(2, 3, len(slots))[:] += valid  # both counts of each horizon
+    cols.blocks[EW_F][:, slots] = f
+    cols.blocks[EW_N][:, slots] = c
     return z
 
 
-def _level_rule(
+def _level_deviation(
     cols: dict, slots: np.ndarray, x: np.ndarray, valid: np.ndarray, cfg: ScoringConfig
-) -> np.ndarray:
-    """True where the value's recent level (EW span ``level_window``) has left a Gaussian of its own
-    long-run history by the likelihood threshold, two-sided: a level shift of a noisy metric.
+) -> tuple[np.ndarray, tuple]:
+    """How far the value's recent level (EW span ``level_window``) has left a Gaussian of its own
+    long-run history, two-sided (-inf before warm-up), and what :func:`_level_update` needs: where
+    its score passes the likelihood threshold, the rule sees a level shift of a noisy metric.
 
     The spread is at least ``level_floor`` times what white noise alone gives such an average (from
-    the stream's typical step). Where the rule fires the long-run mean jumps to the new level, so a
-    shift is reported once and the new level is normal from then on; nothing fires before warm-up.
+    the stream's typical step). The scorer computes this tail score with the likelihood's, in one call.
     """
     alpha = 2.0 / (cfg.level_window + 1.0)
     n = cols["lv_n"][slots]
@@ -171,8 +162,17 @@ def _level_rule(
     ok = valid & np.isfinite(x)
     with fastnp.errstate(invalid="ignore"):
         z = np.where(ok & (n >= max(cfg.warmup, MIN_LONG_N)), np.abs(delta) / std, -np.inf)
-    shift = tail_score(z) >= cfg.threshold
-    a = _ew(n + 1, cfg.long_memory)
+    return z, (n, prev, level, mean, var, delta, ok)
+
+
+def _level_update(
+    cols: dict, slots: np.ndarray, parts: tuple, shift: np.ndarray, cfg: ScoringConfig
+) -> np.ndarray:
+    """Fold the level into its long-run history; where the rule fired (``shift``) the long-run mean
+    jumps to the new level, so a shift is reported once and the new level is normal from then on.
+    Returns where the rule fires."""
+    n, prev, level, mean, var, delta, ok = parts
+    a = _ew(n + 1, cfg.long_memory, counted=True)
     new_mean = np.where((n == 0) | shift, level, mean + a * delta)
     new_var = np.where((n == 0) | shift, var, (1.0 - a) * (var + a * delta * delta))
     cols["lv_level"][slots] = np.where(ok, level, prev)
@@ -209,7 +209,8 @@ def _flatline_rule(cols: dict, slots: np.ndarray, x: np.ndarray, cfg: ScoringCon
     run = np.where(stuck, flat_run + 1, 0)
     longest = cols["flat_longest"][slots]
     ended = ~stuck & (flat_run > 0)
-    cols["flat_longest"][slots] = np.where(ended, np.maximum(longest, flat_run), longest)
+    if fastnp.any_true(ended):  # a stuck run ended (rare): the longest one may grow
+        cols["flat_longest"][slots] = np.where(ended, np.maximum(longest, flat_run), longest)
     cols["flat_run"][slots] = run
     moving = has_prev & ~stuck
     n = cols["step_n"][slots] + moving
@@ -227,19 +228,6 @@ def standardised_error(residual: np.ndarray, spread: np.ndarray) -> np.ndarray:
     with fastnp.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.log1p(np.abs(residual) / spread)
     return fastnp.clip(np.where(np.isnan(err), 0.0, err), 0.0, MAX_ERR)  # +inf -> MAX_ERR, -inf -> 0
-
-
-def _count_spike_once(
-    cols: dict, slots: np.ndarray, x: np.ndarray, residual: np.ndarray, spread: np.ndarray, err: np.ndarray
-) -> np.ndarray:
-    """The smaller of ``err`` and the error against the forecast made one step earlier: a forecast
-    that copied a lone outlier (persistence does) would make the value's return a second surprise."""
-    fc = x - residual
-    prev = cols["prev_fc"][slots]
-    with fastnp.errstate(invalid="ignore"):
-        back = standardised_error(x - prev, spread)
-    cols["prev_fc"][slots] = fc
-    return np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, back), err)
 
 
 def score(
@@ -261,38 +249,65 @@ def score(
     the stream has no period): a day whose shape changes shows there even when each step is easy.
     """
     has_forecast = count >= SCORE_AFTER
-    err = standardised_error(residual, spread)
+    n = len(slots)
+    seasonal = bool(cfg.seasonal_window) and seasonal_residual is not None and seasonal_spread is not None
+    # the errors against this forecast, the one before (spike_once) and the value one period ago, as one
+    residuals, spreads = np.empty((3, n)), np.empty((3, n))
+    residuals[0], spreads[0:2] = residual, spread
     if cfg.spike_once:
-        err = _count_spike_once(cols, slots, x, residual, spread, err)
-    z = _likelihood_stage(cols, slots, err, has_forecast, cfg)
-    by_season = np.zeros(len(slots), dtype=bool)
-    if cfg.seasonal_window and seasonal_residual is not None and seasonal_spread is not None:
+        prev = cols["prev_fc"][slots]
+        residuals[1] = x - prev
+    else:
+        residuals[1] = np.nan
+    residuals[2], spreads[2] = (seasonal_residual, seasonal_spread) if seasonal else (np.nan, 1.0)
+    errs = standardised_error(residuals, spreads)
+    err = errs[0]
+    if cfg.spike_once:  # a forecast that copied a lone outlier: its return is no second surprise
+        fc = x - residual
+        cols["prev_fc"][slots] = fc
+        err = np.where(np.isfinite(prev) & np.isfinite(fc), np.minimum(err, errs[1]), err)
+    valid = np.zeros((3, n), dtype=bool)
+    valid[0] = has_forecast
+    if cfg.mid_window:  # a second, longer average: a sustained drift of the error
+        valid[1] = has_forecast
+    if seasonal:
         with fastnp.errstate(invalid="ignore"):
-            ok = has_forecast & np.isfinite(seasonal_residual) & (seasonal_spread > 0)
-        if fastnp.any_true(ok):  # streams without a period: their seasonal statistics would not change anyway
-            s_err = standardised_error(seasonal_residual, seasonal_spread)
-            z_season = _horizon(cols, slots, s_err, ok, cfg.seasonal_window, "sr_", cfg)
-            by_season = z_season > z
-            z = np.maximum(z, z_season)
-    lik = tail_score(z)
+            valid[2] = has_forecast & np.isfinite(seasonal_residual) & (seasonal_spread > 0)
+    errs[0:2] = err  # the short and mid horizons average the same error
+    z_all = _horizons(cols, slots, errs, valid, cfg)
+    z = np.maximum(z_all[0], z_all[1])  # -inf where a horizon is off
+    by_season = z_all[2] > z
+    # the likelihood's deviation and the level rule's (before the flat-line rule updates the typical
+    # step with this sample): one tail score
+    zs = np.empty((2, n))
+    np.maximum(z, z_all[2], out=zs[0])
+    if cfg.level_window:
+        zs[1], level_parts = _level_deviation(cols, slots, x, has_forecast, cfg)
+    tails = tail_score(zs if cfg.level_window else zs[:1])
+    lik = tails[0]
     # a young stream is still exploring its range: its new records say little
     out_of_range = _range_rule(cols, slots, x, cfg) & (count >= cfg.range_warmup)
-    level = np.zeros(len(slots), dtype=bool)
-    if cfg.level_window:  # before the flat-line rule updates the typical step with this sample
-        level = _level_rule(cols, slots, x, has_forecast, cfg)
+    level = np.zeros(n, dtype=bool)
+    if cfg.level_window:
+        level = _level_update(cols, slots, level_parts, tails[1] >= cfg.threshold, cfg)
     flat = _flatline_rule(cols, slots, x, cfg)
     by_rule = out_of_range | flat | level
     cond = (lik >= cfg.threshold) | by_rule
     value = np.where(by_rule, 1.0, lik)
     eligible = count >= cfg.warmup
-    new_event = cond & ~cols["cond_prev"][slots]
     since = cols["since_flag"][slots]
-    quiet = since >= cfg.suppress
-    if cfg.record_pass:  # a record the forecast did not expect either is news, not an echo of the last flag
-        with fastnp.errstate(invalid="ignore"):
-            quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
-    flag = eligible & new_event & quiet
-    run = np.where(cond, cols["run_len"][slots] + 1, 0)
+    if fastnp.any_true(cond):
+        new_event = cond & ~cols["cond_prev"][slots]
+        quiet = since >= cfg.suppress
+        if cfg.record_pass and fastnp.any_true(out_of_range):
+            # a record the forecast did not expect either is news, not an echo of the last flag
+            with fastnp.errstate(invalid="ignore"):
+                quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
+        flag = eligible & new_event & quiet
+        run = np.where(cond, cols["run_len"][slots] + 1, 0)
+    else:  # nothing anomalous in this round (most rounds): no flag, and every run of conditions ends
+        flag = np.zeros(n, dtype=bool)
+        run = np.zeros(n, dtype=np.int64)
     regime = None
     if cfg.regime_after is not None:
         regime = eligible & (run == cfg.regime_after)

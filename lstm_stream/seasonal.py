@@ -14,6 +14,8 @@ period that breaks is seen even where each step of it is easy to forecast.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import fastnp
@@ -22,6 +24,7 @@ from .evaluation import detect_period
 from .state import Column
 
 MAD_TO_SIGMA = 1.2533
+ERRORS, FORECASTS = "se_errors", "se_forecasts"  # blocks of columns (state.Column)
 MAD_ALPHA = 0.01
 F32_MAX = float(np.finfo(np.float32).max)  # memory of the blended forecast's error: about 100 samples
 
@@ -33,34 +36,44 @@ def columns(cfg: SeasonalConfig) -> dict[str, Column]:
     return {
         "se_ring": Column((cfg.window,), np.float32, np.nan, True),
         "se_period": Column((), np.int64, 0),
-        "se_mad": Column((), np.float64, np.nan),
-        "se_fc_lstm": Column((), np.float64, np.nan),  # the two forecasts made for the next value
-        "se_fc_naive": Column((), np.float64, np.nan),
-        "se_mae_lstm": Column((), np.float64, np.nan),  # and their running absolute errors
-        "se_mae_naive": Column((), np.float64, np.nan),
+        # the running absolute errors of the blended forecast and of the two it blends (one block: a
+        # round updates them as one), and those two forecasts made for the next value
+        "se_mad": Column((), np.float64, np.nan, block=ERRORS),
+        "se_mae_lstm": Column((), np.float64, np.nan, block=ERRORS),
+        "se_mae_naive": Column((), np.float64, np.nan, block=ERRORS),
+        "se_fc_lstm": Column((), np.float64, np.nan, block=FORECASTS),
+        "se_fc_naive": Column((), np.float64, np.nan, block=FORECASTS),
     }
 
 
 def observe(
     cols: dict, slots: np.ndarray, x: np.ndarray, residual: np.ndarray, count: np.ndarray, cfg: SeasonalConfig
-) -> None:
-    """Record this sample (``count`` samples came before it); learn the period when it is due."""
+) -> bool:
+    """Record this sample (``count`` samples came before it); learn the period when it is due.
+    Returns whether a stream's period changed (its ``expected`` value is then one of the old period)."""
     if not cfg.blend:
-        return
+        return False
     seasonal = cols["se_period"][slots] > 1
     if fastnp.any_true(seasonal):
-        s, xs = slots[seasonal], x[seasonal]
-        _ew_abs(cols, "se_mad", s, residual[seasonal])
-        _ew_abs(cols, "se_mae_lstm", s, xs - cols["se_fc_lstm"][s])
-        _ew_abs(cols, "se_mae_naive", s, xs - cols["se_fc_naive"][s])
+        s = slots[seasonal]
+        err = np.empty((3, len(s)))  # vs the blended, the LSTM's and the seasonal-naive forecast
+        err[0] = residual[seasonal]
+        np.subtract(x[seasonal], cols.blocks[FORECASTS].take(s, axis=1), out=err[1:])
+        _ew_abs(cols.blocks[ERRORS], s, err)
     cols["se_ring"][slots, count % cfg.window] = fastnp.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
-    maybe = (seen % cfg.learn == 0) | (seen % cfg.redetect == 0) | (seen == cfg.window)  # every due one
-    if not fastnp.any_true(maybe):
-        return
+    if not fastnp.any_true(seen % _every(cfg) == 0):  # a multiple of this is due first
+        return False
     due = detection_due(seen, cfg)
+    changed = False
     for i in np.nonzero(due)[0].tolist():
-        _detect(cols, int(slots[i]), int(seen[i]), cfg)
+        changed |= _detect(cols, int(slots[i]), int(seen[i]), cfg)
+    return changed
+
+
+def _every(cfg: SeasonalConfig) -> int:
+    """A step every sample count at which a detection is due is a multiple of."""
+    return math.gcd(cfg.learn, cfg.redetect, cfg.window)
 
 
 def detection_due(seen: np.ndarray, cfg: SeasonalConfig) -> np.ndarray:
@@ -72,14 +85,16 @@ def detection_due(seen: np.ndarray, cfg: SeasonalConfig) -> np.ndarray:
     return doubling | (seen == cfg.window) | ((seen > cfg.window) & (seen % cfg.redetect == 0))
 
 
-def _ew_abs(cols: dict, name: str, s: np.ndarray, err: np.ndarray) -> None:
-    """Fold |err| into the running mean absolute error ``name`` (NaN errors are skipped)."""
+def _ew_abs(block: np.ndarray, s: np.ndarray, err: np.ndarray) -> None:
+    """Fold |err| (one row per row of ``block``) into the running mean absolute errors of ``s``
+    (NaN errors are skipped)."""
     r = np.abs(err)
-    cur = cols[name][s]
-    cols[name][s] = np.where(np.isfinite(r), np.where(np.isnan(cur), r, cur + MAD_ALPHA * (r - cur)), cur)
+    cur = block.take(s, axis=1)
+    block[:, s] = np.where(np.isfinite(r), np.where(np.isnan(cur), r, cur + MAD_ALPHA * (r - cur)), cur)
 
 
-def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> None:
+def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> bool:
+    """Detect the period of ``slot`` from its ring; returns whether it changed."""
     n = min(seen, cfg.window)
     values = cols["se_ring"][slot, (seen - n + np.arange(n)) % cfg.window].astype(np.float64)
     period = max(1, detect_period(values, max_period=min(n // 3, cfg.window)))
@@ -89,7 +104,9 @@ def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> None:
         naive = float(np.nanmean(np.abs(values[period:] - values[:-period])))
         cols["se_mad"][slot] = cols["se_mae_naive"][slot] = naive
         cols["se_mae_lstm"][slot] = np.nan
+    changed = period != cols["se_period"][slot]
     cols["se_period"][slot] = period
+    return bool(changed)
 
 
 def expected(cols: dict, slots: np.ndarray, cfg: SeasonalConfig) -> tuple[np.ndarray, np.ndarray] | None:
@@ -115,18 +132,20 @@ def blend(
     use &= np.isfinite(past)
     cols["se_fc_lstm"][slots] = np.where(use, mean, np.nan)
     cols["se_fc_naive"][slots] = np.where(use, past, np.nan)
-    w = np.where(use, weight(cols["se_mae_lstm"][slots], cols["se_mae_naive"][slots], cfg.blend), 0.0)
-    mad = cols["se_mad"][slots]
+    errors = cols.blocks[ERRORS].take(slots, axis=1)  # (3, n): blended, LSTM, seasonal-naive
+    w = np.where(use, weight(errors[1:], cfg.blend), 0.0)
+    mad = errors[0]
     mean = np.where(use, (1.0 - w) * mean + w * past, mean)
     spread = np.where(use & np.isfinite(mad) & (mad > 0), MAD_TO_SIGMA * mad, spread)
     return mean, spread
 
 
-def weight(mae_lstm: np.ndarray, mae_naive: np.ndarray, cap: float) -> np.ndarray:
+def weight(maes: np.ndarray, cap: float) -> np.ndarray:
     """Weight of the seasonal-naive value: inverse-variance weighting of the two forecasts by their
-    running errors, capped at ``cap`` (0 until both errors are known). A stream whose day repeats
-    exactly leans on it; one where last period's value is a poor guess (weekly patterns, drift)
-    keeps the LSTM."""
+    running errors ``maes`` (2, n: the LSTM's, the seasonal-naive's), capped at ``cap`` (0 until both
+    errors are known). A stream whose day repeats exactly leans on it; one where last period's value
+    is a poor guess (weekly patterns, drift) keeps the LSTM."""
     with fastnp.errstate(invalid="ignore", divide="ignore"):
-        w = mae_lstm**2 / (mae_lstm**2 + mae_naive**2)
+        squares = maes**2
+        w = squares[0] / (squares[0] + squares[1])
     return fastnp.clip(np.where(np.isnan(w), 0.0, w), 0.0, cap)  # as nan_to_num: +-inf clip to cap / 0

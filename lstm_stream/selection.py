@@ -47,6 +47,7 @@ K = ADAPTED  # candidates kept here; ``adapted`` is the served one corrected per
 MIN_ERRORS = 20  # errors a candidate needs before it can be served
 MAD_TO_SIGMA = 1.2533  # mean absolute error of a Gaussian -> its standard deviation
 SPREAD_FLOOR = 0.001  # a served spread is at least this fraction of the stream's robust scale
+DAMPING = "sel_damping"  # block of columns (state.Column)
 
 
 def columns(cfg: SelectionConfig) -> dict[str, Column]:
@@ -60,8 +61,9 @@ def columns(cfg: SelectionConfig) -> dict[str, Column]:
         "sel_n": Column((K,), np.int64, 0),
         "sel_ee": Column((K, K), np.float64, 0.0),  # running mean of |error_i| x |error_j| (paired test)
         "sel_level": Column((), np.float64, np.nan),
-        "sel_dxy": Column((), np.float64),  # running mean of actual x predicted change
-        "sel_dxx": Column((), np.float64),  # running mean of squared predicted change
+        # running means of actual x predicted change and of squared predicted change (one block)
+        "sel_dxy": Column((), np.float64, block=DAMPING),
+        "sel_dxx": Column((), np.float64, block=DAMPING),
         "sel_dn": Column((), np.int64),
         "sel_spread": Column((), np.float64, np.nan),  # the model's spread of its next-value forecast
         "sel_choice": Column((), np.uint8, PERSISTENCE),
@@ -88,27 +90,34 @@ def update(
     ``model_spread``: the model's forecast of it; ``naive_fc``: the value one period ago or NaN;
     ``scale``: the stream's robust scale). Returns the served forecast, its spread and the choice."""
     fc = cols["sel_fc"][s]
+    n = len(s)
     with fastnp.errstate(invalid="ignore", over="ignore"):
         err = np.abs(x[:, None] - fc)
         ok = np.isfinite(err)  # False where a candidate made no forecast
-        count = cols["sel_n"][s] + ok
-        w = 1.0 / fastnp.clip(count, 1, cfg.memory)  # exact mean while young, then 1 / memory
+        # the damping fit's sample: actual x predicted change, and squared predicted change
+        predicted = fc[:, MODEL] - fc[:, PERSISTENCE]
+        moments = np.empty((2, n))
+        np.subtract(x, fc[:, PERSISTENCE], out=moments[0])
+        moments[1] = predicted
+        moments *= predicted
+        fit = np.logical_and.reduce(np.isfinite(moments), axis=0)
+        # every running mean's count (the candidates' errors, then the fit's), weighted as one
+        counts = np.empty((n, K + 1), dtype=np.int64)
+        np.add(cols["sel_n"][s], ok, out=counts[:, :K])
+        np.add(cols["sel_dn"][s], fit, out=counts[:, K])
+        weights = 1.0 / fastnp.clip(counts, 1, cfg.memory)  # exact mean while young, then 1 / memory
+        count, w, dn = counts[:, :K], weights[:, :K], counts[:, K]
         mae = cols["sel_mae"][s]
         mae = np.where(ok, mae + w * (err - mae), mae)
-        cols["sel_ee"][s] = pair_moments(cols["sel_ee"][s], err, ok, count, cfg.memory)
-        change, predicted = x - fc[:, PERSISTENCE], fc[:, MODEL] - fc[:, PERSISTENCE]
-        xy, xx = change * predicted, predicted * predicted
-        fit = np.isfinite(xy) & np.isfinite(xx)
-        dn = cols["sel_dn"][s] + fit
-        wd = np.where(fit, 1.0 / fastnp.clip(dn, 1, cfg.memory), 0.0)
-        dxy, dxx = cols["sel_dxy"][s], cols["sel_dxx"][s]
-        dxy = dxy + wd * (np.where(fit, xy, 0.0) - dxy)
-        dxx = dxx + wd * (np.where(fit, xx, 0.0) - dxx)
+        cols["sel_ee"][s] = pair_moments(cols["sel_ee"][s], err, ok, w)
+        wd = np.where(fit, weights[:, K], 0.0)
+        damping = cols.blocks[DAMPING].take(s, axis=1)  # (2, n): dxy, dxx
+        damping += wd * (np.where(fit, moments, 0.0) - damping)
     cols["sel_mae"][s] = mae
     cols["sel_n"][s] = count
-    cols["sel_dxy"][s] = dxy
-    cols["sel_dxx"][s] = dxx
+    cols.blocks[DAMPING][:, s] = damping
     cols["sel_dn"][s] = dn
+    dxy, dxx = damping
     level = cols["sel_level"][s]
     level = np.where(np.isnan(level), x, level + cfg.ewma_alpha * (x - level))
     cols["sel_level"][s] = level
@@ -166,15 +175,15 @@ def _serve(
         # an error of 1e300 squares to inf: weight 0)
         parts = np.maximum(mae[:, :BLEND], 1e-12 * (np.abs(last) + 1.0)[:, None])
         inv = np.where(ready[:, :BLEND], 1.0 / parts**2, 0.0)
-        total = inv.sum(axis=1)
-        blend = (inv * np.where(ready[:, :BLEND], fc[:, :BLEND], 0.0)).sum(axis=1) / total
+        total = np.add.reduce(inv, axis=1)  # ndarray.sum without its Python wrapper
+        blend = np.add.reduce(inv * np.where(ready[:, :BLEND], fc[:, :BLEND], 0.0), axis=1) / total
     fc[:, BLEND] = np.where(total > 0, blend, np.nan)
     ready[:, BLEND] &= total > 0
     choice = cols["sel_choice"][s].astype(np.intp)
     rows = np.arange(n)
     if choose:
         err = np.where(ready, mae, np.inf)
-        best = np.argmin(err, axis=1)
+        best = err.argmin(axis=1)
         lowest = err[rows, best]
         current = err[rows, choice]
         with fastnp.errstate(invalid="ignore"):
@@ -203,14 +212,13 @@ def _serve(
 PAIR_CAP = 1e150  # absolute errors are capped here in the paired test's moments: their products stay finite
 
 
-def pair_moments(
-    ee: np.ndarray, err: np.ndarray, ok: np.ndarray, count: np.ndarray, memory: int
-) -> np.ndarray:
+def pair_moments(ee: np.ndarray, err: np.ndarray, ok: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Fold one row of absolute errors ``err`` (``ok``: made) into the running means ``ee`` of their
-    pairwise products, each pair weighted as the younger of its two running errors (what the paired
-    test needs: the variance of a difference of two errors)."""
+    pairwise products, each pair weighted as the younger of its two running errors (``weight``: each
+    error's, ``1 / clip(count, 1, memory)``; the younger's is the larger) (what the paired test
+    needs: the variance of a difference of two errors)."""
     both = ok[:, :, None] & ok[:, None, :]
-    w = 1.0 / fastnp.clip(np.minimum(count[:, :, None], count[:, None, :]), 1, memory)
+    w = np.maximum(weight[:, :, None], weight[:, None, :])
     e = np.minimum(np.where(ok, err, 0.0), PAIR_CAP)  # products of errors of 1e300 must stay finite
     return np.where(both, ee + w * (e[:, :, None] * e[:, None, :] - ee), ee)
 

@@ -28,27 +28,71 @@ def release_freed_memory() -> None:
 
 @dataclass(frozen=True)
 class Column:
-    """Declaration of one per-slot array: its trailing shape, dtype and initial value."""
+    """Declaration of one per-slot array: its trailing shape, dtype and initial value. Scalar
+    columns of one dtype may share a ``block``: one (columns, slots) array whose rows they are, so
+    a round gathers and scatters them together (``Columns.blocks``) and computes on them as one."""
 
     shape: tuple[int, ...]
     dtype: type | np.dtype
     fill: float = 0.0
     is_history: bool = False
+    block: str | None = None
+
+
+class Columns(dict):
+    """The per-slot arrays by column name; ``blocks`` holds the shared arrays of block columns,
+    whose named arrays are views of their rows."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.blocks: dict[str, np.ndarray] = {}
+
+
+def block_rows(columns: dict[str, Column], block: str) -> list[str]:
+    """Names of the columns of ``block``, in row order."""
+    return [name for name, col in columns.items() if col.block == block]
 
 
 class SlotArrays:
-    """Named per-slot arrays sharing one capacity; row ``i`` of every array belongs to slot ``i``."""
+    """Named per-slot arrays sharing one capacity; row ``i`` of every array belongs to slot ``i``
+    (a block column's array is row ``j`` of its block: the block's column ``i`` belongs to slot ``i``)."""
 
     def __init__(self, columns: dict[str, Column], capacity: int = 64) -> None:
         self.columns = columns
         self.capacity = max(1, capacity)
-        self.data: dict[str, np.ndarray] = {
-            name: self._new(col, self.capacity) for name, col in columns.items()
-        }
+        self.data = Columns()
+        self._allocate(self.capacity, None)
+
+    def _allocate(self, rows: int, old: Columns | None) -> None:
+        """Arrays of ``rows`` slots (initial values), the first slots copied from ``old``, which is
+        updated in place one array at a time (the peak is one array more, not twice the state)."""
+        data, done = (Columns() if old is None else old), set()
+        for name, col in self.columns.items():
+            if col.block is None:
+                arr = self._new(col, rows)
+                if old is not None:
+                    arr[: self.capacity] = old[name]
+                data[name] = arr
+            elif col.block not in done:
+                done.add(col.block)
+                names = block_rows(self.columns, col.block)
+                if any(self.columns[n].shape or self.columns[n].dtype != col.dtype for n in names):
+                    raise ValueError(f"block {col.block!r}: columns of one dtype and no trailing shape")
+                fills = np.array([self.columns[n].fill for n in names], dtype=col.dtype)
+                block = np.repeat(fills[:, None], rows, axis=1)
+                if old is not None:
+                    block[:, : self.capacity] = old.blocks[col.block]
+                data.blocks[col.block] = block
+                data.update(zip(names, block, strict=True))
+        self.data = data
 
     @staticmethod
     def _new(col: Column, rows: int) -> np.ndarray:
         return np.full((rows, *col.shape), col.fill, dtype=col.dtype)
+
+    def block(self, name: str) -> np.ndarray:
+        """The (columns, slots) array of block ``name``."""
+        return self.data.blocks[name]
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.data[name]
@@ -62,10 +106,7 @@ class SlotArrays:
             cap *= 2
         if limit is not None:
             cap = max(needed, min(cap, limit))
-        for name, col in self.columns.items():
-            arr = self._new(col, cap)
-            arr[: self.capacity] = self.data[name]
-            self.data[name] = arr
+        self._allocate(cap, self.data)
         self.capacity = cap
         release_freed_memory()  # a handful of times in a table's life (doubling)
 
