@@ -8,7 +8,8 @@ period ago gets the same treatment (reason ``seasonal``: a day whose shape chang
 of it is easy to forecast). Three rules add their own reasons: a value beyond the range seen so far,
 a flat line far longer than any the stream showed before, and a level shift of a noisy metric (the
 value's recent level far from its own history, though no single step is). Flags are suppressed
-during warm-up, within one event, and for a while after a flag, unless a new record far from the
+during warm-up, within one event, and for a while after a flag (longer for the likelihood, whose
+statistics settle slowly after an event, than for the rules), unless a new record far from the
 forecast (a surprise of its own, not an echo of the flagged event) comes within that while.
 """
 
@@ -291,6 +292,8 @@ def score(
     if cfg.record_pass:  # a record the forecast did not expect either is news, not an echo of the last flag
         with fastnp.errstate(invalid="ignore"):
             quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
+    if cfg.likelihood_suppress:
+        quiet &= _aftermath_passed(since, by_rule, cfg.likelihood_suppress)
     flag = eligible & new_event & quiet
     run = np.where(cond, cols["run_len"][slots] + 1, 0)
     regime = None
@@ -313,6 +316,13 @@ def score(
     cols["cond_prev"][slots] = cond
     cols["since_flag"][slots] = np.where(flag, 0, since + 1)
     return Scored(value, cond, flag, reason)
+
+
+def _aftermath_passed(since: np.ndarray, by_rule: np.ndarray, wait: int) -> np.ndarray:
+    """False for a likelihood or seasonal surprise within ``wait`` samples of the last flag: the error
+    statistics and the forecast's spread are still settling after that event, so it is its aftermath;
+    a rule (range, level, flat line) compares the value with its history directly and is news of its own."""
+    return by_rule | (since >= wait)
 
 
 def _reset_long_run(cols: dict, slots: np.ndarray, x: np.ndarray) -> None:
