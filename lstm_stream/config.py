@@ -107,6 +107,11 @@ class ScoringConfig(_Strict):
         description="samples after a flag with no new likelihood or seasonal flag: an event's aftermath "
         "(rules keep `suppress`; false or 0 = `suppress` for all)",
     )
+    rule_onset: bool = Field(
+        True,
+        description="a rule's onset is a new event even while a likelihood condition goes on (one "
+        "suppressed by `likelihood_suppress` would otherwise hide it)",
+    )
     spike_once: bool = Field(
         True,
         description="a lone outlier counts once: the error is the smaller of the value against this "

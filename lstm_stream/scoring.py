@@ -57,6 +57,7 @@ COLUMNS = {
     "lv_mean": Column((), np.float64),
     "lv_var": Column((), np.float64),
     "cond_prev": Column((), np.bool_),
+    "rule_prev": Column((), np.bool_),
     "since_flag": Column((), np.int64, 1 << 40),
     "run_len": Column((), np.int64),
     "rng_min": Column((), np.float64, np.inf),
@@ -287,6 +288,8 @@ def score(
     value = np.where(by_rule, 1.0, lik)
     eligible = count >= cfg.warmup
     new_event = cond & ~cols["cond_prev"][slots]
+    if cfg.rule_onset:
+        new_event |= _rule_onset(cols, slots, by_rule)
     since = cols["since_flag"][slots]
     quiet = since >= cfg.suppress
     if cfg.record_pass:  # a record the forecast did not expect either is news, not an echo of the last flag
@@ -316,6 +319,14 @@ def score(
     cols["cond_prev"][slots] = cond
     cols["since_flag"][slots] = np.where(flag, 0, since + 1)
     return Scored(value, cond, flag, reason)
+
+
+def _rule_onset(cols: dict, slots: np.ndarray, by_rule: np.ndarray) -> np.ndarray:
+    """True where a rule starts to hold: news of its own even while a likelihood condition that began
+    earlier goes on (one held back by ``likelihood_suppress`` would otherwise hide it)."""
+    onset = by_rule & ~cols["rule_prev"][slots]
+    cols["rule_prev"][slots] = by_rule
+    return onset
 
 
 def _aftermath_passed(since: np.ndarray, by_rule: np.ndarray, wait: int) -> np.ndarray:
