@@ -101,6 +101,17 @@ class ScoringConfig(_Strict):
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
+    likelihood_suppress: Annotated[int | None, OffOrZero] = Field(
+        200,
+        ge=0,
+        description="samples after a flag with no new likelihood or seasonal flag: an event's aftermath "
+        "(rules keep `suppress`; false or 0 = `suppress` for all)",
+    )
+    rule_onset: bool = Field(
+        True,
+        description="a rule's onset is a new event even while a likelihood condition goes on (one "
+        "suppressed by `likelihood_suppress` would otherwise hide it)",
+    )
     spike_once: bool = Field(
         True,
         description="a lone outlier counts once: the error is the smaller of the value against this "

@@ -8,7 +8,8 @@ period ago gets the same treatment (reason ``seasonal``: a day whose shape chang
 of it is easy to forecast). Three rules add their own reasons: a value beyond the range seen so far,
 a flat line far longer than any the stream showed before, and a level shift of a noisy metric (the
 value's recent level far from its own history, though no single step is). Flags are suppressed
-during warm-up, within one event, and for a while after a flag, unless a new record far from the
+during warm-up, within one event, and for a while after a flag (longer for the likelihood, whose
+statistics settle slowly after an event, than for the rules), unless a new record far from the
 forecast (a surprise of its own, not an echo of the flagged event) comes within that while.
 """
 
@@ -52,6 +53,7 @@ COLUMNS = {
     "lv_mean": Column((), np.float64),
     "lv_var": Column((), np.float64),
     "cond_prev": Column((), np.bool_),
+    "rule_prev": Column((), np.bool_),
     "since_flag": Column((), np.int64, 1 << 40),
     "run_len": Column((), np.int64),
     "rng_min": Column((), np.float64, np.inf),
@@ -296,13 +298,18 @@ def score(
     value = np.where(by_rule, 1.0, lik)
     eligible = count >= cfg.warmup
     since = cols["since_flag"][slots]
+    onset = _rule_onset(cols, slots, by_rule) if cfg.rule_onset else None  # keeps rule_prev every round
     if fastnp.any_true(cond):
         new_event = cond & ~cols["cond_prev"][slots]
+        if onset is not None:
+            new_event |= onset
         quiet = since >= cfg.suppress
         if cfg.record_pass and fastnp.any_true(out_of_range):
             # a record the forecast did not expect either is news, not an echo of the last flag
             with fastnp.errstate(invalid="ignore"):
                 quiet |= out_of_range & (np.abs(residual) > cfg.record_pass * spread)
+        if cfg.likelihood_suppress:
+            quiet &= _aftermath_passed(since, by_rule, cfg.likelihood_suppress)
         flag = eligible & new_event & quiet
         run = np.where(cond, cols["run_len"][slots] + 1, 0)
     else:  # nothing anomalous in this round (most rounds): no flag, and every run of conditions ends
@@ -328,6 +335,21 @@ def score(
     cols["cond_prev"][slots] = cond
     cols["since_flag"][slots] = np.where(flag, 0, since + 1)
     return Scored(value, cond, flag, reason)
+
+
+def _rule_onset(cols: dict, slots: np.ndarray, by_rule: np.ndarray) -> np.ndarray:
+    """True where a rule starts to hold: news of its own even while a likelihood condition that began
+    earlier goes on (one held back by ``likelihood_suppress`` would otherwise hide it)."""
+    onset = by_rule & ~cols["rule_prev"][slots]
+    cols["rule_prev"][slots] = by_rule
+    return onset
+
+
+def _aftermath_passed(since: np.ndarray, by_rule: np.ndarray, wait: int) -> np.ndarray:
+    """False for a likelihood or seasonal surprise within ``wait`` samples of the last flag: the error
+    statistics and the forecast's spread are still settling after that event, so it is its aftermath;
+    a rule (range, level, flat line) compares the value with its history directly and is news of its own."""
+    return by_rule | (since >= wait)
 
 
 def _reset_long_run(cols: dict, slots: np.ndarray, x: np.ndarray) -> None:

@@ -164,3 +164,49 @@ def test_a_lone_spike_is_one_surprise_not_two_under_a_forecast_that_copies_it(se
     flags = _persistence_flags(y, ScoringConfig(range_margin=None, level_window=None))
     assert 1001 not in flags, flags
     assert set(flags) <= {1000}, flags
+
+
+@pytest.mark.parametrize("seed", range(1, 9))
+def test_one_disturbed_stretch_is_one_likelihood_alert(seed: int) -> None:
+    """Noise four times wider from 1000 to 1300: one event. The likelihood flags its start; its error
+    statistics settle over the next hundreds of samples, so a re-crossing 100 samples on is the same
+    event's aftermath, not news (without ``likelihood_suppress``: a second flag at 1104 for seed 3 and
+    1107 for seed 8, the 100-sample suppression just over). The range and level rules are off."""
+    from lstm_stream.config import ScoringConfig
+
+    y = np.random.default_rng(seed).normal(0.0, 1.0, 1600)
+    y[1000:1300] *= 4.0
+    flags = _persistence_flags(y, ScoringConfig(range_margin=None, level_window=None))
+    assert len(flags) == 1 and 1000 <= flags[0] <= 1000 + 12, flags
+
+
+@pytest.mark.parametrize("rule_onset", [True, False])
+def test_a_rule_onset_during_a_long_likelihood_condition_is_flagged(rule_onset: bool) -> None:
+    """A square wave whose forecast drifts away from 1000 on (the miss grows tenfold every 10 samples):
+    the likelihood flags there and stays in condition; at 1120, after the suppression, the value
+    leaves its range, news of its own (reason "range"). Without ``rule_onset`` that is no new event
+    while the likelihood condition goes on (as when the condition began within
+    ``likelihood_suppress``: speed_7578's third window on the product path)."""
+    from lstm_stream import scoring
+    from lstm_stream.config import ScoringConfig
+    from lstm_stream.state import SlotArrays
+
+    y = np.where(np.arange(1300) % 2, 1.0, -1.0)
+    y[1120] = 5.0
+    cols, slot, flags = SlotArrays(scoring.COLUMNS, 1).data, np.array([0]), []
+    for t in range(len(y)):
+        miss = 10.0 ** ((t - 1000) / 10.0) if t >= 1000 else 0.0
+        residual = np.array([y[t] - y[t - 1] + miss if t else np.nan])
+        r = scoring.score(
+            cols,
+            slot,
+            y[t : t + 1],
+            residual,
+            np.ones(1),
+            np.array([t]),
+            ScoringConfig(rule_onset=rule_onset),
+        )
+        if r.flag[0]:
+            flags.append((t, scoring.REASONS[r.reason[0]]))
+    assert flags[0][1] == "likelihood" and 1000 <= flags[0][0] <= 1000 + TOLERANCE, flags
+    assert ((1120, "range") in flags) == rule_onset, flags
