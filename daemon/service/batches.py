@@ -76,7 +76,7 @@ class Batches:
         self.round_budget_s = None if ms is None else ms / 1000.0
         self._carry: Columns = EMPTY  # samples deferred by the engine, oldest first
         self._carry_at = np.empty(0, dtype=np.int64)  # their log indices
-        self._carry_next = 0.0  # monotonic time of the next batch of carried samples alone (engine thread)
+        self._carry_next = 0.0  # monotonic time from which a batch may spend stream_batch_ms on narrow rounds
         self._taken = 0  # log index one past the last sample taken off the queue (it keeps log order)
         self.inline = True  # run batches on the receiving thread (off while shutting down)
         self._torch_threads = threading.local()  # .set once torch's thread count is set in a thread
