@@ -433,11 +433,8 @@ class Engine:
         """The history's target for the previous step: this value scaled as that forecast was (``y``)."""
         hl = self.config.history_len
         if hl:
-            hist_y, pos = (
-                self.arrays["hist_y"],
-                (count - 1) % hl,
-            )  # a first sample (count 0) has no previous step
-            hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])
+            hist_y, pos = self.arrays["hist_y"], (count - 1) % hl
+            hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])  # a first sample has no previous step
 
     def _write_inputs(
         self, s: np.ndarray, z: np.ndarray, ts: np.ndarray, count: np.ndarray, excluded: np.ndarray
