@@ -16,7 +16,6 @@ builds them, wires ingest to outputs, and starts and stops everything in order.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from daemon.service.finetuner import Finetuner
 from daemon.service.homeassistant import DiscoveryFeed, make_discovery
 from daemon.service.housekeeping import Housekeeping, LinkCounters
 from daemon.service.restore import build_engine
+from daemon.service.stop_signals import StopSignals
 from daemon.service.tuning import Tuning
 from daemon.service.worker_outputs import worker_availability_topic
 from daemon.settings import MqttSettings, NatsSettings, Settings
@@ -357,8 +357,7 @@ class Service:
 
     def run(self) -> int:
         """Start, signal readiness, serve until SIGTERM/SIGINT, then shut down cleanly. Exit status."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+        StopSignals(self.stop_event)  # for the life of the process (see stop_signals: no lock in a handler)
         self.start()
         freeze_startup_objects()  # the process lives on: keep full GC passes from walking start-up's heap
         notify.ready(self._status_line())

@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import Any
 from daemon.commands.demo.brokers import DemoError, choose_port, start_broker
 from daemon.commands.demo.console import Console, demo_logging
 from daemon.commands.demo.sensors import SIM_WARMUP, TOPIC_PREFIX, AnomalyWatcher, Ledger, SensorFeed
+from daemon.service.stop_signals import StopSignals
 
 SCORING_WARMUP = 200  # samples per stream before any flag (the product default is 300)
 
@@ -128,10 +128,7 @@ def run_demo(
         out("demo: --sensors must be >= 1 and --rate > 0")
         return 2
     stop = threading.Event()
-    restore: list[tuple[int, Any]] = []
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            restore.append((sig, signal.signal(sig, lambda *_: stop.set())))
+    signals = StopSignals(stop) if threading.current_thread() is threading.main_thread() else None
     workdir = Path(tempfile.mkdtemp(prefix="lstm-stream-demo-"))
     keep_state = state_dir is not None
     state = Path(state_dir) if keep_state else workdir / "state"
@@ -212,8 +209,8 @@ def run_demo(
                 watcher.close()
             if broker is not None:
                 broker.stop()
-            for sig, handler in restore:
-                signal.signal(sig, handler)
+            if signals is not None:
+                signals.close()
             shutil.rmtree(workdir, ignore_errors=True)  # with --state-dir the state is elsewhere
     if status == 0 and feed is not None:
         _summary(out, ledger, feed, final, rate, settings.engine.scoring.suppress)
