@@ -188,8 +188,9 @@ def _recording(batches: Batches) -> list[tuple[float, list[str]]]:
 def test_a_long_carry_reaches_the_engine_a_head_at_a_time_and_in_order(
     tmp_path: Path, small_cfg, monkeypatch
 ) -> None:
-    """Only the carry's head goes to the engine (its bookkeeping stays bounded); new samples of a stream
-    still in the rest wait behind it; every sample is applied once, each stream in order."""
+    """Only the carry's head goes to the engine, no more of a stream than it can apply in a batch
+    (``stream_batch_max``: its bookkeeping stays bounded); new samples of a stream still in the rest
+    wait behind it; every sample is applied once, each stream in order."""
     monkeypatch.setattr(batches_mod, "CARRY_HEAD", 10)
     batches, sent = _batches(tmp_path, small_cfg, 4)
     calls = _recording(batches)
@@ -197,15 +198,32 @@ def test_a_long_carry_reaches_the_engine_a_head_at_a_time_and_in_order(
     batches.process(list(zip(names, ts.tolist(), values.tolist(), strict=True)))
     assert batches.pending == 60 - 4
     batches.process([("arr", 100.5, 0.0), ("s1", 101.0, 1.0)])  # arr's new one waits; s1's goes now
-    assert calls[-1][1].count("arr") == 10 and "s1" in calls[-1][1]
+    assert calls[-1][1].count("arr") == 4 and "s1" in calls[-1][1]
     assert batches.pending == 60 - 8 + 1
     while batches.pending:
         batches.process([])
-    assert all(len(streams) <= 10 + 2 for _, streams in calls[1:])
+    assert all(streams.count("arr") <= 4 and len(streams) <= 10 + 2 for _, streams in calls[1:])
     arr = [body["ts"] for topic, body in sent if topic == "fc/arr"]
     assert len(arr) == 61 and arr == sorted(arr)
     assert batches.applied == len(names) + 2
     assert batches.engine.counters["processed"] == len(names) + 2
+
+
+def test_the_carry_head_is_a_prefix_of_each_stream_within_both_bounds(monkeypatch) -> None:
+    """Each stream's first ``per_stream`` carried samples, the first ``CARRY_HEAD`` of those in log
+    order: always a prefix of every stream's samples, so each stream stays in order."""
+    monkeypatch.setattr(batches_mod, "CARRY_HEAD", 7)
+    streams = np.array(["a", "b", "a", "c", "a", "b", "a", "a", "c", "b", "b", "d"], dtype=object)
+    go = batches_mod._carry_head(streams, 2)
+    assert streams[go].tolist() == ["a", "b", "a", "c", "b", "c", "d"][: go.sum()]
+    assert go.sum() == 7
+    for name in "abcd":  # taken: a prefix of the stream's samples
+        mine = go[streams == name]
+        assert not (np.diff(mine.astype(int)) > 0).any(), name
+    assert batches_mod._carry_head(streams, None).sum() == 7  # no per-stream bound: CARRY_HEAD alone
+    monkeypatch.setattr(batches_mod, "CARRY_HEAD", 100)
+    assert batches_mod._carry_head(streams, None).all()
+    assert batches_mod._carry_head(streams, 3).sum() == 3 + 3 + 2 + 1
 
 
 def test_carried_samples_alone_get_one_batch_per_period(tmp_path: Path, small_cfg) -> None:

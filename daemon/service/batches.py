@@ -221,27 +221,31 @@ class Batches:
             self.feed.batch(r)
 
     def _with_carry(self, samples: Columns, first: int) -> tuple[Columns, np.ndarray, Columns, np.ndarray]:
-        """This batch for the engine: the carried samples' head (``CARRY_HEAD``, in log order) and the new
-        ones, with the log indices of every sample the engine gets (carried first, new ones from
-        ``first``); and what is held back for later with its indices: the rest of the carry and the new
-        samples of the streams that have some of it (a stream's samples are applied in log order)."""
+        """This batch for the engine: the carried samples' head, in log order, and the new ones, with the
+        log indices of every sample the engine gets (carried first, new ones from ``first``); and what is
+        held back for later with its indices: the rest of the carry and the new samples of the streams
+        that have some of it (a stream's samples are applied in log order). The head is at most
+        ``stream_batch_max`` samples of each stream (the engine applies no more of one stream per batch:
+        a long array's other samples would only be deferred again, at a cost to every batch) and at most
+        ``CARRY_HEAD`` in all."""
         carried, at = self._carry, self._carry_at
         new_at = first + np.arange(len(samples), dtype=np.int64)
         if not len(carried):
             return samples, new_at, EMPTY, at
-        if len(carried) <= CARRY_HEAD:
+        go = _carry_head(carried.streams, self.max_rounds)
+        if go.all():
             return Columns.concat([carried, samples]), np.concatenate([at, new_at]), EMPTY, at[:0]
-        rest = carried.take(slice(CARRY_HEAD, None))
+        rest = carried.take(np.nonzero(~go)[0])
         wait = np.isin(samples.streams, np.unique(rest.streams)) if len(samples) else np.zeros(0, bool)
-        go = np.nonzero(~wait)[0]
+        new_go = np.nonzero(~wait)[0]
         stay = np.nonzero(wait)[0]
-        head = Columns.concat([carried.take(slice(0, CARRY_HEAD)), samples.take(go)])
+        head = Columns.concat([carried.take(np.nonzero(go)[0]), samples.take(new_go)])
         held = Columns.concat([rest, samples.take(stay)])
         return (
             head,
-            np.concatenate([at[:CARRY_HEAD], new_at[go]]),
+            np.concatenate([at[go], new_at[new_go]]),
             held,
-            np.concatenate([at[CARRY_HEAD:], new_at[stay]]),
+            np.concatenate([at[~go], new_at[stay]]),
         )
 
     @staticmethod
@@ -269,6 +273,24 @@ class Batches:
                     why,
                     len(r.refused),
                 )
+
+
+def _carry_head(streams: np.ndarray, per_stream: int | None) -> np.ndarray:
+    """Which carried samples (in log order) go into this batch: each stream's first ``per_stream``
+    (None: all), and of those the first ``CARRY_HEAD``; for every stream a prefix of its samples."""
+    n = len(streams)
+    go = np.ones(n, dtype=bool)
+    if per_stream is not None and n > per_stream:
+        _, stream_of = np.unique(streams, return_inverse=True)
+        order = np.argsort(stream_of, kind="stable")  # each stream's samples together, in log order
+        group = stream_of[order]
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        go = rank < per_stream
+    if n > CARRY_HEAD:
+        go &= np.cumsum(go) <= CARRY_HEAD
+    return go
 
 
 def _in_log_order(samples: Columns, at: np.ndarray) -> tuple[Columns, np.ndarray]:
