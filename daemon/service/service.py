@@ -92,6 +92,7 @@ class Service:
         self.settings = settings
         self.clock = clock
         self.stop_event = threading.Event()
+        self._signals: StopSignals | None = None  # SIGTERM/SIGINT set stop_event while run() serves
         self.state_dir = Path(settings.state.directory)
         self.store = CheckpointStore(self.state_dir, settings.state.keep)
         self.registry = CollectorRegistry()
@@ -357,7 +358,7 @@ class Service:
 
     def run(self) -> int:
         """Start, signal readiness, serve until SIGTERM/SIGINT, then shut down cleanly. Exit status."""
-        StopSignals(self.stop_event)  # for the life of the process (see stop_signals: no lock in a handler)
+        self._signals = StopSignals(self.stop_event)  # kept for the process's life: no lock in a handler
         self.start()
         freeze_startup_objects()  # the process lives on: keep full GC passes from walking start-up's heap
         notify.ready(self._status_line())
