@@ -99,6 +99,12 @@ class ScoringConfig(_Strict):
         1.0, ge=0.0, description="the level's long-run spread: at least this many times white noise's"
     )
     long_memory: int = Field(1000, ge=10, description="samples of memory of the long-run error distribution")
+    long_periods: Annotated[float | None, OffOrZero] = Field(
+        7.0,
+        gt=0,
+        description="on a stream with a period, the long-run error distribution remembers at least this "
+        "many periods (its errors vary over the day and week); false or 0 = long_memory alone",
+    )
     warmup: int = Field(200, ge=0, description="no flags during a stream's first samples")
     suppress: int = Field(100, ge=0, description="samples after a flag with no new flag")
     likelihood_suppress: Annotated[int | None, OffOrZero] = Field(

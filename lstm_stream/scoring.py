@@ -103,6 +103,13 @@ def _ew(n: np.ndarray, memory: int, counted: bool = False) -> np.ndarray:
     return np.maximum(1.0 / (n if counted else np.maximum(n, 1)), 1.0 / memory)
 
 
+def _long_memory(cols: dict, slots: np.ndarray, cfg: ScoringConfig) -> int | np.ndarray:
+    """The long-run fit's memory: ``long_memory``, or per stream at least ``long_periods`` of its period."""
+    if not cfg.long_periods or "se_period" not in cols:
+        return cfg.long_memory
+    return np.maximum(cfg.long_memory, cfg.long_periods * cols["se_period"][slots])
+
+
 @lru_cache(maxsize=8)
 def _alphas(*spans: int) -> np.ndarray:
     """The EW weight of the newest error at each horizon, a column: ``2 / (span + 1)``."""
@@ -128,7 +135,7 @@ def _horizons(
     fitted = lr_n >= MIN_LONG_N
     z = np.where(valid & fitted, delta / std, -np.inf)
     n1 = lr_n + 1
-    a = _ew(n1, cfg.long_memory, counted=True)
+    a = _ew(n1, _long_memory(cols, slots, cfg), counted=True)
     if cfg.long_winsor is not None:  # an anomaly moves the long-run fit by at most k spreads
         bound = cfg.long_winsor * std
         delta = np.where(fitted, fastnp.clip(delta, -bound, bound), delta)

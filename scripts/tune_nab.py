@@ -61,7 +61,7 @@ def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.
     nab = read_nab_csv(Path(data) / key, key)
     engine = pretrained_engine(EngineConfig.model_validate(json.loads(engine_json)))
     n = len(nab.values)
-    out = np.full((5, n), np.nan)
+    out = np.full((6, n), np.nan)
     out[0] = nab.values
     for i in range(n):
         slot = engine.table.lookup([key])
@@ -69,6 +69,7 @@ def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.
             naive = seasonal.expected(engine.arrays, slot, engine.config.seasonal)
             if naive is not None:
                 out[3, i], out[4, i] = naive[0][0], naive[1][0]
+            out[5, i] = engine.arrays["se_period"][slot[0]]  # the period the scorer sees (0: none)
         r = engine.process([key], (float(i),), nab.values[i : i + 1], now=float(nab.clock[i]))
         out[1, i], out[2, i] = r.forecast[0], r.spread[0]
     return key, out
@@ -92,10 +93,12 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
     k = len(keys)
     cols = SlotArrays(scoring.COLUMNS, k).data
     lengths = np.array([series[key].shape[1] for key in keys])
-    rows = np.full((5, k, n), np.nan)
+    rows = np.full((6, k, n), np.nan)
     for i, key in enumerate(keys):
         rows[: series[key].shape[0], i, : lengths[i]] = series[key]
-    x, f, s, nf, ns = rows
+    x, f, s, nf, ns, per = rows
+    per = np.nan_to_num(per).astype(np.int64)  # caches from before the period row: no period
+    cols["se_period"] = np.zeros(k, dtype=np.int64)
     score = np.zeros((k, n))
     flag = np.zeros((k, n), dtype=bool)
     reason = np.zeros((k, n), dtype=np.uint8)
@@ -104,6 +107,7 @@ def replay_scores(series: dict[str, np.ndarray], cfg: ScoringConfig) -> dict[str
         xt = x[live, t]
         count = np.full(len(live), t)
         naive = (xt - nf[live, t], ns[live, t])
+        cols["se_period"][live] = per[live, t]
         r = scoring.score(cols, live, xt, xt - f[live, t], s[live, t], count, cfg, *naive)
         score[live, t] = r.score
         flag[live, t] = r.flag

@@ -46,3 +46,33 @@ def test_tail_score_equals_scipys_log_ndtr() -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
     assert np.array_equal(np.isnan(got), np.isnan(want))
     assert scoring.tail_score(z[:44_000].reshape(4, -1)).shape == (4, 11_000)
+
+
+def _return_score(period: int, seed: int, cfg: ScoringConfig) -> float:
+    """Errors ten times their usual size for 1,500 samples, usual for 1,000 (a quiet weekend), then large
+    again; the stream's period is ``period`` (0: none). The highest score when the large errors return."""
+    rng = np.random.default_rng(seed)
+    scale = np.r_[np.full(1500, 10.0), np.full(1000, 1.0), np.full(600, 10.0)]
+    residual = rng.standard_normal(len(scale)) * scale
+    x = 100 + 0.01 * rng.standard_normal(len(scale))
+    cols = SlotArrays(scoring.COLUMNS, 1).data
+    cols["se_period"] = np.array([period])
+    slot = np.array([0])
+    scores = []
+    for t in range(len(scale)):
+        r = scoring.score(cols, slot, x[t : t + 1], residual[t : t + 1], np.ones(1), np.array([t]), cfg)
+        scores.append(r.score[0])
+    return float(np.max(scores[2500:2700]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_long_run_fit_of_a_periodic_stream_spans_long_periods_of_it(seed: int) -> None:
+    """With a period of 300, ``long_periods`` 7 makes the long-run fit remember 2,100 samples: the busy
+    days before a quiet stretch of 1,000 samples are still in it when they return (a lower score);
+    without a period, or with the option off, the 1,000-sample memory has mostly forgotten them."""
+    cfg = ScoringConfig()
+    assert cfg.long_periods == 7
+    plain = _return_score(0, seed, cfg)
+    assert _return_score(300, seed, cfg.model_copy(update={"long_periods": None})) == plain
+    assert _return_score(300, seed, cfg) < 0.85 * plain
+    assert _return_score(100, seed, cfg) == plain  # 7 periods of 100 are less than long_memory
