@@ -97,7 +97,7 @@ def _std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return np.maximum(np.sqrt(np.maximum(var, 0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-6)
 
 
-def _ew(n: np.ndarray, memory: int, counted: bool = False) -> np.ndarray:
+def _ew(n: np.ndarray, memory: int | np.ndarray, counted: bool = False) -> np.ndarray:
     """Weight of the newest sample: exact mean while young, 1/memory once warm (``counted``: every
     ``n`` is at least 1 already)."""
     return np.maximum(1.0 / (n if counted else np.maximum(n, 1)), 1.0 / memory)
