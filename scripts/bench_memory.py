@@ -153,9 +153,10 @@ def _finetune_phase(d: _Daemon, args: argparse.Namespace, proc: subprocess.Popen
 def main() -> int:
     args = _args()
     from daemon.commands.bench.broker import Broker
-    from daemon.commands.bench.common import free_port, popen, stop_proc, toml_text
+    from daemon.commands.bench.common import popen, stop_proc, toml_text
     from daemon.commands.bench.memory import memory_figures
     from daemon.commands.bench.publishers import RawPublisher
+    from daemon.ports import free_port
 
     with tempfile.TemporaryDirectory(prefix="lstm-mem-") as tmp:
         work = Path(tmp)

@@ -7,8 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from daemon.commands.bench.common import free_port, popen, stop_proc, wait_port
+from daemon.commands.bench.common import popen, stop_proc, wait_port
 from daemon.commands.bench.options import BenchError
+from daemon.ports import free_port
 
 
 def find_mosquitto() -> str | None:

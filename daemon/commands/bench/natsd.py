@@ -15,9 +15,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from daemon.commands.bench.common import cpu_seconds, free_port, popen, stop_proc, toml_text, wait_port
+from daemon.commands.bench.common import cpu_seconds, popen, stop_proc, toml_text, wait_port
 from daemon.commands.bench.options import BenchError
 from daemon.commands.bench.scrape import parse_samples
+from daemon.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: the daemons import this daemon/
 PREFIX = "scale/s"  # topics scale/s<i>: subject scale.s<i>, mapped to part.<k>.scale.s<i>

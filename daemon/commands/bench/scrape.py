@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.commands.bench.common import free_port, popen, stop_proc, wait_port
+from daemon.commands.bench.common import popen, stop_proc, wait_port
+from daemon.ports import free_port
 
 if TYPE_CHECKING:
     from daemon.commands.bench.subscribers import Daemon

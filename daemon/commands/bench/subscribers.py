@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from daemon.commands.bench.broker import Broker
-from daemon.commands.bench.common import free_port, popen, stop_proc, toml_text, topic_filter
+from daemon.commands.bench.common import popen, stop_proc, toml_text, topic_filter
 from daemon.commands.bench.options import BenchError
 from daemon.commands.bench.publishers import Publishers
 from daemon.commands.bench.scrape import parse_samples
 from daemon.ingest.mqtt_client import tcp_nodelay  # paho only: the child processes stay light
+from daemon.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: the daemons import this daemon/
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from daemon.ports import free_port
+
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a TCP listener could bind ``host:port`` right now (as brokers do: with SO_REUSEADDR,
@@ -22,13 +24,6 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def choose_port(requested: int | None, preferred: int, what: str) -> int:
