@@ -158,6 +158,12 @@ class SeasonalConfig(_Strict):
     )
     window: int = Field(1024, ge=16, description="ring of raw values; periods up to a third of it")
     redetect: int = Field(8000, ge=16, description="samples between later period detections")
+    periods: int = Field(
+        3,
+        ge=1,
+        description="the seasonal-naive value is the median of the values 1..periods periods back (as many "
+        "as the ring holds): one odd day in the past does not echo; 1: the value one period ago",
+    )
 
     @model_validator(mode="after")
     def _learn_fits(self) -> SeasonalConfig:

@@ -1,10 +1,12 @@
-"""Seasonal blend: where a stream shows a clear period, its forecast leans on the value one period ago.
+"""Seasonal blend: where a stream shows a clear period, its forecast leans on the values of past periods.
 
 The LSTM sees a short window and a carried state; a daily pattern of 288 five-minute samples is past
 what it learns online. So each stream keeps a ring of its recent raw values; once it has ``learn``
-samples, its dominant period is guessed from the autocorrelation, and detected again at each
-doubling while the ring fills, once it is full, and then every ``redetect`` samples. Where there is
-one, the published forecast is ``(1 - w) * lstm + w * x[t+1-P]``, with ``w`` from the running errors
+samples, its dominant period is guessed from the autocorrelation (or a multiple of it that repeats
+better: a week of days), and detected again at each doubling while the ring fills, once it is full,
+and then every ``redetect`` samples. Where there is one, the seasonal-naive value ``n[t+1]`` is the
+median of ``x[t+1-kP]`` for k = 1..``periods`` (those the ring holds), and the published forecast is
+``(1 - w) * lstm + w * n[t+1]``, with ``w`` from the running errors
 of both forecasts (inverse-variance, capped at ``blend``); its spread is the stream's own running
 absolute error of the blended forecast (the network's spread only knows the LSTM part). On the NAB
 development subset this took the standard score from 55.3 to 57.5 (docs/tuning.md); streams without
@@ -26,6 +28,7 @@ from .state import Column
 MAD_TO_SIGMA = 1.2533
 ERRORS, FORECASTS = "se_errors", "se_forecasts"  # blocks of columns (state.Column)
 MAD_ALPHA = 0.01
+REPEAT_MARGIN = 0.2  # a multiple of the period must forecast this much better to replace it
 F32_MAX = float(np.finfo(np.float32).max)  # memory of the blended forecast's error: about 100 samples
 
 
@@ -97,16 +100,72 @@ def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> bool:
     """Detect the period of ``slot`` from its ring; returns whether it changed."""
     n = min(seen, cfg.window)
     values = cols["se_ring"][slot, (seen - n + np.arange(n)) % cfg.window].astype(np.float64)
-    period = max(1, detect_period(values, max_period=min(n // 3, cfg.window)))
+    period = _repeat(values, max(1, detect_period(values, max_period=min(n // 3, cfg.window))), n // 3)
     if period > 1 and period != cols["se_period"][slot]:
         # start the error level from how far the seasonal-naive value was off over the ring:
         # a cautious (wide) spread while the blended forecast's own error is being learnt
-        naive = float(np.nanmean(np.abs(values[period:] - values[:-period])))
+        naive = _reference_mae(values, period, cfg.periods)
         cols["se_mad"][slot] = cols["se_mae_naive"][slot] = naive
         cols["se_mae_lstm"][slot] = np.nan
     changed = period != cols["se_period"][slot]
     cols["se_period"][slot] = period
     return bool(changed)
+
+
+def _repeat(values: np.ndarray, period: int, longest: int) -> int:
+    """The shortest multiple of ``period`` (up to ``longest``) whose value one multiple ago predicts the
+    ring ``REPEAT_MARGIN`` better than the value one period ago, else ``period``: a daily stream whose
+    weekdays and weekends differ repeats by the week. The autocorrelation names the first strong
+    repeat, not the one that forecasts best."""
+    if period <= 1:
+        return period
+
+    def naive_mae(lag: int) -> float:
+        err = np.abs(values[lag:] - values[:-lag])
+        err = err[np.isfinite(err)]
+        return float(err.mean()) if err.size else math.inf
+
+    bar = (1.0 - REPEAT_MARGIN) * naive_mae(period)
+    for lag in range(2 * period, longest + 1, period):
+        if naive_mae(lag) < bar:
+            return lag
+    return period
+
+
+def _reference(
+    ring: np.ndarray, slots: np.ndarray, seen: np.ndarray, period: np.ndarray, k: int
+) -> np.ndarray:
+    """The seasonal-naive value of each slot's next sample: the median of the values 1..``k`` periods
+    before it that the ring holds (NaN where none; ``period`` 0: no period, the result is unused).
+    A median of three past days is not moved by one odd day among them, which a single lag echoes."""
+    window = ring.shape[1]
+    if k <= 1:
+        return ring[slots, (seen - period) % window].astype(np.float64)
+    lags = period[None, :] * np.arange(1, k + 1)[:, None]  # (k, n)
+    vals = ring[slots[None, :], (seen[None, :] - lags) % window].astype(np.float64)
+    vals[(lags > window) | (lags > seen[None, :])] = np.nan
+    return _median(vals)
+
+
+def _reference_mae(values: np.ndarray, period: int, k: int) -> float:
+    """Mean absolute error over ``values`` of the seasonal-naive value as ``_reference`` gives it once
+    the ring holds all the periods it can (from ``kk`` periods in: the error level it will settle at)."""
+    n = len(values)
+    kk = max(1, min(k, (n - 1) // period))
+    start = kk * period
+    past = np.stack([values[start - j * period : n - j * period] for j in range(1, kk + 1)])
+    err = np.abs(values[start:] - _median(past))
+    err = err[np.isfinite(err)]
+    return float(err.mean()) if err.size else math.nan
+
+
+def _median(vals: np.ndarray) -> np.ndarray:
+    """Median over axis 0 of the finite values of each column (NaN where none); overwrites ``vals``."""
+    vals.sort(axis=0)  # NaN last
+    m = np.isfinite(vals).sum(axis=0)
+    cols = np.arange(vals.shape[1])
+    lo, hi = vals[np.maximum(m - 1, 0) // 2, cols], vals[m // 2 - (m == 0), cols]
+    return np.where(m > 0, 0.5 * (lo + hi), np.nan)
 
 
 def expected(cols: dict, slots: np.ndarray, cfg: SeasonalConfig) -> tuple[np.ndarray, np.ndarray] | None:
@@ -128,7 +187,7 @@ def blend(
     if not fastnp.any_true(use):
         cols["se_fc_lstm"][slots] = cols["se_fc_naive"][slots] = np.nan
         return mean, spread
-    past = cols["se_ring"][slots, (seen - np.where(use, period, 0)) % cfg.window].astype(np.float64)
+    past = _reference(cols["se_ring"], slots, seen, np.where(use, period, 0), cfg.periods)
     use &= np.isfinite(past)
     cols["se_fc_lstm"][slots] = np.where(use, mean, np.nan)
     cols["se_fc_naive"][slots] = np.where(use, past, np.nan)

@@ -45,6 +45,8 @@ def _batch(start: int, steps: int) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def test_an_old_layout_checkpoint_restores_into_the_blocks_and_goes_on_as_before() -> None:
     tensors, meta = checkpoint.decode(FIXTURE.read_bytes(), str(FIXTURE))
+    # that tree's seasonal-naive value was the one one period ago, which `periods` = 1 keeps
+    meta["engine_config"]["seasonal"]["periods"] = 1
     engine = checkpoint.restore_decoded(tensors, meta, str(FIXTURE))
     blocks = engine.table.arrays.data.blocks
     assert {"ew_f", "ew_n", "se_errors", "se_forecasts"} <= set(blocks)

@@ -129,13 +129,69 @@ def test_seasonal_score_sees_what_the_one_step_error_does_not() -> None:
     assert not any(1200 <= t < 1240 for t, _ in flagged[None]), flagged
 
 
-def test_expected_is_the_value_one_period_ago(pretrained) -> None:
+def test_expected_is_the_median_of_the_values_periods_back(pretrained) -> None:
     from lstm_stream import seasonal
 
-    e = Engine(pretrained.config, pretrained.model)
     y = _daily(700, period=24)
-    e.process(["s"] * 700, np.arange(700.0), y)
-    slot = np.array([e.table.ids["s"]])
-    naive, spread = seasonal.expected(e.arrays, slot, e.config.seasonal)
-    assert naive[0] == pytest.approx(y[700 - 24], rel=1e-6)  # the forecast of sample 700
-    assert spread[0] > 0
+    for periods, want in ((3, np.median(y[[676, 652, 628]])), (1, y[676])):
+        cfg = pretrained.config.model_copy(update={"seasonal": SeasonalConfig(periods=periods)})
+        e = Engine(cfg, pretrained.model)
+        e.process(["s"] * 700, np.arange(700.0), y)
+        slot = np.array([e.table.ids["s"]])
+        naive, spread = seasonal.expected(e.arrays, slot, e.config.seasonal)
+        assert naive[0] == pytest.approx(want, rel=1e-6)  # the forecast of sample 700
+        assert spread[0] > 0
+
+
+def test_the_reference_uses_the_periods_the_ring_holds() -> None:
+    from lstm_stream.seasonal import _reference
+
+    ring = np.arange(20, dtype=np.float32).reshape(1, 20)
+    ring[0, 5] = np.nan
+    one = np.array([0])
+    got = [_reference(ring, one, np.array([seen]), np.array([4]), 3)[0] for seen in (19, 10, 6, 13, 3)]
+    # three back: 15, 11, 7; two (8 > 10 - 4 * 3): 6, 2; one; a missing value skipped; none yet
+    assert got[:4] == [11.0, 4.0, 2.0, 5.0] and np.isnan(got[4])
+
+
+def test_one_odd_day_is_not_echoed_by_the_next_days_forecast(pretrained) -> None:
+    y = _daily(3000, seed=0)
+    y[2450:2460] += 6.0  # one afternoon out of the ordinary
+    echo = slice(2450 + 96, 2460 + 96)  # the same hours of the next day, ordinary again
+    maes = {}
+    for periods in (1, 3):
+        cfg = pretrained.config.model_copy(update={"seasonal": SeasonalConfig(periods=periods)})
+        r = Engine(cfg, pretrained.model).process(["s"] * 3000, np.arange(3000.0), y)
+        maes[periods] = forecast_metrics(y[echo], r.forecast[echo])["mae"]
+    assert maes[3] < 0.3 * maes[1], maes  # measured 0.13 against 1.24
+
+
+def _weekly(n: int, seed: int, holiday: int | None = None) -> np.ndarray:
+    """Hourly: busy days, quieter weekends (days 5 and 6 of each week); ``holiday`` a weekday shaped
+    like a weekend day."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    level = np.where((t // 24) % 7 >= 5, 0.6, 1.0)
+    if holiday is not None:
+        level[holiday * 24 : (holiday + 1) * 24] = 0.6
+    shape = np.clip(np.sin(np.pi * ((t % 24) - 6) / 14), 0.0, None)  # busy from 6 to 20 h
+    return 10.0 + 20.0 * level * shape + 0.5 * rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_stream_whose_weekends_differ_repeats_by_the_week_and_a_holiday_is_flagged(
+    pretrained, monkeypatch, seed: int
+) -> None:
+    from lstm_stream import seasonal
+
+    y = _weekly(2400, seed, holiday=87)  # a Wednesday, rows 2088-2111
+    runs = []
+    for margin in (seasonal.REPEAT_MARGIN, 1.0):  # 1.0: no multiple can replace the daily period
+        monkeypatch.setattr(seasonal, "REPEAT_MARGIN", margin)
+        e = Engine(pretrained.config, pretrained.model)
+        r = e.process(["s"] * len(y), np.arange(float(len(y))), y)
+        flags = np.nonzero(r.is_anomaly)[0]
+        runs.append((int(e.arrays["se_period"][e.table.ids["s"]]), flags[flags > 1100].tolist()))
+    (period, late), (daily, late_daily) = runs
+    assert period == 168 and late and all(2088 <= i < 2112 for i in late), runs
+    assert daily == 24 and not late_daily, runs  # by the day, the holiday is an ordinary day
