@@ -150,7 +150,7 @@ class ScoringConfig(_Strict):
 
 
 class SeasonalConfig(_Strict):
-    """Blend of the LSTM forecast with the value one detected period ago (0 = off)."""
+    """Blend of the LSTM forecast with the values of past periods (0 = off)."""
 
     blend: float = Field(0.3, ge=0.0, le=1.0, description="weight of the seasonal-naive value")
     learn: int = Field(

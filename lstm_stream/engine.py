@@ -382,7 +382,7 @@ class Engine:
             out.next_served[idx] = choice
         if cfg.horizon:
             sel = cfg.selection
-            known = None if new_period else naive_now  # the value one period ago, as the blend saw it
+            known = None if new_period else naive_now  # the seasonal-naive value, as the blend saw it
             horizon.update(a, s, x, count, next_fc, sel.ewma_alpha, sel.memory, cfg.interval, known)
             if out.path.shape[0]:
                 out.path[idx], out.halfwidth[idx] = horizon.current(a, s, count, next_sp, cfg.interval)

@@ -169,8 +169,9 @@ def _median(vals: np.ndarray) -> np.ndarray:
 
 
 def expected(cols: dict, slots: np.ndarray, cfg: SeasonalConfig) -> tuple[np.ndarray, np.ndarray] | None:
-    """Seasonal-naive forecast of each slot's current sample (its value one period ago; NaN where
-    the stream has no period) and that forecast's spread; None when the blend is off."""
+    """Seasonal-naive forecast of each slot's current sample (the median of its values 1..``periods``
+    periods ago; NaN where the stream has no period) and that forecast's spread; None when the blend
+    is off."""
     if not cfg.blend:
         return None
     return cols["se_fc_naive"][slots], MAD_TO_SIGMA * cols["se_mae_naive"][slots]

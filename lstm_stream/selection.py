@@ -4,10 +4,10 @@ The network (with its seasonal blend) is not the best forecaster of every stream
 the last value is, on a noisy level the EWMA is, on a stream whose day repeats exactly the value one
 period ago is. So each stream also keeps simple candidates beside the model's forecast:
 
-- ``model``: the engine's forecast (LSTM, blended with the value one period ago where there is one);
+- ``model``: the engine's forecast (LSTM, blended with the seasonal-naive value where there is a period);
 - ``persistence``: the last value;
 - ``ewma``: the exponentially weighted mean of the values (weight ``ewma_alpha``);
-- ``seasonal``: the value one detected period ago (only where the stream has a period);
+- ``seasonal``: the seasonal-naive value, the median of the last ``periods`` periods' (only with a period);
 - ``damped``: the last value plus ``k`` times the change the model predicts, ``k`` in [0, 1] the
   stream's running least-squares fit of the actual change on the predicted one (a model whose
   predicted changes are mostly noise is damped towards persistence);
