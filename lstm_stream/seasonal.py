@@ -141,9 +141,10 @@ def _reference(
     window = ring.shape[1]
     if k <= 1:
         return ring[slots, (seen - period) % window].astype(np.float64)
-    lags = period[None, :] * np.arange(1, k + 1)[:, None]  # (k, n)
-    vals = ring[slots[None, :], (seen[None, :] - lags) % window].astype(np.float64)
-    vals[(lags > window) | (lags > seen[None, :])] = np.nan
+    lags = period * np.arange(1, k + 1)[:, None]  # (k, n)
+    flat = ring.reshape(-1)  # one flat gather: cheaper than a 2-D one
+    vals = flat[slots * window + (seen - lags) % window].astype(np.float64)
+    vals[(lags > window) | (lags > seen)] = np.nan
     return _median(vals)
 
 
@@ -160,6 +161,18 @@ def _reference_mae(values: np.ndarray, period: int, k: int) -> float:
 
 
 def _median(vals: np.ndarray) -> np.ndarray:
+    """Median over axis 0 of the finite values of each column (NaN where none); may overwrite ``vals``."""
+    if vals.shape[0] == 3:  # the default: a closed form where all three are known, a sort elsewhere
+        a, b, c = vals
+        med = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+        gaps = np.isnan(med)  # NaN propagates: a value missing (or the ring not yet that long)
+        if fastnp.any_true(gaps):
+            med[gaps] = _sorted_median(vals[:, gaps])
+        return med
+    return _sorted_median(vals)
+
+
+def _sorted_median(vals: np.ndarray) -> np.ndarray:
     """Median over axis 0 of the finite values of each column (NaN where none); overwrites ``vals``."""
     vals.sort(axis=0)  # NaN last
     m = np.isfinite(vals).sum(axis=0)
@@ -188,7 +201,8 @@ def blend(
     if not fastnp.any_true(use):
         cols["se_fc_lstm"][slots] = cols["se_fc_naive"][slots] = np.nan
         return mean, spread
-    past = _reference(cols["se_ring"], slots, seen, np.where(use, period, 0), cfg.periods)
+    past = np.full(len(slots), np.nan)
+    past[use] = _reference(cols["se_ring"], slots[use], seen[use], period[use], cfg.periods)
     use &= np.isfinite(past)
     cols["se_fc_lstm"][slots] = np.where(use, mean, np.nan)
     cols["se_fc_naive"][slots] = np.where(use, past, np.nan)
