@@ -120,14 +120,9 @@ def _repeat(values: np.ndarray, period: int, longest: int) -> int:
     if period <= 1:
         return period
 
-    def naive_mae(lag: int) -> float:
-        err = np.abs(values[lag:] - values[:-lag])
-        err = err[np.isfinite(err)]
-        return float(err.mean()) if err.size else math.inf
-
-    bar = (1.0 - REPEAT_MARGIN) * naive_mae(period)
+    bar = (1.0 - REPEAT_MARGIN) * _mean_abs(values[period:] - values[:-period])
     for lag in range(2 * period, longest + 1, period):
-        if naive_mae(lag) < bar:
+        if _mean_abs(values[lag:] - values[:-lag]) < bar:  # NaN (no finite error) never passes
             return lag
     return period
 
@@ -155,8 +150,12 @@ def _reference_mae(values: np.ndarray, period: int, k: int) -> float:
     kk = max(1, min(k, (n - 1) // period))
     start = kk * period
     past = np.stack([values[start - j * period : n - j * period] for j in range(1, kk + 1)])
-    err = np.abs(values[start:] - _median(past))
-    err = err[np.isfinite(err)]
+    return _mean_abs(values[start:] - _median(past))
+
+
+def _mean_abs(err: np.ndarray) -> float:
+    """Mean absolute value of the finite entries of ``err`` (NaN where there are none)."""
+    err = np.abs(err[np.isfinite(err)])
     return float(err.mean()) if err.size else math.nan
 
 
