@@ -282,14 +282,23 @@ def test_broker_restart_mid_stream_reconnects_and_resubscribes(broker, make_link
     wait_for(link.is_connected, what="connect")
     send(broker, [("sensors/a", b"1"), ("sensors/a", b"2")])
     wait_for(lambda: len(link.queue) == 2, what="first samples")
+    before = values(link)
+    assert before == [("sensors/a", 1.0), ("sensors/a", 2.0)]
 
     broker.stop()
     wait_for(lambda: not link.is_connected(), what="disconnect to be noticed")
     broker.start()
     wait_for(link.is_connected, timeout=15, what="reconnect")
     send(broker, [("sensors/a", b"3"), ("plant/2/temp", b"4")])
-    wait_for(lambda: len(link.queue) == 4, what="samples after the restart")
-    assert values(link) == [("sensors/a", 1.0), ("sensors/a", 2.0), ("sensors/a", 3.0), ("plant/2/temp", 4.0)]
+    after: list[tuple[str, float]] = []
+    wait_for(
+        lambda: after.extend(values(link)) or ("plant/2/temp", 4.0) in after, what="samples after the restart"
+    )
+    # At least once: a message whose PUBACK had not left before the broker stopped is redelivered
+    # from the resumed session (seen under load), ahead of anything new; nothing else repeats.
+    redelivered, new = after[:-2], after[-2:]
+    assert new == [("sensors/a", 3.0), ("plant/2/temp", 4.0)]
+    assert len(set(redelivered)) == len(redelivered) and set(redelivered) <= set(before)
     assert link.stats.connects == 2 and link.stats.disconnects == 1
 
 
