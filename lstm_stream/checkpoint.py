@@ -209,6 +209,10 @@ def restore(data: bytes, source: str = "<bytes>") -> Engine:
     return restore_decoded(*decode(data, source), source)
 
 
+# columns added after checkpoints that lack them were written, and the column each starts as there
+STARTS_AS = {"se_scale_naive": "se_mae_naive"}  # the seasonal error level, robust since 2026-12-02
+
+
 def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source: str) -> Engine:
     """:func:`restore` from what :func:`decode` returned."""
     if meta.get("kind") != "engine":
@@ -224,6 +228,9 @@ def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source
             if col not in table.arrays.data:
                 raise CheckpointError(f"{source}: unexpected state column {col!r}")
             table.arrays.data[col][: len(arr)] = arr
+    for col, source_col in STARTS_AS.items():  # a column newer than the file starts from its source
+        if f"state.{col}" not in tensors and f"state.{source_col}" in tensors and col in table.arrays.data:
+            table.arrays.data[col][: len(names)] = table.arrays.data[source_col][: len(names)]
     table.names = list(names)
     table.ids = {n: i for i, n in enumerate(names) if n is not None}
     table.free = list(meta["free"])

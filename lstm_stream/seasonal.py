@@ -11,7 +11,8 @@ of both forecasts (inverse-variance, capped at ``blend``); its spread is the str
 absolute error of the blended forecast (the network's spread only knows the LSTM part). On the NAB
 development subset this took the standard score from 55.3 to 57.5 (docs/tuning.md); streams without
 a period are untouched. ``expected`` hands the scorer the seasonal-naive forecast itself, so a
-period that breaks is seen even where each step of it is easy to forecast.
+period that breaks is seen even where each step of it is easy to forecast, with a robust running error
+as its spread (an anomaly's own errors widen it only slowly).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .state import Column
 MAD_TO_SIGMA = 1.2533
 ERRORS, FORECASTS = "se_errors", "se_forecasts"  # blocks of columns (state.Column)
 MAD_ALPHA = 0.01
+ROBUST_K = 3.0  # the scorer's seasonal spread takes an error at most this many times its level
 REPEAT_MARGIN = 0.2  # a multiple of the period must forecast this much better to replace it
 F32_MAX = float(np.finfo(np.float32).max)  # memory of the blended forecast's error: about 100 samples
 
@@ -44,6 +46,8 @@ def columns(cfg: SeasonalConfig) -> dict[str, Column]:
         "se_mad": Column((), np.float64, np.nan, block=ERRORS),
         "se_mae_lstm": Column((), np.float64, np.nan, block=ERRORS),
         "se_mae_naive": Column((), np.float64, np.nan, block=ERRORS),
+        # the same error level, robust (ROBUST_K): the spread the scorer judges the seasonal error by
+        "se_scale_naive": Column((), np.float64, np.nan, block=ERRORS),
         "se_fc_lstm": Column((), np.float64, np.nan, block=FORECASTS),
         "se_fc_naive": Column((), np.float64, np.nan, block=FORECASTS),
     }
@@ -59,9 +63,10 @@ def observe(
     seasonal = cols["se_period"][slots] > 1
     if fastnp.any_true(seasonal):
         s = slots[seasonal]
-        err = np.empty((3, len(s)))  # vs the blended, the LSTM's and the seasonal-naive forecast
+        err = np.empty((4, len(s)))  # vs the blended, the LSTM's and the seasonal-naive forecast (twice)
         err[0] = residual[seasonal]
-        np.subtract(x[seasonal], cols.blocks[FORECASTS].take(s, axis=1), out=err[1:])
+        np.subtract(x[seasonal], cols.blocks[FORECASTS].take(s, axis=1), out=err[1:3])
+        err[3] = err[2]
         _ew_abs(cols.blocks[ERRORS], s, err)
     cols["se_ring"][slots, count % cfg.window] = fastnp.clip(x, -F32_MAX, F32_MAX)  # 1e300 stays finite
     seen = count + 1
@@ -90,9 +95,14 @@ def detection_due(seen: np.ndarray, cfg: SeasonalConfig) -> np.ndarray:
 
 def _ew_abs(block: np.ndarray, s: np.ndarray, err: np.ndarray) -> None:
     """Fold |err| (one row per row of ``block``) into the running mean absolute errors of ``s``
-    (NaN errors are skipped)."""
+    (NaN errors are skipped). The last row is robust: an error counts at most ``ROBUST_K`` times the
+    level it joins (all of it while the level is 0), so an anomaly's own errors do not widen the
+    spread that judges them: a day that departs from the pattern little by little (a holiday) stays
+    a departure instead of becoming the new spread."""
     r = np.abs(err)
     cur = block.take(s, axis=1)
+    with fastnp.errstate(invalid="ignore"):  # a NaN level (no error yet) takes the error whole
+        r[-1] = np.where(cur[-1] > 0, np.minimum(r[-1], ROBUST_K * cur[-1]), r[-1])
     block[:, s] = np.where(np.isfinite(r), np.where(np.isnan(cur), r, cur + MAD_ALPHA * (r - cur)), cur)
 
 
@@ -105,7 +115,7 @@ def _detect(cols: dict, slot: int, seen: int, cfg: SeasonalConfig) -> bool:
         # start the error level from how far the seasonal-naive value was off over the ring:
         # a cautious (wide) spread while the blended forecast's own error is being learnt
         naive = _reference_mae(values, period, cfg.periods)
-        cols["se_mad"][slot] = cols["se_mae_naive"][slot] = naive
+        cols["se_mad"][slot] = cols["se_mae_naive"][slot] = cols["se_scale_naive"][slot] = naive
         cols["se_mae_lstm"][slot] = np.nan
     changed = period != cols["se_period"][slot]
     cols["se_period"][slot] = period
@@ -183,10 +193,10 @@ def _sorted_median(vals: np.ndarray) -> np.ndarray:
 def expected(cols: dict, slots: np.ndarray, cfg: SeasonalConfig) -> tuple[np.ndarray, np.ndarray] | None:
     """Seasonal-naive forecast of each slot's current sample (the median of its values 1..``periods``
     periods ago; NaN where the stream has no period) and that forecast's spread; None when the blend
-    is off."""
+    is off. The spread is the robust error level (``_ew_abs``)."""
     if not cfg.blend:
         return None
-    return cols["se_fc_naive"][slots], MAD_TO_SIGMA * cols["se_mae_naive"][slots]
+    return cols["se_fc_naive"][slots], MAD_TO_SIGMA * cols["se_scale_naive"][slots]
 
 
 def blend(
@@ -205,8 +215,8 @@ def blend(
     use &= np.isfinite(past)
     cols["se_fc_lstm"][slots] = np.where(use, mean, np.nan)
     cols["se_fc_naive"][slots] = np.where(use, past, np.nan)
-    errors = cols.blocks[ERRORS].take(slots, axis=1)  # (3, n): blended, LSTM, seasonal-naive
-    w = np.where(use, weight(errors[1:], cfg.blend), 0.0)
+    errors = cols.blocks[ERRORS].take(slots, axis=1)  # (4, n): blended, LSTM, seasonal-naive, robust
+    w = np.where(use, weight(errors[1:3], cfg.blend), 0.0)
     mad = errors[0]
     mean = np.where(use, (1.0 - w) * mean + w * past, mean)
     spread = np.where(use & np.isfinite(mad) & (mad > 0), MAD_TO_SIGMA * mad, spread)

@@ -49,6 +49,7 @@ def _finite_state(engine: Engine) -> bool:
                 "se_fc_naive",
                 "se_mae_lstm",
                 "se_mae_naive",
+                "se_scale_naive",
                 "sel_fc",
                 "sel_mae",
                 "sel_level",

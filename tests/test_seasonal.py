@@ -195,3 +195,23 @@ def test_a_stream_whose_weekends_differ_repeats_by_the_week_and_a_holiday_is_fla
     (period, late), (daily, late_daily) = runs
     assert period == 168 and late and all(2088 <= i < 2112 for i in late), runs
     assert daily == 24 and not late_daily, runs  # by the day, the holiday is an ordinary day
+
+
+def test_an_anomalys_own_errors_widen_the_seasonal_spread_only_slowly() -> None:
+    """The scorer's seasonal error level takes each error at most ROBUST_K times the level it
+    joins: fifty errors twenty times the usual size raise it by at most (1 + alpha (k - 1))^50,
+    where the plain running error (the blend's) follows them most of the way; a level of 0 takes
+    the first error whole."""
+    from lstm_stream import seasonal
+
+    rng = np.random.default_rng(0)
+    usual = np.abs(rng.standard_normal(1000))
+    block = np.full((4, 1), np.nan)  # blended, LSTM, seasonal naive, seasonal naive (robust)
+    for e in np.concatenate([usual, np.full(50, 20.0)]):
+        seasonal._ew_abs(block, np.array([0]), np.full((4, 1), e))
+    before = np.mean(usual[-300:])  # about the level the first 1,000 errors leave
+    bound = 1.5 * before * (1 + seasonal.MAD_ALPHA * (seasonal.ROBUST_K - 1)) ** 50
+    assert block[3, 0] < bound < 6.0 < block[2, 0], (block[:, 0], bound)
+    block = np.zeros((4, 1))
+    seasonal._ew_abs(block, np.array([0]), np.full((4, 1), 5.0))
+    assert np.allclose(block, seasonal.MAD_ALPHA * 5.0)
