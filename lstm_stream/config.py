@@ -92,6 +92,9 @@ class ScoringConfig(_Strict):
     long_winsor: Annotated[float | None, OffOrZero] = Field(
         None, gt=0, description="long-run fit moves at most this many spreads per sample (false or 0 = off)"
     )
+    spread_floor: Annotated[float | None, OffOrZero] = Field(
+        0.1, gt=0, description="the one-step spread is at least this many typical steps (false or 0 = off)"
+    )
     level_window: Annotated[int | None, OffOrZero] = Field(
         30, ge=1, description="EW span of the value's level vs its long-run history (false or 0 = off)"
     )

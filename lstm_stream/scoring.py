@@ -263,6 +263,8 @@ def score(
     # the errors against this forecast, the one before (spike_once) and the value one period ago, as one
     residuals, spreads = np.empty((3, n)), np.empty((3, n))
     residuals[0], spreads[0:2] = residual, spread
+    if cfg.spread_floor:  # a spread that shrank in a silence is no narrower than the stream's steps
+        np.maximum(spreads[0:2], cfg.spread_floor * cols["step_mad"][slots], out=spreads[0:2])
     if cfg.spike_once:
         prev = cols["prev_fc"][slots]
         residuals[1] = x - prev

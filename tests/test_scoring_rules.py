@@ -76,3 +76,45 @@ def test_the_long_run_fit_of_a_periodic_stream_spans_long_periods_of_it(seed: in
     assert _return_score(300, seed, cfg.model_copy(update={"long_periods": None})) == plain
     assert _return_score(300, seed, cfg) < 0.85 * plain
     assert _return_score(100, seed, cfg) == plain  # 7 periods of 100 are less than long_memory
+
+
+def _sparse_bursts(seed: int) -> np.ndarray:
+    """A disk-write-like metric: 0 but for an ordinary burst (5-10) every 20-60 samples, then 400
+    samples of silence and one more ordinary burst."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros(2000)
+    t = 0
+    while t < 1500:
+        t += int(rng.integers(20, 60))
+        x[t] = rng.uniform(5.0, 10.0)
+    x[1900] = 7.0
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_spread_that_shrank_between_bursts_does_not_make_the_next_one_a_surprise(seed: int) -> None:
+    """Served persistence, whose spread (a running error) shrinks towards 0 between bursts: judged by
+    it alone, ordinary bursts after a longer gap read as thousands of spreads (likelihood flags);
+    with ``spread_floor`` the spread is at least a tenth of the stream's typical step and only the
+    silence longer than any before is flagged (flat line)."""
+    x = _sparse_bursts(seed)
+    forecast = np.concatenate([[0.0], x[:-1]])
+
+    def flags(cfg: ScoringConfig) -> list[tuple[int, str]]:
+        cols = SlotArrays(scoring.COLUMNS, 1).data
+        slot, spread, out = np.array([0]), 1.0, []
+        for t in range(len(x)):
+            residual = x[t] - forecast[t]
+            r = scoring.score(
+                cols, slot, x[t : t + 1], np.array([residual]), np.array([spread]), np.array([t]), cfg
+            )
+            if r.flag[0]:
+                out.append((t, scoring.REASONS[r.reason[0]]))
+            spread += 0.05 * (abs(residual) - spread)
+        return out
+
+    cfg = ScoringConfig()
+    assert cfg.spread_floor == 0.1
+    with_floor, without = flags(cfg), flags(cfg.model_copy(update={"spread_floor": None}))
+    assert [why for _, why in with_floor] == ["flatline"], with_floor
+    assert [f for f in without if f[1] == "likelihood"], without
