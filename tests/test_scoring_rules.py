@@ -10,13 +10,23 @@ from lstm_stream.config import ScoringConfig
 from lstm_stream.state import SlotArrays
 
 
-def _flags(values: np.ndarray, cfg: ScoringConfig) -> list[tuple[int, str]]:
-    """Feed ``values`` to the scorer as one stream with a perfect forecast; (row, reason) per flag."""
+def _flags(
+    values: np.ndarray,
+    cfg: ScoringConfig,
+    residuals: np.ndarray | None = None,
+    spreads: np.ndarray | None = None,
+) -> list[tuple[int, str]]:
+    """Feed ``values`` to the scorer as one stream (by default a perfect forecast of spread 1);
+    (row, reason) per flag."""
     cols = SlotArrays(scoring.COLUMNS, 1).data
     slot = np.array([0])
+    residuals = np.zeros(len(values)) if residuals is None else residuals
+    spreads = np.ones(len(values)) if spreads is None else spreads
     out = []
     for t, v in enumerate(values):
-        r = scoring.score(cols, slot, np.array([v]), np.zeros(1), np.ones(1), np.array([t]), cfg)
+        r = scoring.score(
+            cols, slot, np.array([v]), residuals[t : t + 1], spreads[t : t + 1], np.array([t]), cfg
+        )
         if r.flag[0]:
             out.append((t, scoring.REASONS[r.reason[0]]))
     return out
@@ -98,23 +108,15 @@ def test_a_spread_that_shrank_between_bursts_does_not_make_the_next_one_a_surpri
     with ``spread_floor`` the spread is at least a tenth of the stream's typical step and only the
     silence longer than any before is flagged (flat line)."""
     x = _sparse_bursts(seed)
-    forecast = np.concatenate([[0.0], x[:-1]])
-
-    def flags(cfg: ScoringConfig) -> list[tuple[int, str]]:
-        cols = SlotArrays(scoring.COLUMNS, 1).data
-        slot, spread, out = np.array([0]), 1.0, []
-        for t in range(len(x)):
-            residual = x[t] - forecast[t]
-            r = scoring.score(
-                cols, slot, x[t : t + 1], np.array([residual]), np.array([spread]), np.array([t]), cfg
-            )
-            if r.flag[0]:
-                out.append((t, scoring.REASONS[r.reason[0]]))
-            spread += 0.05 * (abs(residual) - spread)
-        return out
+    residuals = x - np.concatenate([[0.0], x[:-1]])
+    spreads = np.empty(len(x))  # the running error before each sample, from 1
+    spreads[0] = 1.0
+    for t in range(1, len(x)):
+        spreads[t] = spreads[t - 1] + 0.05 * (abs(residuals[t - 1]) - spreads[t - 1])
 
     cfg = ScoringConfig()
     assert cfg.spread_floor == 0.1
-    with_floor, without = flags(cfg), flags(cfg.model_copy(update={"spread_floor": None}))
+    off = cfg.model_copy(update={"spread_floor": None})
+    with_floor, without = _flags(x, cfg, residuals, spreads), _flags(x, off, residuals, spreads)
     assert [why for _, why in with_floor] == ["flatline"], with_floor
     assert [f for f in without if f[1] == "likelihood"], without
