@@ -213,6 +213,17 @@ def restore(data: bytes, source: str = "<bytes>") -> Engine:
 STARTS_AS = {"se_scale_naive": "se_mae_naive"}  # the seasonal error level, robust since 2026-12-02
 
 
+def _excluded_as_nan_targets(data: dict[str, np.ndarray], excluded: np.ndarray) -> None:
+    """``hist_excl`` (until 2026-12-02): a step left out of training is now a NaN target."""
+    if "hist_y" in data:
+        targets = data["hist_y"][: len(excluded)]
+        targets[excluded.astype(bool)] = np.nan
+
+
+# columns older checkpoints hold that the engine no longer keeps, and how each folds into the state
+RETIRED = {"hist_excl": _excluded_as_nan_targets}
+
+
 def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source: str) -> Engine:
     """:func:`restore` from what :func:`decode` returned."""
     if meta.get("kind") != "engine":
@@ -225,9 +236,14 @@ def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source
     for key, arr in tensors.items():
         if key.startswith("state."):
             col = key[len("state.") :]
+            if col in RETIRED:
+                continue
             if col not in table.arrays.data:
                 raise CheckpointError(f"{source}: unexpected state column {col!r}")
             table.arrays.data[col][: len(arr)] = arr
+    for col, fold in RETIRED.items():  # after every kept column is in place
+        if f"state.{col}" in tensors:
+            fold(table.arrays.data, tensors[f"state.{col}"])
     for col, source_col in STARTS_AS.items():  # a column newer than the file starts from its source
         if f"state.{col}" not in tensors and f"state.{source_col}" in tensors and col in table.arrays.data:
             table.arrays.data[col][: len(names)] = table.arrays.data[source_col][: len(names)]

@@ -206,10 +206,10 @@ class Engine:
             cols["c"] = Column(shape, np.float32)
         if cfg.history_len:
             hl = (cfg.history_len,)
-            # half precision (5e-4 relative; scaled values within +-clip): 20 MB less at 10k streams
+            # half precision (5e-4 relative; scaled values within +-clip): 20 MB less at 10k streams; a
+            # target is NaN where unknown yet or kept out of training (an anomalous value or input)
             cols["hist_z"] = Column(hl, np.float16, 0.0, True)
             cols["hist_y"] = Column(hl, np.float16, np.nan, True)
-            cols["hist_excl"] = Column(hl, np.bool_, False, True)
         return cols
 
     @property
@@ -365,8 +365,8 @@ class Engine:
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
         center, sc, yz = scaling.observe(a, s, x, cfg.scaling, cfg.scaling.clip)
         z = yz[1]
-        self._write_target(s, yz[0], count)
-        self._write_inputs(s, z, ts, count, scored.condition)
+        self._write_target(s, yz[0], count, scored.condition | a["in_anomaly"][s])
+        self._write_inputs(s, z, ts, count)
         sel = cfg.selection.enabled
         if sel:
             served = adaptation.served(a, s)
@@ -429,16 +429,16 @@ class Engine:
         if cfg.selection.enabled:
             out.served[idx] = out.next_served[idx] = adaptation.served(a, s)
 
-    def _write_target(self, s: np.ndarray, y: np.ndarray, count: np.ndarray) -> None:
-        """The history's target for the previous step: this value scaled as that forecast was (``y``)."""
+    def _write_target(self, s: np.ndarray, y: np.ndarray, count: np.ndarray, excluded: np.ndarray) -> None:
+        """The history's target for the previous step: this value scaled as that forecast was (``y``),
+        or NaN, out of training, where ``excluded`` (this value or the step's input was anomalous)."""
         hl = self.config.history_len
         if hl:
             hist_y, pos = self.arrays["hist_y"], (count - 1) % hl
-            hist_y[s, pos] = np.where(count > 0, y, hist_y[s, pos])  # a first sample has no previous step
+            target = np.where(excluded, np.nan, y)
+            hist_y[s, pos] = np.where(count > 0, target, hist_y[s, pos])  # a first sample: no previous step
 
-    def _write_inputs(
-        self, s: np.ndarray, z: np.ndarray, ts: np.ndarray, count: np.ndarray, excluded: np.ndarray
-    ) -> None:
+    def _write_inputs(self, s: np.ndarray, z: np.ndarray, ts: np.ndarray, count: np.ndarray) -> None:
         """Push the scaled input into the window and history rings, and ts into the ts ring."""
         a, cfg = self.arrays, self.config
         a["win"][s, count % cfg.look_back] = z
@@ -447,7 +447,6 @@ class Engine:
             pos = count % cfg.history_len
             a["hist_z"][s, pos] = z
             a["hist_y"][s, pos] = np.nan
-            a["hist_excl"][s, pos] = excluded
 
     def _forecast(self, s: np.ndarray, z: np.ndarray, new_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scaled forecast (mean, spread) of the next value for slots ``s`` after input ``z``."""
@@ -512,7 +511,8 @@ class Engine:
         horizon.after_swap(a, s, count, fc)
 
     def history(self, min_len: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Each stream's buffered (inputs, targets, excluded) in time order, for fine-tuning."""
+        """Each stream's buffered (inputs, targets, excluded) in time order, for fine-tuning; the
+        engine marks a step out of training by a NaN target, so ``excluded`` is all False here."""
         hl = self.config.history_len
         if not hl:
             return []
@@ -527,7 +527,7 @@ class Engine:
                 (
                     a["hist_z"][slot, order].astype(np.float32),
                     a["hist_y"][slot, order].astype(np.float32),
-                    a["hist_excl"][slot, order].copy(),
+                    np.zeros(n, dtype=bool),
                 )
             )
         return out

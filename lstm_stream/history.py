@@ -8,7 +8,8 @@ import numpy as np
 
 from .config import TrainConfig
 
-Triple = tuple[np.ndarray, np.ndarray, np.ndarray]  # inputs z, targets y (NaN = unknown), excluded
+# inputs z, targets y (NaN: unknown yet, or left out of training), excluded (also left out)
+Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def history_is_fresh(new_samples: int, history: Sequence[Triple], cfg: TrainConfig) -> bool:

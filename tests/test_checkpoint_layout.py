@@ -51,15 +51,36 @@ def test_an_old_layout_checkpoint_restores_into_the_blocks_and_goes_on_as_before
     blocks = engine.table.arrays.data.blocks
     assert {"ew_f", "ew_n", "se_errors", "se_forecasts"} <= set(blocks)
     used = len(engine.table.names)
+    excluded = tensors["state.hist_excl"].astype(bool)  # retired since: a NaN target says it
     for key, saved in tensors.items():
-        if key.startswith("state."):
-            np.testing.assert_array_equal(engine.arrays[key[len("state.") :]][:used], saved, err_msg=key)
+        col = key[len("state.") :]
+        if key.startswith("state.") and col not in checkpoint.RETIRED:
+            want = np.where(excluded, np.nan, saved) if col == "hist_y" else saved
+            np.testing.assert_array_equal(engine.arrays[col][:used], want, err_msg=key)
     assert np.count_nonzero(blocks["ew_n"][:, :used]) and np.isfinite(blocks["se_errors"][:, :used]).any()
     got = engine.process(*_batch(120, 40))
     for name in OUTPUTS:  # bit for bit on the machine that wrote it; onnxruntime rounds per CPU family
         want = np.array(meta["info"][name], dtype=np.float64)
         np.testing.assert_allclose(getattr(got, name), want, rtol=1e-5, atol=1e-6, err_msg=name)
     np.testing.assert_array_equal(got.is_anomaly, meta["info"]["is_anomaly"])
+
+
+def test_an_older_checkpoints_exclusions_become_nan_targets(small_cfg: EngineConfig) -> None:
+    """``hist_excl`` (a step left out of fine-tuning) was retired on 2026-12-02: a file that has it
+    restores with those steps' targets NaN, every other target as saved."""
+    from lstm_stream.engine import Engine
+
+    engine = Engine(small_cfg)
+    engine.process(["a"] * 100, np.arange(100.0), np.sin(np.arange(100.0) / 3))
+    tensors, meta = checkpoint.decode(checkpoint.snapshot(engine), "now")
+    assert "state.hist_excl" not in tensors
+    saved = tensors["state.hist_y"][0].copy()
+    excluded = np.zeros(tensors["state.hist_y"].shape, dtype=bool)
+    excluded[0, 5] = True
+    tensors["state.hist_excl"] = excluded
+    targets = checkpoint.restore_decoded(tensors, meta, "older").arrays["hist_y"][0]
+    assert np.isnan(targets[5]) and np.isfinite(saved[5])
+    np.testing.assert_array_equal(np.delete(targets, 5), np.delete(saved, 5))
 
 
 def _write_fixture() -> None:

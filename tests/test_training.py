@@ -97,3 +97,20 @@ def test_finetune_with_too_little_data_says_so() -> None:
     e = Engine(CFG)
     e.process(["a"] * 10, np.arange(10.0), np.arange(10.0))
     assert finetune(e.model, e.history(), CFG).outcome == "insufficient_data"
+
+
+def test_an_anomalous_value_is_neither_the_target_nor_the_input_of_a_trained_step(pretrained) -> None:
+    """A flagged spike stays out of fine-tuning: the step that would learn to forecast it and the step
+    that forecasts from it have NaN targets (until 2026-12-02 the spike itself was a target)."""
+    n, at = 500, 450
+    y = sine(n, period=60, noise=0.05, rng=np.random.default_rng(3))
+    y[at] += 5.0
+    e = Engine(pretrained.config, pretrained.model)
+    r = e.process(["s"] * n, np.arange(n, dtype=float), y)
+    assert r.is_anomaly[at] and not r.is_anomaly[at + 1 :].any()
+    ((z, targets, excluded),) = e.history()
+    assert len(z) == n and not excluded.any()
+    condition = np.flatnonzero(r.score >= pretrained.config.scoring.threshold)  # flagged or not
+    assert at in condition and len(condition) < 10, condition  # the error average settles again
+    want = sorted({p - 1 for p in condition} | set(condition.tolist()))  # as target, as input
+    assert np.flatnonzero(np.isnan(targets[:-1])).tolist() == want  # the newest target: not known yet
