@@ -207,7 +207,7 @@ class Engine:
         if cfg.history_len:
             hl = (cfg.history_len,)
             # half precision (5e-4 relative; scaled values within +-clip): 20 MB less at 10k streams; a
-            # target is NaN where unknown yet or kept out of training (an anomalous value or input)
+            # target is NaN where unknown yet or kept out of training (the step's input was anomalous)
             cols["hist_z"] = Column(hl, np.float16, 0.0, True)
             cols["hist_y"] = Column(hl, np.float16, np.nan, True)
         return cols
@@ -365,7 +365,7 @@ class Engine:
         scored = scoring.score(a, s, x, residual, spread, count, cfg.scoring, s_res, s_spread)
         center, sc, yz = scaling.observe(a, s, x, cfg.scaling, cfg.scaling.clip)
         z = yz[1]
-        self._write_target(s, yz[0], count, scored.condition | a["in_anomaly"][s])
+        self._write_target(s, yz[0], count, a["in_anomaly"][s])  # the previous sample's condition
         self._write_inputs(s, z, ts, count)
         sel = cfg.selection.enabled
         if sel:
@@ -431,7 +431,7 @@ class Engine:
 
     def _write_target(self, s: np.ndarray, y: np.ndarray, count: np.ndarray, excluded: np.ndarray) -> None:
         """The history's target for the previous step: this value scaled as that forecast was (``y``),
-        or NaN, out of training, where ``excluded`` (this value or the step's input was anomalous)."""
+        or NaN, out of training, where ``excluded`` (that step's input was anomalous)."""
         hl = self.config.history_len
         if hl:
             hist_y, pos = self.arrays["hist_y"], (count - 1) % hl

@@ -99,9 +99,10 @@ def test_finetune_with_too_little_data_says_so() -> None:
     assert finetune(e.model, e.history(), CFG).outcome == "insufficient_data"
 
 
-def test_an_anomalous_value_is_neither_the_target_nor_the_input_of_a_trained_step(pretrained) -> None:
-    """A flagged spike stays out of fine-tuning: the step that would learn to forecast it and the step
-    that forecasts from it have NaN targets (until 2026-12-02 the spike itself was a target)."""
+def test_a_step_from_an_anomalous_input_is_left_out_of_training(pretrained) -> None:
+    """A flagged spike: each step whose input was in the anomaly condition has a NaN target, out of
+    fine-tuning. (Leaving the spike out as a target too, the step before it, was tried on 2026-12-02
+    and cost 0.45 on NAB's product path: not done.)"""
     n, at = 500, 450
     y = sine(n, period=60, noise=0.05, rng=np.random.default_rng(3))
     y[at] += 5.0
@@ -112,5 +113,4 @@ def test_an_anomalous_value_is_neither_the_target_nor_the_input_of_a_trained_ste
     assert len(z) == n and not excluded.any()
     condition = np.flatnonzero(r.score >= pretrained.config.scoring.threshold)  # flagged or not
     assert at in condition and len(condition) < 10, condition  # the error average settles again
-    want = sorted({p - 1 for p in condition} | set(condition.tolist()))  # as target, as input
-    assert np.flatnonzero(np.isnan(targets[:-1])).tolist() == want  # the newest target: not known yet
+    assert np.flatnonzero(np.isnan(targets[:-1])).tolist() == condition.tolist()  # newest: not known yet
