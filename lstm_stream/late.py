@@ -89,18 +89,14 @@ def retarget(
     hist_y: np.ndarray, hist_z: np.ndarray, slots: np.ndarray, count: np.ndarray, k: np.ndarray
 ) -> None:
     """Training targets around inserted samples (``count`` as before the insertion, ``k`` as given to
-    :func:`insert`): the late sample's target is the next input, and it is its predecessor's target.
-    A predecessor whose target was out of training (NaN: it or its successor was anomalous) keeps it
-    out, and the late sample's goes out with it."""
+    :func:`insert`): the late sample's target is the next input, and it is its predecessor's target
+    unless the predecessor's step is out of training (a NaN target there: its input was anomalous)."""
     length = hist_z.shape[1]
     for slot, n, places_back in zip(slots.tolist(), count.tolist(), k.tolist(), strict=True):
         if places_back >= length:
             continue
         at = (n - places_back) % length
-        before = (at - 1) % length
-        has_before = places_back + 1 < length and n - places_back >= 1
-        if has_before and np.isnan(hist_y[slot, before]):
-            continue  # the late sample's target stays NaN as inserted
         hist_y[slot, at] = hist_z[slot, (at + 1) % length]
-        if has_before:
+        before = (at - 1) % length
+        if places_back + 1 < length and n - places_back >= 1 and not np.isnan(hist_y[slot, before]):
             hist_y[slot, before] = hist_z[slot, at]
