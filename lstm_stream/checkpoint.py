@@ -213,15 +213,30 @@ def restore(data: bytes, source: str = "<bytes>") -> Engine:
 STARTS_AS = {"se_scale_naive": "se_mae_naive"}  # the seasonal error level, robust since 2026-12-02
 
 
-def _excluded_as_nan_targets(data: dict[str, np.ndarray], excluded: np.ndarray) -> None:
+def _excluded_as_nan_targets(tensors: dict[str, np.ndarray], excluded: np.ndarray) -> None:
     """``hist_excl`` (until 2026-12-02): a step left out of training is now a NaN target."""
-    if "hist_y" in data:
-        targets = data["hist_y"][: len(excluded)]
-        targets[excluded.astype(bool)] = np.nan
+    if "state.hist_y" in tensors:
+        tensors["state.hist_y"] = np.where(excluded.astype(bool), np.nan, tensors["state.hist_y"]).astype(
+            tensors["state.hist_y"].dtype
+        )
 
 
 # columns older checkpoints hold that the engine no longer keeps, and how each folds into the state
 RETIRED = {"hist_excl": _excluded_as_nan_targets}
+
+
+def upgrade_columns(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An older file's tensors as the engine keeps them now (a new dict; ``tensors`` is left as it
+    is): a column added since starts from its source (``STARTS_AS``), a retired one is folded into
+    what replaced it (``RETIRED``). Whole-engine and partition checkpoints alike."""
+    out = dict(tensors)
+    for col, source_col in STARTS_AS.items():
+        if f"state.{col}" not in out and f"state.{source_col}" in out:
+            out[f"state.{col}"] = out[f"state.{source_col}"].copy()
+    for col, fold in RETIRED.items():
+        if f"state.{col}" in out:
+            fold(out, out.pop(f"state.{col}"))
+    return out
 
 
 def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source: str) -> Engine:
@@ -233,20 +248,12 @@ def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source
     table = engine.table
     names: list[str | None] = meta["names"]
     table.arrays.grow(max(1, len(names)))
-    for key, arr in tensors.items():
+    for key, arr in upgrade_columns(tensors).items():
         if key.startswith("state."):
             col = key[len("state.") :]
-            if col in RETIRED:
-                continue
             if col not in table.arrays.data:
                 raise CheckpointError(f"{source}: unexpected state column {col!r}")
             table.arrays.data[col][: len(arr)] = arr
-    for col, fold in RETIRED.items():  # after every kept column is in place
-        if f"state.{col}" in tensors:
-            fold(table.arrays.data, tensors[f"state.{col}"])
-    for col, source_col in STARTS_AS.items():  # a column newer than the file starts from its source
-        if f"state.{col}" not in tensors and f"state.{source_col}" in tensors and col in table.arrays.data:
-            table.arrays.data[col][: len(names)] = table.arrays.data[source_col][: len(names)]
     table.names = list(names)
     table.ids = {n: i for i, n in enumerate(names) if n is not None}
     table.free = list(meta["free"])

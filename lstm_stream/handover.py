@@ -50,6 +50,7 @@ def adopt_streams(engine: Engine, data: bytes, source: str = "<bytes>") -> tuple
     names adopted and the saved ``info``. Raises :class:`CheckpointError` if the bytes are damaged or
     the rows do not fit this engine (another model shape or window length)."""
     tensors, meta = checkpoint.decode(data, source)
+    tensors = checkpoint.upgrade_columns(tensors)  # one written by an older version of the engine
     if meta.get("kind") != KIND:
         raise CheckpointError(f"{source}: not a streams checkpoint")
     cfg = engine.config.model_dump(mode="json")

@@ -48,6 +48,30 @@ def test_a_partition_moves_with_its_state():
     np.testing.assert_array_equal(ra.score, rb.score)
 
 
+def test_a_partition_checkpoint_of_an_older_engine_is_adopted():
+    """Written before ``se_scale_naive`` came (it starts from ``se_mae_naive``) and while ``hist_excl``
+    still existed (its steps become NaN targets): adopted, not refused (a worker refusing it would
+    start the partition afresh, its streams' state lost in a rolling upgrade)."""
+    cfg = EngineConfig(model=ModelConfig(hidden=16, layers=2), look_back=8, history_len=64, max_streams=64)
+    a = Engine(cfg)
+    names = [f"s{i}" for i in range(3)]
+    for t in range(40):
+        a.process(names, np.full(3, 1000.0 + t), np.sin(np.arange(3) + t / 4))
+    tensors, meta = handover.export_streams(a, names, {"position": 7})
+    assert "state.se_scale_naive" in tensors and "state.hist_excl" not in tensors
+    del tensors["state.se_scale_naive"]
+    excluded = np.zeros(tensors["state.hist_y"].shape, dtype=bool)
+    excluded[1, 30] = True
+    tensors["state.hist_excl"] = excluded
+    b = Engine(cfg, a.copy_model())
+    adopted, info = handover.adopt_streams(b, handover.encode_streams(tensors, meta))
+    assert adopted == names and info == {"position": 7}
+    slots = [b.table.ids[n] for n in names]
+    np.testing.assert_array_equal(b.arrays["se_scale_naive"][slots], tensors["state.se_mae_naive"])
+    targets = b.arrays["hist_y"][slots]
+    assert np.isnan(targets[1, 30]) and not np.isnan(tensors["state.hist_y"][1, 30])
+
+
 def _publish(server, first: int, count: int, streams: int = 24) -> Counter:
     """``count`` MQTT publishes (QoS 1) to nats-server's listener, the value of each its index (a
     stream's last value says how far it was applied); per-topic counts."""
