@@ -215,10 +215,9 @@ STARTS_AS = {"se_scale_naive": "se_mae_naive"}  # the seasonal error level, robu
 
 def _excluded_as_nan_targets(tensors: dict[str, np.ndarray], excluded: np.ndarray) -> None:
     """``hist_excl`` (until 2026-12-02): a step left out of training is now a NaN target."""
-    if "state.hist_y" in tensors:
-        tensors["state.hist_y"] = np.where(excluded.astype(bool), np.nan, tensors["state.hist_y"]).astype(
-            tensors["state.hist_y"].dtype
-        )
+    targets = tensors.get("state.hist_y")
+    if targets is not None:
+        tensors["state.hist_y"] = np.where(excluded.astype(bool), np.nan, targets).astype(targets.dtype)
 
 
 # columns older checkpoints hold that the engine no longer keeps, and how each folds into the state
