@@ -123,14 +123,18 @@ def test_graph_is_valid_onnx_written_canonically(sequence: bool) -> None:
     assert [i.name for i in parsed.graph.input][0] == ("values" if sequence else "value")
 
 
-REPLAY_MEMORY = """
-import sys
+# a fresh process with the shipped model's step; the snippet after it prints how many MB of anonymous
+# memory it grew by (``anon()`` before and after)
+MEMORY_PRELUDE = """
 import numpy as np
 from lstm_stream.onnx_step import OnnxStep
 from lstm_stream.pretrained import load_pretrained
 def anon():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon")) // 1024
 step = OnnxStep(load_pretrained().weights)
+"""
+
+REPLAY_MEMORY = """
 windows = np.random.default_rng(0).standard_normal((4096, 32))
 step.replay(windows[:8])  # the session exists
 before = anon()
@@ -139,24 +143,26 @@ print(anon() - before)
 """
 
 
-def test_a_replay_gives_onnxruntimes_arena_back() -> None:
-    """A model swap replays every stream's window, 4096 at a time: onnxruntime's arena kept the
-    call's peak (about 220 MB) for good; the replay now shrinks it after the call."""
+def _anon_growth_mb(snippet: str) -> str:
+    """What ``snippet`` printed, run after :data:`MEMORY_PRELUDE` in a fresh interpreter."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", REPLAY_MEMORY], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PRELUDE + snippet], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout) < 40, f"{out.stdout.strip()} MB kept after a replay of 4096 windows"
+    return out.stdout.strip()
+
+
+def test_a_replay_gives_onnxruntimes_arena_back() -> None:
+    """A model swap replays every stream's window, 4096 at a time: onnxruntime's arena kept the
+    call's peak (about 220 MB) for good; the replay now shrinks it after the call."""
+    kept = _anon_growth_mb(REPLAY_MEMORY)
+    assert int(kept) < 40, f"{kept} MB kept after a replay of 4096 windows"
 
 
 STEP_MEMORY = """
-import numpy as np
-from lstm_stream.onnx_step import OnnxStep
-from lstm_stream.pretrained import load_pretrained
-def anon():
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon")) // 1024
-step = OnnxStep(load_pretrained().weights)
 n, hidden = 10000, step.weights.cfg.hidden
 z = np.random.default_rng(0).standard_normal(n).astype(np.float32)
 h = np.zeros((step.weights.cfg.layers, n, hidden), dtype=np.float32)
@@ -172,12 +178,8 @@ print(anon() - before)
 def test_a_wide_step_runs_in_chunks_that_keep_onnxruntimes_arena_small() -> None:
     """A round of 10k streams: in one call onnxruntime's arena kept about 40 MB beyond the 20 MB of
     states in and out; in calls of ``STEP_CHUNK`` streams a few MB, with the same results."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", STEP_MEMORY], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout) < 35, f"{out.stdout.strip()} MB kept after steps of 10,000 streams"
+    kept = _anon_growth_mb(STEP_MEMORY)
+    assert int(kept) < 35, f"{kept} MB kept after steps of 10,000 streams"
 
 
 def test_a_chunked_step_is_the_one_call_step(monkeypatch: pytest.MonkeyPatch) -> None:
