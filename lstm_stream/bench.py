@@ -56,12 +56,12 @@ def measure(cfg: EngineConfig, n_streams: int, seconds: float, max_batches: int 
         if elapsed >= seconds or (max_batches and batches >= max_batches):
             break
     mem = engine.memory()
-    per_stream = mem["state_bytes"] / mem["capacity"]
+    per_stream = mem["state_bytes"] / mem["slots"]
     return {
         "samples_per_s": samples / elapsed,
         "batches": batches,
         "state_mb_per_10k_streams": per_stream * 10_000 / 2**20,
-        "history_mb_per_10k_streams": mem["history_bytes"] / mem["capacity"] * 10_000 / 2**20,
+        "history_mb_per_10k_streams": mem["history_bytes"] / mem["slots"] * 10_000 / 2**20,
         "rss_growth_mb": rss1 - rss0,
         "runtime": "torch" if engine._runner.stepper is None else "onnxruntime",
     }

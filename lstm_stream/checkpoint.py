@@ -247,6 +247,7 @@ def restore_decoded(tensors: dict[str, np.ndarray], meta: dict[str, Any], source
     table = engine.table
     names: list[str | None] = meta["names"]
     table.arrays.grow(max(1, len(names)))
+    table.arrays.reset(np.arange(len(names)))  # initial values where the file lacks a column
     for key, arr in upgrade_columns(tensors).items():
         if key.startswith("state."):
             col = key[len("state.") :]

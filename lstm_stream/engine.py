@@ -565,10 +565,12 @@ class Engine:
         return self._runner.copy_model()
 
     def memory(self) -> dict[str, int]:
-        """Bytes held by per-stream state and by history buffers, at the current capacity."""
-        arrays = self.table.arrays
+        """Bytes of per-stream state and of history buffers in the slots handed out so far (the
+        rest of the capacity is zero pages a growth added, not resident until a stream takes one)."""
+        arrays, slots = self.table.arrays, max(1, len(self.table.names))
         return {
-            "state_bytes": arrays.nbytes(False),
-            "history_bytes": arrays.nbytes(True),
+            "state_bytes": arrays.nbytes(False, slots),
+            "history_bytes": arrays.nbytes(True, slots),
+            "slots": slots,
             "capacity": arrays.capacity,
         }

@@ -64,13 +64,18 @@ class SlotArrays:
         self._allocate(self.capacity, None)
 
     def _allocate(self, rows: int, old: Columns | None) -> None:
-        """Arrays of ``rows`` slots (initial values), the first slots copied from ``old``, which is
-        updated in place one array at a time (the peak is one array more, not twice the state)."""
+        """Arrays of ``rows`` slots (initial values), or, growing, the first slots copied from ``old``
+        and the rest zero: untouched zero pages are not resident, so memory follows the streams
+        held rather than the doubled capacity (``StreamTable.add`` gives each new slot its initial
+        values, as it does a freed one). ``old`` is updated in place one array at a time (the peak
+        is one array more, not twice the state)."""
         data, done = (Columns() if old is None else old), set()
         for name, col in self.columns.items():
             if col.block is None:
-                arr = self._new(col, rows)
-                if old is not None:
+                if old is None:
+                    arr = np.full((rows, *col.shape), col.fill, dtype=col.dtype)
+                else:
+                    arr = np.zeros((rows, *col.shape), dtype=col.dtype)
                     arr[: self.capacity] = old[name]
                 data[name] = arr
             elif col.block not in done:
@@ -78,17 +83,15 @@ class SlotArrays:
                 names = block_rows(self.columns, col.block)
                 if any(self.columns[n].shape or self.columns[n].dtype != col.dtype for n in names):
                     raise ValueError(f"block {col.block!r}: columns of one dtype and no trailing shape")
-                fills = np.array([self.columns[n].fill for n in names], dtype=col.dtype)
-                block = np.repeat(fills[:, None], rows, axis=1)
-                if old is not None:
+                if old is None:
+                    fills = np.array([self.columns[n].fill for n in names], dtype=col.dtype)
+                    block = np.repeat(fills[:, None], rows, axis=1)
+                else:
+                    block = np.zeros((len(names), rows), dtype=col.dtype)
                     block[:, : self.capacity] = old.blocks[col.block]
                 data.blocks[col.block] = block
                 data.update(zip(names, block, strict=True))
         self.data = data
-
-    @staticmethod
-    def _new(col: Column, rows: int) -> np.ndarray:
-        return np.full((rows, *col.shape), col.fill, dtype=col.dtype)
 
     def block(self, name: str) -> np.ndarray:
         """The (columns, slots) array of block ``name``."""
@@ -98,7 +101,8 @@ class SlotArrays:
         return self.data[name]
 
     def grow(self, needed: int, limit: int | None = None) -> None:
-        """Ensure room for ``needed`` slots, doubling (amortised O(1)) but never past ``limit``."""
+        """Ensure room for ``needed`` slots, doubling (amortised O(1)) but never past ``limit``; the
+        slots added are zero until :meth:`reset` gives them their initial values."""
         if needed <= self.capacity:
             return
         cap = self.capacity
@@ -115,10 +119,13 @@ class SlotArrays:
         for name, col in self.columns.items():
             self.data[name][slots] = col.fill
 
-    def nbytes(self, history: bool | None = None) -> int:
-        """Bytes held per the whole capacity; ``history`` selects history or state columns."""
+    def nbytes(self, history: bool | None = None, rows: int | None = None) -> int:
+        """Bytes of the first ``rows`` slots (default: the whole capacity); ``history`` selects
+        history or state columns."""
         return sum(
-            a.nbytes for n, a in self.data.items() if history is None or self.columns[n].is_history == history
+            a[:rows].nbytes
+            for n, a in self.data.items()
+            if history is None or self.columns[n].is_history == history
         )
 
 

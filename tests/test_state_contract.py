@@ -224,3 +224,29 @@ def test_finite_extremes_give_no_numpy_warnings(small_cfg: EngineConfig) -> None
             assert r.accepted.all()
             assert r.lower.shape == r.upper.shape == (1, 12)  # the forecast topic's interval
             e.view()  # what metrics export (the forecast path too), outside process()
+
+
+def test_a_stream_in_a_grown_table_starts_as_a_fresh_one(small_cfg: EngineConfig) -> None:
+    """Slots a growth adds are zero (not resident until used): a stream taking one gets the initial
+    values, and forecasts and scores exactly as it would alone."""
+    cfg = small_cfg.model_copy(update={"new_streams_per_s": None, "max_streams": 1000})
+    grown = Engine(cfg)
+    start = grown.table.arrays.capacity
+    grown.process([f"x{i}" for i in range(start + 5)], np.zeros(start + 5), np.ones(start + 5))
+    assert grown.table.arrays.capacity > start
+    y = _stream_data(1, 300)["s0"]
+    t = np.arange(1.0, 301.0)
+    a = grown.process(["late"] * 300, t, y)
+    assert grown.table.ids["late"] >= start
+    b = Engine(cfg).process(["late"] * 300, t, y)
+    _assert_same(a, b, tol=0.0)
+
+
+def test_a_checkpoint_lacking_a_column_restores_its_initial_values(small_cfg: EngineConfig) -> None:
+    e = Engine(small_cfg.model_copy(update={"new_streams_per_s": None, "max_streams": 1000}))
+    e.process([f"s{i}" for i in range(200)], np.zeros(200), np.arange(200.0))
+    tensors, meta = checkpoint.snapshot_parts(e)
+    del tensors["state.rng_min"]  # as a file from before a column existed
+    restored = checkpoint.restore_decoded(tensors, meta, "test")
+    slots = restored.table.active_slots()
+    assert np.isposinf(restored.arrays["rng_min"][slots]).all()
