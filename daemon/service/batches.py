@@ -236,7 +236,8 @@ class Batches:
         if go.all():
             return Columns.concat([carried, samples]), np.concatenate([at, new_at]), EMPTY, at[:0]
         rest = carried.take(np.nonzero(~go)[0])
-        wait = np.isin(samples.streams, np.unique(rest.streams)) if len(samples) else np.zeros(0, bool)
+        waiting = set(rest.streams.tolist()).__contains__  # hashed: np.isin compares objects pair by pair
+        wait = np.fromiter(map(waiting, samples.streams.tolist()), dtype=bool, count=len(samples))
         new_go = np.nonzero(~wait)[0]
         stay = np.nonzero(wait)[0]
         head = Columns.concat([carried.take(np.nonzero(go)[0]), samples.take(new_go)])
