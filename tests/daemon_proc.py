@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -82,12 +83,21 @@ class NotifySocket:
                 return self.messages
 
     def wait_for(self, text: str, timeout: float = 60.0) -> str:
-        """Wait until a datagram containing ``text`` arrives."""
+        """Wait until a datagram containing ``text`` arrives. As systemd does with a start timeout, an
+        ``EXTEND_TIMEOUT_USEC=N`` message moves the deadline to N microseconds after its arrival (the
+        daemon sends them while it replays a long write-ahead log before ``READY=1``)."""
         deadline = time.monotonic() + timeout
+        extended = len(self.messages)  # messages before the call extend nothing
         while time.monotonic() < deadline:
-            for m in self.poll():
+            messages = self.poll()
+            for m in messages:
                 if text in m:
                     return m
+            for m in messages[extended:]:
+                extend = re.search(r"^EXTEND_TIMEOUT_USEC=(\d+)$", m, re.MULTILINE)
+                if extend:
+                    deadline = max(deadline, time.monotonic() + int(extend.group(1)) / 1e6)
+            extended = len(messages)
         raise TimeoutError(f"no {text!r} on the notify socket; got {self.messages}")
 
     def close(self) -> None:

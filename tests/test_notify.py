@@ -56,6 +56,31 @@ def test_ready_status_watchdog_stopping(listener: socket.socket) -> None:
     assert listener.recv(4096) == b"STOPPING=1"
     assert notify.notify("EXTEND_TIMEOUT_USEC=5000000")
     assert listener.recv(4096) == b"EXTEND_TIMEOUT_USEC=5000000"
+    assert notify.extend_timeout(90.0, "replaying\nthe log")
+    assert listener.recv(4096) == b"EXTEND_TIMEOUT_USEC=90000000\nSTATUS=replaying the log"
+
+
+def test_a_long_replay_extends_the_start_timeout_every_few_seconds(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before READY=1 a replay asks for more start time at once and then every ``every_s`` (not every
+    chunk), each time with how far it got."""
+    from daemon.service.durability import StartProgress
+
+    clock = iter([0.0, 0.0, 1.0, 4.9, 5.0, 12.0])  # the first at construction
+    monkeypatch.setattr(StartProgress, "clock", staticmethod(lambda: next(clock)))
+    progress = StartProgress(every_s=5.0, extend_s=60.0)
+    for done in (0, 100, 200, 300, 400):
+        progress(done, 1000)
+    listener.settimeout(0.2)
+    got = []
+    with pytest.raises(TimeoutError):
+        while True:
+            got.append(listener.recv(4096).decode())
+    assert got == [
+        f"EXTEND_TIMEOUT_USEC=60000000\nSTATUS=replaying the write-ahead log: {done} of 1000 samples"
+        for done in (0, 300, 400)
+    ]
 
 
 def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:

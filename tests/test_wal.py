@@ -131,8 +131,39 @@ def test_service_replay_applies_more_new_streams_than_the_admission_burst(tmp_pa
     _write(tmp_path, [samples[:20], samples[20:]])
     cfg = EngineConfig(model=ModelConfig(hidden=8, layers=1), look_back=4, history_len=0, max_streams=64)
     engine = Engine(cfg.model_copy(update={"new_streams_per_s": 1.0, "new_streams_burst": 5}))
-    assert Durability(tmp_path, batch_max=16).replay(engine, {}, now=1_700_000_001.0) == 50
+    assert Durability(tmp_path).replay(engine, {}, now=1_700_000_001.0) == 50
     assert len(engine.streams) == 50 and engine.counters["processed"] == 50
+
+
+def test_replay_chunks_join_records_in_log_order() -> None:
+    """Records (one per message) are joined into chunks of at most the size, each sample once, in log
+    order: a stream's many short records become wide engine rounds."""
+    from daemon.service.durability import chunks
+
+    records = [wal.Record(first=i * 5, samples=_samples(5, i * 5)) for i in range(7)]
+    out = list(chunks(records, 12))
+    assert [len(c) for c in out] == [12, 12, 11]
+    assert [s for c in out for s in c] == _samples(35)
+    assert [len(c) for c in chunks(records, 1)] == [1] * 35
+    assert list(chunks([], 4)) == []
+
+
+def test_service_replay_reports_its_progress_before_each_chunk(tmp_path, monkeypatch):
+    """The service's replay tells ``progress`` how far it got before each chunk (what keeps systemd's
+    start timeout extended), and applies as many samples joined as record by record."""
+    from daemon.service import durability
+    from lstm_stream.config import EngineConfig, ModelConfig
+    from lstm_stream.engine import Engine
+
+    _write(tmp_path, [_samples(10, k * 10) for k in range(10)])
+    monkeypatch.setattr(durability, "REPLAY_CHUNK", 32)
+    cfg = EngineConfig(model=ModelConfig(hidden=8, layers=1), look_back=4, history_len=0)
+    engine = Engine(cfg)
+    seen: list[tuple[int, int]] = []
+    replayed = durability.Durability(tmp_path).replay(engine, {}, 1_700_000_100.0, lambda *a: seen.append(a))
+    assert replayed == 100
+    assert seen == [(0, 100), (32, 100), (64, 100), (96, 100)]
+    assert engine.counters["processed"] == 100 and sorted(engine.streams) == ["s/0", "s/1", "s/2"]
 
 
 def test_encoded_samples_read_back_exactly_whichever_encoder() -> None:

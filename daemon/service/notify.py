@@ -50,6 +50,13 @@ def status(text: str) -> bool:
     return notify(f"STATUS={_one_line(text)}")
 
 
+def extend_timeout(seconds: float, status: str | None = None) -> bool:
+    """``EXTEND_TIMEOUT_USEC``: the start (or stop) in progress needs ``seconds`` more from now (a long
+    write-ahead log replay before ``READY=1``), with an optional status line."""
+    state = f"EXTEND_TIMEOUT_USEC={max(1, int(seconds * 1e6))}"
+    return notify(state if status is None else f"{state}\nSTATUS={_one_line(status)}")
+
+
 def stopping() -> bool:
     """``STOPPING=1``: shutdown has begun (draining, final checkpoint)."""
     return notify("STOPPING=1")

@@ -44,7 +44,7 @@ from daemon.service import notify
 from daemon.service.batches import Batches
 from daemon.service.checkpoints import Checkpoints
 from daemon.service.durability import KEY as WAL_KEY
-from daemon.service.durability import Durability
+from daemon.service.durability import Durability, StartProgress
 from daemon.service.finetuner import Finetuner
 from daemon.service.homeassistant import DiscoveryFeed, make_discovery
 from daemon.service.housekeeping import Housekeeping, LinkCounters
@@ -140,7 +140,7 @@ class Service:
         self._watchdog_s = notify.watchdog_interval_s()
         self.wal: Durability | None = None
         if wal_on:
-            self.wal = Durability(self.state_dir / "wal", settings.ingest.batch_max)
+            self.wal = Durability(self.state_dir / "wal")
         self.receiver_restarts = 0
         self._receiver_why = ""  # why the receiver was last found dead or stalled
 
@@ -156,7 +156,7 @@ class Service:
         next_index = 0
         if self.wal is not None:
             info = self.store.loaded_info if origin.startswith("restored") else {}
-            next_index = self.wal.replay(self.engine, info, self.clock())
+            next_index = self.wal.replay(self.engine, info, self.clock(), progress=StartProgress())
         if self.nats_on:
             info = self.store.loaded_info if origin.startswith("restored") else {}
             self.positions = Positions(info.get(NATS_KEY))
