@@ -111,7 +111,7 @@ def detect_file(
     tunes = []
     name = [nab.key]
     for i in range(n):
-        r = engine.process(name, (float(i),), nab.values[i : i + 1], now=float(nab.clock[i]))
+        r = engine.process(name, (float(i),), nab.values[i : i + 1], now=float(nab.clock[i]), paths=False)
         out["score"][i] = r.score[0]
         out["forecast"][i] = r.forecast[0]
         out["spread"][i] = r.spread[0]

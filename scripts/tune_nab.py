@@ -70,7 +70,7 @@ def _collect_one(data: str, key: str, engine_json: str = "{}") -> tuple[str, np.
             if naive is not None:
                 out[3, i], out[4, i] = naive[0][0], naive[1][0]
             out[5, i] = engine.arrays["se_period"][slot[0]]  # the period the scorer sees (0: none)
-        r = engine.process([key], (float(i),), nab.values[i : i + 1], now=float(nab.clock[i]))
+        r = engine.process([key], (float(i),), nab.values[i : i + 1], now=float(nab.clock[i]), paths=False)
         out[1, i], out[2, i] = r.forecast[0], r.spread[0]
     return key, out
 

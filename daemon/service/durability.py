@@ -70,6 +70,7 @@ class Durability:
                 list(values),
                 now=now,
                 limit_admission=False,  # taken in once already: the rate guards live arrivals
+                paths=False,  # no outputs: the forecast paths would be dropped
             )
             applied += int(res.accepted.sum())
             done += len(chunk)
