@@ -26,3 +26,4 @@ def test_bench_scale_smoke():
     assert sum(r["phases"]["workers_2"]["processed_per_worker"]) == 2000
     assert r["phases"]["workers_1"]["stored"] == 2000  # MQTT into nats-server, all in JetStream
     assert r["phases"]["failover"]["applied"] == 1000  # each sample once in the checkpoints
+    assert r["phases"]["failover"]["survivor_caught_up_s"] >= 0  # the checkpoints held all of them

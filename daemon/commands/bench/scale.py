@@ -12,8 +12,10 @@ Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder, with
   maps them into the JetStream stream the workers consume.
 - **Failover**: two lease workers (``nats.lease_ttl_s`` = ``--lease-ttl``, partition checkpoints every
   2 s), half of ``failover_messages`` published, SIGKILL of one, ``failover_s`` = seconds until the
-  other consumes every partition, the second half published, the survivor stopped cleanly; ``lost`` and
-  ``doubled`` compare each stream's sample count in the partition checkpoints with what was published.
+  other consumes every partition, the second half published, the survivor stopped cleanly once its
+  partition checkpoints hold everything published or ``timeout_s`` passed (``survivor_caught_up_s``:
+  from the end of publishing until they did, to the checkpoints' 2 s); ``lost`` and ``doubled`` compare
+  each stream's sample count in the partition checkpoints with what was published.
 
 Every phase's daemons are started and up before the first is measured. Rates are ``messages /
 (done - first publish)``, ``done`` the first poll of /metrics at which the workers' processed counters
@@ -350,7 +352,10 @@ class FailoverPhase(NatsPhase):
         a.wait_for("every partition", lambda m: m["nats_partitions_owned"] == o.partitions, bound)
         failover_s = time.monotonic() - killed
         part2 = _live([a], self.pubs, o.failover_messages - first, o.streams, o)
+        published_at = time.monotonic()
         a.settle(o.settle_s, o.timeout_s)  # the replay of b's partitions done too
+        caught_up = self._caught_up(sent, o.timeout_s)
+        caught_up_s = None if caught_up is None else round(caught_up - published_at, 2)
         replayed = int(a.processed() - part1["processed_per_worker"][0] - (o.failover_messages - first))
         rc = a.stop()  # hands every partition back with its final checkpoint
         if rc != 0:
@@ -364,7 +369,20 @@ class FailoverPhase(NatsPhase):
             "applied": sum(got.values()),
             "published": part1["published"] + part2["published"],
             "replayed_by_survivor": replayed,
+            "survivor_caught_up_s": caught_up_s,
         }
+
+    def _caught_up(self, sent: Counter, timeout: float) -> float | None:
+        """When the partition checkpoints in the object store (written every 2 s) first held every
+        published sample, or None if not within ``timeout``: a survivor that pauses longer than
+        ``settle_s`` is slow (this time shows it), not lossy; ``lost`` counts what it never applied."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.server.partition_counts()
+            if all(got.get(k, 0) >= n for k, n in sent.items()):
+                return time.monotonic()
+            time.sleep(0.5)
+        return None
 
 
 def _sent(total: int, streams: int, k: int) -> Counter:
