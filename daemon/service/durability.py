@@ -134,11 +134,11 @@ def chunks(records: list[wal.Record], size: int) -> Iterator[list[wal.Sample]]:
     """The records' samples in log order, in lists of at most ``size`` (``size`` >= 1)."""
     chunk: list[wal.Sample] = []
     for rec in records:
-        samples = rec.samples
-        while samples:
+        samples, at = rec.samples, 0
+        while at < len(samples):
             room = size - len(chunk)
-            chunk.extend(samples[:room])
-            samples = samples[room:]
+            chunk.extend(samples[at : at + room])
+            at += room
             if len(chunk) == size:
                 yield chunk
                 chunk = []
