@@ -115,3 +115,39 @@ def test_a_block_waits_for_batch_min_samples_or_batch_wait_ms(nats_server):  # n
         _until(lambda: len(queue) == 1, "a lone sample queued within batch_wait_ms")
     finally:
         source.close()
+
+
+def test_a_partition_whose_requests_went_unanswered_asks_again(nats_server, monkeypatch):  # noqa: F811
+    """A pull request whose end the reader never counted left the partition "asked" for good: nothing
+    more was requested, the server dropped the idle consumer and the partition stopped without a word
+    (seen once in `bench scale`'s failover). Now a partition that heard nothing of its requests for
+    ``STALE_S`` gets a new consumer after the last message handled (a request to a consumer that is
+    gone gets no answer at all). Here the uncounted end is made by hand: the count of messages asked is
+    set far above what was delivered once the open request expired."""
+    monkeypatch.setattr(nats_pull, "EXPIRES_NS", 300_000_000)  # requests end (408) after 0.3 s
+    monkeypatch.setattr(nats_pull, "STALE_S", 1.0)
+    settings = load_settings(None, {"ingest.source": "nats", "nats.servers": [nats_server.url]})
+    queue, stats = ColumnQueue(10_000, block_s=float("inf")), LinkStats()
+    source = NatsSource(
+        settings.nats,
+        PayloadParser(settings.payload),
+        queue,
+        Positions(),
+        stats=stats,
+        rate_log=RateLimitedLogger(logging.getLogger(__name__)),
+        flush_s=0.001,
+    ).start([0])
+    reader = source.reader
+    try:
+        _until(source.ready.is_set, "the stream made by the source")
+        nats_server.publish([(subject_of("sensors/a/t", "part", 0), f"{i}".encode()) for i in range(5)])
+        _until(lambda: stats.received == 5, "the first 5 messages")
+        with reader._lock:
+            reader._asked[0] = 10**9  # as if a request's end went uncounted: nothing more is asked
+        time.sleep(0.5)  # the open request expires (its 408 leaves the count far above the deliveries)
+        nats_server.publish([(subject_of("sensors/a/t", "part", 0), f"{i}".encode()) for i in range(5, 10)])
+        _until(lambda: len(queue) == 10, "the next 5 queued after the stale ask", timeout=10.0)
+        assert queue.drain(100).values.tolist() == [float(i) for i in range(10)]  # each once, in order
+        assert reader.stale_renewals == 1
+    finally:
+        source.close()

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 BATCH = 1024  # messages per pull request; a partition keeps up to two requests open
 EXPIRES_NS = 5_000_000_000  # an open request ends (status 408) after this long without messages
+# a partition asked for messages and heard nothing of its requests (no delivery, no status) this long:
+# every request ends within EXPIRES_NS, so its consumer is gone or the count of what it was asked went
+# wrong; either way a new consumer after the last message handled (a request to a consumer that no
+# longer exists gets no answer at all)
+STALE_S = 2 * EXPIRES_NS / 1e9
 READ_BYTES = 1 << 18
 RETRY_S = 1.0
 # a JetStream delivery's frame head: subject, reply fields (consumer, stream seq, consumer seq, time),
@@ -103,6 +108,7 @@ class PullReader:
         self._consumer: dict[int, bytes] = {}  # partition -> its current consumer's name
         self._cseq: dict[int, int] = {}  # partition -> consumer sequence of the last delivery
         self._asked: dict[int, int] = {}  # partition -> messages asked of its consumer (less unfilled)
+        self._heard: dict[int, float] = {}  # partition -> when its last request, delivery or status was
         self._subjects: dict[bytes, tuple[str, int]] = {}  # subject -> (topic, partition)
         self._lock = threading.Lock()  # held while a read buffer is turned into samples
         self._flush_s, self._flush_max = flush_s, flush_max
@@ -117,6 +123,7 @@ class PullReader:
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         self.connects = 0  # connections made (the first, and one per reconnect)
+        self.stale_renewals = 0  # consumers replaced because their partition heard nothing (STALE_S)
 
     # ------------------------------------------------------------------ any thread
     def start(self) -> PullReader:
@@ -131,6 +138,7 @@ class PullReader:
             self._consumer[k] = consumer.encode()
             self._cseq[k] = 0
             self._asked[k] = 0
+            self._heard[k] = time.monotonic()
         self._wake()
 
     def release(self, k: int) -> None:
@@ -280,13 +288,30 @@ class PullReader:
     def _request(self) -> None:
         """Keep one to two batches asked for and not delivered on every partition with a consumer
         (a consumer's sequence counts its deliveries)."""
-        wants = []
-        asked, cseqs = self._asked, self._cseq
+        wants, stale = [], []
+        asked, cseqs, heard, now = self._asked, self._cseq, self._heard, time.monotonic()
         with self._lock:
             for k, consumer in self._consumer.items():
-                if consumer and asked[k] - cseqs[k] < BATCH:
+                if not consumer:
+                    continue
+                # silence measured up to the last read of the socket, not across a wait for queue room
+                if asked[k] > cseqs[k] and self._read_at - heard[k] > STALE_S:
+                    self._consumer[k] = b""  # no requests, deliveries dropped until the new consumer
+                    stale.append(k)
+                elif asked[k] - cseqs[k] < BATCH:
                     asked[k] += BATCH
+                    heard[k] = now
                     wants.append((k, consumer))
+        for k in stale:
+            self._rlog.log(
+                "nats_pull_stale",
+                "partition %d: no answer to its pull requests in %.0f s: a new consumer",
+                k,
+                self._read_at - heard[k],
+                level=logging.WARNING,
+            )
+            self.stale_renewals += 1
+            self._on_lost(k)
         if not wants:
             return
         body = json.dumps({"batch": BATCH, "expires": EXPIRES_NS}).encode()
@@ -335,6 +360,7 @@ class PullReader:
         subjects, parse, extend, mark = self._subjects, self.parser.parse, rows.extend, marks.append
         partition_of, rejected = self.partition_of, self.stats.rejected
         base, before = self.positions.queued, len(marks)
+        heard, now = self._heard, time.monotonic()
         pos = 0
         while pos < n:
             m = match(buf, pos) or match_any(buf, pos)
@@ -365,6 +391,7 @@ class PullReader:
                 lost.append(k)
                 continue
             cseqs[k] = c
+            heard[k] = now
             seq = int(sseq)
             if seq <= handled[k]:
                 continue
@@ -442,6 +469,7 @@ class PullReader:
         code = int(m.group(1)) if m else 0
         if k not in self._consumer or code == 100:
             return
+        self._heard[k] = time.monotonic()
         pending = _PENDING.search(headers)
         if code == 409 and b"Deleted" in headers:
             if self._consumer[k]:
