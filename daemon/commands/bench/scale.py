@@ -14,8 +14,9 @@ Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder, with
   2 s), half of ``failover_messages`` published, SIGKILL of one, ``failover_s`` = seconds until the
   other consumes every partition, the second half published, the survivor stopped cleanly once its
   partition checkpoints hold everything published or ``timeout_s`` passed (``survivor_caught_up_s``:
-  from the end of publishing until they did, to the checkpoints' 2 s); ``lost`` and ``doubled`` compare
-  each stream's sample count in the partition checkpoints with what was published.
+  from the start of the second half's publishing until they did, to the checkpoints' 2 s); ``lost``
+  and ``doubled`` compare each stream's sample count in the partition checkpoints with what was
+  published.
 
 Every phase's daemons are started and up before the first is measured. Rates are ``messages /
 (done - first publish)``, ``done`` the first poll of /metrics at which the workers' processed counters
@@ -351,11 +352,11 @@ class FailoverPhase(NatsPhase):
         killed = time.monotonic()
         a.wait_for("every partition", lambda m: m["nats_partitions_owned"] == o.partitions, bound)
         failover_s = time.monotonic() - killed
+        second_half = time.monotonic()
         part2 = _live([a], self.pubs, o.failover_messages - first, o.streams, o)
-        published_at = time.monotonic()
         a.settle(o.settle_s, o.timeout_s)  # the replay of b's partitions done too
         caught_up = self._caught_up(sent, o.timeout_s)
-        caught_up_s = None if caught_up is None else round(caught_up - published_at, 2)
+        caught_up_s = None if caught_up is None else round(caught_up - second_half, 2)
         replayed = int(a.processed() - part1["processed_per_worker"][0] - (o.failover_messages - first))
         rc = a.stop()  # hands every partition back with its final checkpoint
         if rc != 0:
