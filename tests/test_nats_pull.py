@@ -33,6 +33,21 @@ def _messages(first: int, count: int) -> list[tuple[str, bytes]]:
     ]
 
 
+def _source(settings, positions: Positions | None = None) -> tuple[NatsSource, ColumnQueue, LinkStats]:
+    """A source reading partition 0 into a queue that waits for room, read every millisecond."""
+    queue, stats = ColumnQueue(10_000, block_s=float("inf")), LinkStats()
+    source = NatsSource(
+        settings.nats,
+        PayloadParser(settings.payload),
+        queue,
+        positions or Positions(),
+        stats=stats,
+        rate_log=RateLimitedLogger(logging.getLogger(__name__)),
+        flush_s=0.001,
+    ).start([0])
+    return source, queue, stats
+
+
 def test_every_message_once_across_fetches_and_a_lost_connection(nats_server, monkeypatch):  # noqa: F811
     monkeypatch.setattr(nats_pull, "BATCH", 7)  # a fetch boundary every few messages
     seqs = nats_server.publish(_messages(0, 601))  # the last one (600, partition 0) closes the run
@@ -77,16 +92,7 @@ def test_a_block_waits_for_batch_min_samples_or_batch_wait_ms(nats_server):  # n
     fixed cost per batch is paid per more samples); ``nats.batch_wait_ms`` bounds the wait."""
     overrides = {"ingest.source": "nats", "nats.servers": [nats_server.url], "nats.batch_min": 100}
     settings = load_settings(None, {**overrides, "nats.batch_wait_ms": 10_000})
-    queue, stats = ColumnQueue(10_000, block_s=float("inf")), LinkStats()
-    source = NatsSource(
-        settings.nats,
-        PayloadParser(settings.payload),
-        queue,
-        Positions(),
-        stats=stats,
-        rate_log=RateLimitedLogger(logging.getLogger(__name__)),
-        flush_s=0.001,
-    ).start([0])
+    source, queue, stats = _source(settings)
     try:
         _until(source.ready.is_set, "the stream made by the source")  # not by publish(), meanwhile
         nats_server.publish([(subject_of("sensors/a/t", "part", 0), f"{i}".encode()) for i in range(60)])
@@ -100,16 +106,7 @@ def test_a_block_waits_for_batch_min_samples_or_batch_wait_ms(nats_server):  # n
         source.close()
     # the bound: a block below batch_min goes once its oldest sample waited batch_wait_ms
     settings = load_settings(None, {**overrides, "nats.batch_wait_ms": 200})
-    queue, stats = ColumnQueue(10_000, block_s=float("inf")), LinkStats()
-    source = NatsSource(
-        settings.nats,
-        PayloadParser(settings.payload),
-        queue,
-        Positions({"0": 100}),  # after the first test's messages
-        stats=stats,
-        rate_log=RateLimitedLogger(logging.getLogger(__name__)),
-        flush_s=0.001,
-    ).start([0])
+    source, queue, stats = _source(settings, Positions({"0": 100}))  # after the first test's messages
     try:
         nats_server.publish([(subject_of("sensors/a/t", "part", 0), b"7")])
         _until(lambda: len(queue) == 1, "a lone sample queued within batch_wait_ms")
@@ -127,16 +124,7 @@ def test_a_partition_whose_requests_went_unanswered_asks_again(nats_server, monk
     monkeypatch.setattr(nats_pull, "EXPIRES_NS", 300_000_000)  # requests end (408) after 0.3 s
     monkeypatch.setattr(nats_pull, "STALE_S", 1.0)
     settings = load_settings(None, {"ingest.source": "nats", "nats.servers": [nats_server.url]})
-    queue, stats = ColumnQueue(10_000, block_s=float("inf")), LinkStats()
-    source = NatsSource(
-        settings.nats,
-        PayloadParser(settings.payload),
-        queue,
-        Positions(),
-        stats=stats,
-        rate_log=RateLimitedLogger(logging.getLogger(__name__)),
-        flush_s=0.001,
-    ).start([0])
+    source, queue, stats = _source(settings)
     reader = source.reader
     try:
         _until(source.ready.is_set, "the stream made by the source")
