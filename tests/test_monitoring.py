@@ -99,7 +99,13 @@ EXPORTED = {
     v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and v.startswith("lstm_stream_")
 } - {metrics.PREFIX}
 # exported by NATS workers only: their panels are checked against workers (tests/test_nats_static.py)
-NATS_ONLY = {metrics.NATS_PARTITIONS_OWNED, metrics.NATS_PARTITIONS, metrics.WORKER_INFO}
+NATS_ONLY = {
+    metrics.NATS_PARTITIONS_OWNED,
+    metrics.NATS_PARTITIONS,
+    metrics.WORKER_INFO,
+    metrics.NATS_PARTITION_WAIT,
+    metrics.NATS_STALE_RENEWALS,
+}
 
 
 def nats_only(q: dict) -> bool:

@@ -44,6 +44,8 @@ EXPIRES_NS = 5_000_000_000  # an open request ends (status 408) after this long 
 # wrong; either way a new consumer after the last message handled (a request to a consumer that no
 # longer exists gets no answer at all)
 STALE_S = 2 * EXPIRES_NS / 1e9
+# a partition still waiting this long (its renewals are failing too) makes the worker unhealthy
+STUCK_S = 3 * STALE_S
 READ_BYTES = 1 << 18
 RETRY_S = 1.0
 # a JetStream delivery's frame head: subject, reply fields (consumer, stream seq, consumer seq, time),
@@ -147,6 +149,25 @@ class PullReader:
         with self._lock:
             self._flush()
             self._consumer.pop(k, None)
+
+    def waits(self) -> dict[int, float]:
+        """How long (s) each partition read here has been waiting on the server: one without a
+        consumer, since it last heard from it; one with messages asked for, since its last
+        delivery or status up to the last read of the socket (what :data:`STALE_S` judges, so a
+        wait for queue room does not count); 0 otherwise. For /metrics and /healthz: without the
+        lock, which the reader holds while it waits for queue room (copies of ints and floats: a
+        value may be one read old, never torn)."""
+        out = {}
+        now, read_at = time.monotonic(), self._read_at
+        heard, asked, cseqs = dict(self._heard), dict(self._asked), dict(self._cseq)
+        for k, consumer in list(self._consumer.items()):
+            if not consumer:
+                out[k] = now - heard.get(k, now)
+            elif asked.get(k, 0) > cseqs.get(k, 0):
+                out[k] = max(0.0, read_at - heard.get(k, read_at))
+            else:
+                out[k] = 0.0
+        return out
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping = True

@@ -216,6 +216,8 @@ class NatsSource:
         """A new pull consumer of partition ``k`` starting after ``after`` (None: ``nats.start``),
         handed to the reader, which skips what it has handled up to ``handled``."""
         s = self.settings
+        if after:
+            after, handled = await self._within_stream(k, after, handled)
         if after is not None:
             policy = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
         elif s.start == "new":
@@ -241,6 +243,23 @@ class NatsSource:
         if old is not None:
             await self._delete(old)
         log.info("partition %d: consuming after sequence %s", k, after if after is not None else s.start)
+
+    async def _within_stream(self, k: int, after: int, handled: int) -> tuple[int, int]:
+        """``(after, handled)``, or ``(0, 0)`` when ``after`` lies beyond the stream's last sequence:
+        sequences never go back, so the stream was deleted and made again (its sequences restarted) and
+        the position belongs to the old one; skipping up to it would drop the new stream's messages."""
+        last = (await self.js.stream_info(self.settings.stream)).state.last_seq
+        if after <= last:
+            return after, handled
+        log.warning(
+            "partition %d: position %d is beyond stream %s's last sequence %d: the stream was made "
+            "again; reading it from its start",
+            k,
+            after,
+            self.settings.stream,
+            last,
+        )
+        return 0, 0
 
     async def _delete(self, consumer: str) -> None:
         with contextlib.suppress(Exception):  # it expires on its own when idle

@@ -87,6 +87,8 @@ MEMORY = "lstm_stream_memory_bytes"
 # NATS workers only (daemon.service.worker_outputs): partitions consumed, configured, and who it is
 NATS_PARTITIONS_OWNED, NATS_PARTITIONS = "lstm_stream_nats_partitions_owned", "lstm_stream_nats_partitions"
 WORKER_INFO = "lstm_stream_worker_info"
+NATS_PARTITION_WAIT = "lstm_stream_nats_partition_wait_seconds"  # per partition (daemon.ingest.nats_pull)
+NATS_STALE_RENEWALS = "lstm_stream_nats_stale_renewals_total"
 
 # --- label values known in advance (pre-created so every series exists, at 0, from the start) ---
 MESSAGE_REJECT_REASONS: tuple[str, ...] = PAYLOAD_REJECT_REASONS

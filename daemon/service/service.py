@@ -224,7 +224,7 @@ class Service:
         log.info("consuming NATS %s stream %s", ", ".join(s.nats.servers), s.nats.stream)
         from daemon.service.worker_outputs import WorkerOutputs
 
-        self.worker = WorkerOutputs(s.nats, self.registry, lambda: len(source.owned))
+        self.worker = WorkerOutputs(s.nats, self.registry, lambda: len(source.owned), source.reader)
         source.start([])  # partitions are consumed once their leases are held
         if s.nats.ownership == "static":
             from daemon.service.static_ownership import StaticOwnership
@@ -450,9 +450,13 @@ class Service:
         alive = self._loop_thread is not None and self._loop_thread.is_alive() and age < 10.0
         r = self.receiver
         wal_error = r.wal.error if r is not None else ""
-        if connected and alive and not wal_error:
+        stuck = self._stuck_partitions()
+        if connected and alive and not wal_error and not stuck:
             return True, "ok"
-        why = [] if connected else ["mqtt disconnected"]
+        why = [] if connected else ["nats disconnected" if self.source is not None else "mqtt disconnected"]
+        if stuck and connected:
+            parts = ", ".join(str(k) for k in sorted(stuck))
+            why.append(f"NATS partitions {parts} waiting on the server for {max(stuck.values()):.0f}s")
         if r is not None and r.silent_s() >= STALL_S / 2:
             why.append(f"receiver process silent for {r.silent_s():.0f}s")
         if not alive:
@@ -460,6 +464,15 @@ class Service:
         if wal_error:
             why.append(f"{wal_error} (not acknowledging)")
         return False, "; ".join(why)
+
+    def _stuck_partitions(self) -> dict[int, float]:
+        """Owned NATS partitions that have waited on the server longer than ``STUCK_S`` (their
+        consumer was renewed and still nothing came): partition -> seconds."""
+        if self.source is None:
+            return {}
+        from daemon.ingest.nats_pull import STUCK_S
+
+        return {k: w for k, w in self.source.reader.waits().items() if w > STUCK_S}
 
     # ------------------------------------------------------------- engine loop
     def _engine_loop(self) -> None:

@@ -11,13 +11,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from daemon.nats_settings import NatsSettings
-from daemon.outputs.metrics import NATS_PARTITIONS, NATS_PARTITIONS_OWNED, WORKER_INFO
+from daemon.outputs.metrics import (
+    NATS_PARTITION_WAIT,
+    NATS_PARTITIONS,
+    NATS_PARTITIONS_OWNED,
+    NATS_STALE_RENEWALS,
+    WORKER_INFO,
+)
 from daemon.outputs.nats_outlet import Availability, NatsOutlet
 from daemon.service.fence import LeaseFence
 
 if TYPE_CHECKING:
+    from daemon.ingest.nats_pull import PullReader
     from daemon.ingest.nats_source import NatsSource
     from daemon.service.ownership import LeaseOwnership
     from daemon.service.static_ownership import StaticOwnership
@@ -30,10 +39,40 @@ def worker_availability_topic(topic: str, settings: NatsSettings) -> str:
     return f"{topic}/{settings.holder()}"
 
 
+class PartitionWaits(Collector):
+    """Per owned partition, how long it has waited on the server (``PullReader.waits``), and how
+    often a silent partition was given a new consumer: a stall shows in Grafana before it is lost."""
+
+    def __init__(self, reader: PullReader) -> None:
+        self.reader = reader
+
+    def collect(self) -> list:
+        wait = GaugeMetricFamily(
+            NATS_PARTITION_WAIT,
+            "Seconds a consumed partition has waited on NATS: without a consumer, or with messages asked "
+            "for and no delivery or status since (0: neither). Renewed after 10 s, unhealthy after 30 s.",
+            labels=["partition"],
+        )
+        for k, seconds in sorted(self.reader.waits().items()):
+            wait.add_metric([str(k)], round(seconds, 3))
+        renewals = CounterMetricFamily(
+            NATS_STALE_RENEWALS,
+            "Partitions given a new consumer because the server stopped answering their pull requests.",
+        )
+        renewals.add_metric([], self.reader.stale_renewals)
+        return [wait, renewals]
+
+
 class WorkerOutputs:
     """The NATS outlet (if ``nats.outputs = "nats"``), the availability key and the lease fence."""
 
-    def __init__(self, settings: NatsSettings, registry: CollectorRegistry, owned: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        settings: NatsSettings,
+        registry: CollectorRegistry,
+        owned: Callable[[], int],
+        reader: PullReader | None = None,
+    ) -> None:
         self.settings = settings
         self.outlet: NatsOutlet | None = None
         self.availability: Availability | None = None
@@ -50,6 +89,8 @@ class WorkerOutputs:
             registry=registry,
         )
         info.labels(settings.holder(), settings.ownership, settings.outputs).set(1)
+        if reader is not None:
+            registry.register(PartitionWaits(reader))
 
     def attach(self, source: NatsSource, ownership: LeaseOwnership | StaticOwnership | None) -> None:
         """Start publishing through ``source``'s connection and fence by ``ownership``'s leases."""
