@@ -24,6 +24,10 @@ def test_bench_scale_smoke():
     assert r["lost"] == 0 and r["doubled"] == 0 and r["streams_on_two_workers"] == 0
     assert len(r["cpu_us_per_msg_per_worker"]["workers_2"]) == 2
     assert sum(r["phases"]["workers_2"]["processed_per_worker"]) == 2000
-    assert r["phases"]["workers_1"]["stored"] == 2000  # MQTT into nats-server, all in JetStream
+    assert r["phases"]["workers_1"]["stored"] == 4000  # MQTT into nats-server, all in JetStream (2 rounds)
     assert r["phases"]["failover"]["applied"] == 1000  # each sample once in the checkpoints
     assert r["phases"]["failover"]["survivor_caught_up_s"] >= 0  # the checkpoints held all of them
+    paced = r["paced"]  # every path again at one rate (5,000 messages/s)
+    assert paced["rate"] == 5000 and paced["lost"] == 0 and paced["doubled"] == 0
+    assert sum(r["phases"]["workers_2"]["paced"]["processed_per_worker"]) == 2000
+    assert paced["nats_worker_cpu_to_mqtt"] > 0 and len(paced["cpu_us_per_msg"]["workers_2"]) == 2

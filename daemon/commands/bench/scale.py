@@ -10,6 +10,10 @@ Prints one JSON object. Everything runs on 127.0.0.1 in a temporary folder, with
   ``scale/s<i>`` onto ``partitions`` partitions); workers with static ownership (worker i of n, held
   through leases); the same publishers write MQTT 3.1.1 QoS 1 to nats-server's MQTT listener, which
   maps them into the JetStream stream the workers consume.
+- **Paced**: flat out, the MQTT, 1-worker and 2-worker phases each run a second round of ``messages``
+  at ``paced_rate`` (``--paced-rate``, 5,000/s): CPU per message falls with the load (fuller batches),
+  and flat out the paths run at different loads, so ``paced`` compares them at one (``stored``
+  then counts both rounds).
 - **Failover**: two lease workers (``nats.lease_ttl_s`` = ``--lease-ttl``, partition checkpoints every
   2 s), half of ``failover_messages`` published, SIGKILL of one, ``failover_s`` = seconds until the
   other consumes every partition, the second half published, the survivor stopped cleanly once its
@@ -39,7 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -61,6 +65,9 @@ class ScaleOptions:
     lease_ttl_s: float = 15.0
     failover_messages: int = 20_000
     rate: float | None = None  # messages/s in all, every phase (None: as fast as the publishers go)
+    # flat out, each path then runs a second round at this many messages/s (None: not): CPU per message
+    # depends on the load (a fuller batch spreads its fixed cost), so paths compare at an equal one
+    paced_rate: float | None = 5000.0
     timeout_s: float = 900.0
     settle_s: float = 2.0  # no counter moved this long after the publishers finished: the rest is lost
     keep_dir: bool = False
@@ -81,6 +88,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="scale: publish at this many messages/s in all (every phase the same load; default: flat out)",
     )
+    g.add_argument(
+        "--paced-rate",
+        type=float,
+        default=5000.0,
+        help="scale: flat out, a second round of each phase at this many messages/s, the CPU per message of "
+        "the paths compared at an equal load (0: no second round)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -93,6 +107,7 @@ def run_cli(args: argparse.Namespace) -> int:
         lease_ttl_s=args.lease_ttl,
         failover_messages=args.failover_messages,
         rate=getattr(args, "scale_rate", None),
+        paced_rate=getattr(args, "paced_rate", 5000.0) or None,
         keep_dir=bool(getattr(args, "keep_dir", False)),
     )
     try:
@@ -129,6 +144,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             phase.ready()
         mqtt, one, two, fo = (phase.measure() for phase in phases)
         nats_cpu = [x or 0.0 for phase in (one, two) for x in phase["cpu_us_per_msg"]]
+        paced = _paced(mqtt, one, two, o)
         result = {
             "messages": o.messages,
             "streams": o.streams,
@@ -136,8 +152,8 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             "workers_1_msgs_per_s": one["msgs_per_s"],
             "workers_2_msgs_per_s": two["msgs_per_s"],
             "ratio": _ratio(two["msgs_per_s"], one["msgs_per_s"]),
-            "lost": one["lost"] + two["lost"] + fo["lost"],
-            "doubled": one["doubled"] + two["doubled"] + fo["doubled"],
+            "lost": one["lost"] + two["lost"] + fo["lost"] + (paced["lost"] if paced else 0),
+            "doubled": one["doubled"] + two["doubled"] + fo["doubled"] + (paced["doubled"] if paced else 0),
             "streams_on_two_workers": two["overlap"] + fo["overlap"],
             "failover_s": fo["failover_s"],
             "lease_ttl_s": o.lease_ttl_s,
@@ -149,6 +165,7 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             "mqtt_msgs_per_s": mqtt["msgs_per_s"],
             "mqtt_cpu_us_per_msg": mqtt["cpu_us_per_msg"][0],
             "nats_worker_cpu_to_mqtt": _ratio(max(nats_cpu), mqtt["cpu_us_per_msg"][0]),
+            "paced": paced,
             "phases": {"mqtt": mqtt, "workers_1": one, "workers_2": two, "failover": fo},
             "seconds": round(time.monotonic() - started, 1),
         }
@@ -161,6 +178,32 @@ def run(o: ScaleOptions) -> dict[str, Any]:
             o.log(f"[bench scale] logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _paced(mqtt: dict, one: dict, two: dict, o: ScaleOptions) -> dict[str, Any] | None:
+    """The second rounds at ``paced_rate``: each path's CPU per message at the same load, and the NATS
+    workers' (the higher of all) to the MQTT path's. None when not run (``--scale-rate`` set, or 0)."""
+    if "paced" not in mqtt:
+        return None
+    rounds = {"mqtt": mqtt["paced"], "workers_1": one["paced"], "workers_2": two["paced"]}
+    nats_cpu = [x or 0.0 for name in ("workers_1", "workers_2") for x in rounds[name]["cpu_us_per_msg"]]
+    return {
+        "rate": o.paced_rate,
+        "cpu_us_per_msg": {name: r["cpu_us_per_msg"] for name, r in rounds.items()},
+        "msgs_per_s": {name: r["msgs_per_s"] for name, r in rounds.items()},
+        "samples_per_batch": {name: r["samples_per_batch"] for name, r in rounds.items()},
+        "lost": one["paced"]["lost"] + two["paced"]["lost"],  # the NATS rounds', as the top-level count
+        "doubled": one["paced"]["doubled"] + two["paced"]["doubled"],
+        "nats_worker_cpu_to_mqtt": _ratio(max(nats_cpu), rounds["mqtt"]["cpu_us_per_msg"][0]),
+    }
+
+
+def _live_and_paced(workers: list[Worker], pubs: Publishers, o: ScaleOptions) -> dict[str, Any]:
+    """:func:`_live` as configured; flat out, then also at ``paced_rate`` (under ``"paced"``)."""
+    out = _live(workers, pubs, o.messages, o.streams, o)
+    if o.rate is None and o.paced_rate:
+        out["paced"] = _live(workers, pubs, o.messages, o.streams, replace(o, rate=o.paced_rate))
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -231,7 +274,7 @@ class MqttPhase(Phase):
         self.workers[0].wait_for("MQTT connection", lambda m: m["mqtt_connected"] == 1, 180)
 
     def _measure(self) -> dict[str, Any]:
-        return _live(self.workers, self.pubs, self.o.messages, self.o.streams, self.o)
+        return _live_and_paced(self.workers, self.pubs, self.o)
 
 
 class NatsPhase(Phase):
@@ -272,7 +315,7 @@ class NatsPhase(Phase):
 
     def _measure(self) -> dict[str, Any]:
         o, n = self.o, self.n
-        out = _live(self.workers, self.pubs, o.messages, o.streams, o)
+        out = _live_and_paced(self.workers, self.pubs, o)
         streams = [w.metrics()["streams"] for w in self.workers]
         out["overlap"] = int(max(0, sum(streams) - o.streams)) if n > 1 else 0
         out["stored"] = self.server.stored()  # what nats-server's MQTT listener put in JetStream
