@@ -111,7 +111,7 @@ class ColumnQueue(IngestQueue):
             self.since = time.monotonic()
         self._q.append(block)
         self._in += len(block)
-        self._wake()
+        self.wake()
 
     def drain(self, max_items: int) -> Columns:
         """Up to ``max_items`` samples, oldest first, as one :class:`Columns`."""

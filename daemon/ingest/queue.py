@@ -69,7 +69,7 @@ class IngestQueue:
             self._space.clear()
             if len(self) < self.maxsize:  # clear-then-check, as in wait()
                 continue
-            self._wake()
+            self.wake()
             self._space.wait(min(left, 0.1))
         self.blocked_s += time.monotonic() - started
         self.dropped += n - done
@@ -81,10 +81,12 @@ class IngestQueue:
         if not q:
             self.since = time.monotonic()
         q.extend(samples)
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
-        # An attribute read in the common case; set() (a lock) only when the consumer cleared it.
+    def wake(self) -> None:
+        """Wake a consumer in :meth:`wait` (the producer calls it after a put; also for news that is
+        not a sample, e.g. an acknowledgement due). An attribute read in the common case; set() (a
+        lock) only when the consumer cleared it."""
         if not self._event.is_set():
             self._event.set()
 

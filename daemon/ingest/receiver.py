@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import select
 import signal
 import threading
 import time
@@ -178,6 +180,11 @@ class _Committer:
         """Network thread, after the inlet queued the message's samples: ack it once they are logged."""
         if qos:
             self._acks.append((mid, qos, self.stats.connects))
+            self.queue.wake()  # a rejected payload queued nothing: its ack still ends an idle wait
+
+    def idle(self) -> bool:
+        """Nothing to log, acknowledge or retry: the last commit took everything."""
+        return not (len(self.queue) or self._acks or self._pending)
 
     def commit(self, heartbeat: bool = True) -> bool:
         """Log, fsync, ack and send what is queued; an empty send when due (counters, liveness).
@@ -283,8 +290,9 @@ def _child_main(
     )
     link.start()
     freeze_startup_objects()
+    parent_spoke = _poller(conn)
     try:
-        while not conn.poll(max(flush_s, 0.001)):
+        while not parent_spoke(max(flush_s, 0.001)):
             sender.send_idle()
         conn.recv_bytes()  # STOP
     except (EOFError, OSError):  # the parent is gone: nothing to send to
@@ -297,6 +305,14 @@ def _child_main(
         conn.send_bytes(_encode(BYE, _stats_tuple(stats), -1))
     except (BrokenPipeError, OSError):
         pass
+
+
+def _poller(conn: Connection) -> Callable[[float], bool]:
+    """``conn.poll(timeout)`` without a new selector per call, as multiprocessing's builds (a tenth of
+    a millisecond of this slow interpreter's time, a hundred times a second in an idle child)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return lambda timeout_s: bool(poller.poll(math.ceil(timeout_s * 1000.0)))
 
 
 def _child_wal(
@@ -326,11 +342,17 @@ def _child_wal(
     link.start()
     freeze_startup_objects()
     window = max(sync_s, 0.001)
+    parent_spoke = _poller(conn)
     try:
         while True:
             started = time.monotonic()
             committer.commit()
-            if conn.poll(max(0.0, started + window - time.monotonic())):
+            if committer.idle():
+                # nothing arrived: sleep until something does (the network thread wakes the queue) or
+                # the heartbeat is due, not a commit every window; then keep the window's cadence
+                # (what arrives within a window of the last commit is one commit, as under load)
+                queue.wait(HEARTBEAT_S)
+            if parent_spoke(max(0.0, started + window - time.monotonic())):
                 if conn.recv_bytes().decode() != ROTATE:
                     break  # STOP
                 committer.rotate()
