@@ -155,19 +155,20 @@ class PullReader:
         consumer, since it last heard from it; one with messages asked for, since its last
         delivery or status up to the last read of the socket (what :data:`STALE_S` judges, so a
         wait for queue room does not count); 0 otherwise. For /metrics and /healthz: without the
-        lock, which the reader holds while it waits for queue room (copies of ints and floats: a
-        value may be one read old, never torn)."""
-        out = {}
-        now, read_at = time.monotonic(), self._read_at
-        heard, asked, cseqs = dict(self._heard), dict(self._asked), dict(self._cseq)
-        for k, consumer in list(self._consumer.items()):
-            if not consumer:
-                out[k] = now - heard.get(k, now)
-            elif asked.get(k, 0) > cseqs.get(k, 0):
-                out[k] = max(0.0, read_at - heard.get(k, read_at))
-            else:
-                out[k] = 0.0
-        return out
+        lock, which the reader holds while it waits for queue room (single reads of ints and floats:
+        a value may be one read old, never torn)."""
+        now = time.monotonic()
+        return {
+            k: now - self._heard.get(k, now) if not consumer else max(0.0, self._unanswered_s(k))
+            for k, consumer in list(self._consumer.items())
+        }
+
+    def _unanswered_s(self, k: int) -> float:
+        """Seconds partition ``k`` has asked for messages and heard nothing of its requests, measured
+        up to the last read of the socket (not across a wait for queue room); 0 with nothing asked."""
+        if self._asked.get(k, 0) <= self._cseq.get(k, 0):
+            return 0.0
+        return self._read_at - self._heard.get(k, self._read_at)
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping = True
@@ -315,8 +316,7 @@ class PullReader:
             for k, consumer in self._consumer.items():
                 if not consumer:
                     continue
-                # silence measured up to the last read of the socket, not across a wait for queue room
-                if asked[k] > cseqs[k] and self._read_at - heard[k] > STALE_S:
+                if self._unanswered_s(k) > STALE_S:
                     self._consumer[k] = b""  # no requests, deliveries dropped until the new consumer
                     stale.append(k)
                 elif asked[k] - cseqs[k] < BATCH:
@@ -328,7 +328,7 @@ class PullReader:
                 "nats_pull_stale",
                 "partition %d: no answer to its pull requests in %.0f s: a new consumer",
                 k,
-                self._read_at - heard[k],
+                self._unanswered_s(k),
                 level=logging.WARNING,
             )
             self.stale_renewals += 1
